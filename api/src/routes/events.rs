@@ -1,0 +1,85 @@
+use axum::Json;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use jobs::events::{self, Envelope};
+use jobs::notify::Notice;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use crate::auth::{self, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiQuery;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    workspace_id: Option<Uuid>,
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Vec<Envelope>>> {
+    auth::admin(&state, &headers).await?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
+    }
+    let rows = events::list(&state.pool, q.workspace_id, limit).await?;
+    Ok(Json(rows.into_iter().map(Envelope::from).collect()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// Every event, from every process, as `{event, workspace_id, timestamp, payload}`.
+pub async fn websocket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<WsQuery>,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let token = q
+        .token
+        .as_deref()
+        .or_else(|| auth::bearer(&headers))
+        .ok_or_else(|| ApiError::Unauthorized("missing token".into()))?;
+    match auth::identify(&state, token).await? {
+        Some(Caller::Admin) => {}
+        Some(Caller::Workspace(_)) => return Err(ApiError::Forbidden("the event stream needs the admin token".into())),
+        None => return Err(ApiError::Unauthorized("invalid token".into())),
+    }
+    let rx = state.notices.subscribe();
+    Ok(upgrade.on_upgrade(move |socket| forward(socket, rx)))
+}
+
+async fn forward(mut socket: WebSocket, mut rx: tokio::sync::broadcast::Receiver<Notice>) {
+    loop {
+        tokio::select! {
+            n = rx.recv() => match n {
+                Ok(Notice::Event(e)) => {
+                    let Ok(text) = serde_json::to_string(&*e) else { continue };
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "websocket client too slow; events dropped"),
+                Err(RecvError::Closed) => return,
+            },
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,39 @@
+pub mod events;
+pub mod health;
+pub mod ops;
+pub mod registry;
+pub mod workspaces;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Bodies beyond this are refused with 413 before they are read.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/workspaces", post(workspaces::create).get(workspaces::list))
+        .route("/workspaces/{id}", get(workspaces::get).patch(workspaces::patch).delete(workspaces::delete))
+        .route("/workspaces/{id}/restart", post(workspaces::restart))
+        .route("/workspaces/{id}/pause", post(workspaces::pause))
+        .route("/workspaces/{id}/resume", post(workspaces::resume))
+        .route("/workspaces/{id}/collapse", post(workspaces::collapse))
+        .route("/workspaces/{id}/ops", get(ops::list_for_workspace))
+        .route("/ops/{id}", get(ops::get))
+        .route("/registry/register", post(registry::register))
+        .route("/registry/heartbeat", post(registry::heartbeat))
+        .route("/events", get(events::list))
+        .route("/ws", get(events::websocket))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"error": "method not allowed"})))
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,70 @@
+//! `?wait=SECONDS`: hold the request until the workspace leaves `provisioning`, woken by
+//! LISTEN/NOTIFY through the process-wide listener (no polling).
+
+use std::time::Duration;
+
+use jobs::notify::Notice;
+use jobs::ops::{self, Op};
+use jobs::store::workspaces;
+use jobs::workspace::{Status, Workspace};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+pub const MAX_WAIT_SECS: f64 = 300.0;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    pub wait: Option<f64>,
+}
+
+impl WaitQuery {
+    pub fn duration(&self) -> ApiResult<Option<Duration>> {
+        match self.wait {
+            None => Ok(None),
+            Some(s) if s.is_finite() && (0.0..=MAX_WAIT_SECS).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+            Some(_) => Err(ApiError::BadRequest(format!("wait must be between 0 and {MAX_WAIT_SECS} seconds"))),
+        }
+    }
+}
+
+pub enum Waited {
+    Settled(Workspace),
+    TimedOut(Op),
+}
+
+/// Waits until workspace `ws_id` is no longer `provisioning` (its agent registered, or it
+/// failed, was paused or removed) or `timeout` passes.
+pub async fn until_settled(state: &AppState, ws_id: Uuid, op_id: Uuid, timeout: Duration) -> ApiResult<Waited> {
+    // Subscribe before the first read so no change can slip between the two.
+    let mut rx = state.notices.subscribe();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ws = workspaces::get(&state.pool, ws_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("workspace {ws_id} not found")))?;
+        if ws.status() != Status::Provisioning {
+            return Ok(Waited::Settled(ws));
+        }
+        // Sleep until something about this workspace changes.
+        loop {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => {
+                    let op = ops::get(&state.pool, op_id).await?.ok_or_else(|| ops::not_found(op_id))?;
+                    return Ok(Waited::TimedOut(op));
+                }
+                Ok(Ok(Notice::Resync)) | Ok(Err(RecvError::Lagged(_))) => break,
+                Ok(Ok(n)) if n.workspace_id() == Some(ws_id) => break,
+                Ok(Ok(_)) => continue,
+                Ok(Err(RecvError::Closed)) => {
+                    return Err(ApiError::Internal(jobs::Error::Apalis("event listener stopped".into())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Provision: choose the backend, record it on the workspace, rotate the token, start the
+//! instance idempotently. The workspace stays `provisioning`; its agent brings it online.
+
+use serde_json::json;
+
+use crate::Result;
+use crate::backend::{BackendKind, NO_BACKEND_MESSAGE, StartSpec};
+use crate::events;
+use crate::kinds::Runtime;
+use crate::ops::{Claim, Outcome};
+use crate::store::{tokens, workspaces};
+use crate::workspace::Status;
+
+pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
+    start_instance(rt, claim).await
+}
+
+/// Shared with restart, which stops the old instance first.
+pub async fn start_instance(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
+    let Some(backend) = rt.backends.for_new_instance().cloned() else {
+        return Ok(Outcome::Failed(NO_BACKEND_MESSAGE.to_string()));
+    };
+    let mut tx = rt.pool.begin().await?;
+    let ws = match claim.fence(&mut tx).await? {
+        Ok(ws) => ws,
+        Err(f) => return Ok(Outcome::Skipped(f.to_string())),
+    };
+    if ws.status() != Status::Provisioning {
+        return Ok(Outcome::Skipped(format!("workspace is {}", ws.status())));
+    }
+    // Recorded before the start: if this worker dies mid-start, stop and the orphan sweep
+    // still know where to look.
+    let kind = backend.kind();
+    let provisional_ref =
+        ws.instance_ref.clone().filter(|_| ws.backend.as_deref() == Some(kind.as_str())).unwrap_or_default();
+    workspaces::record_instance(&mut tx, ws.id, kind.as_str(), &provisional_ref).await?;
+    // Old tokens die with the old instance; backends that cannot deliver one leave the
+    // agent to bootstrap through register.
+    tokens::revoke_all(&mut tx, ws.id).await?;
+    let token = if backend.delivers_token() { Some(tokens::mint(&mut tx, ws.id).await?) } else { None };
+    tx.commit().await?;
+
+    let spec = StartSpec {
+        workspace_id: ws.id,
+        op_id: claim.op.id,
+        runtime: ws.runtime.clone(),
+        tier: ws.tier,
+        model: ws.model.clone(),
+        platform_url: rt.config.platform_url.clone(),
+        token,
+    };
+    let started = match backend.start(&spec).await {
+        Ok(s) => s,
+        Err(e) if e.is_transient() => return Ok(Outcome::Retry(format!("{} start failed: {e}", kind.as_str()))),
+        Err(e) => return Ok(Outcome::Failed(format!("{} start failed: {e}", kind.as_str()))),
+    };
+
+    let mut tx = rt.pool.begin().await?;
+    if let Err(f) = claim.fence(&mut tx).await? {
+        // The replacing worker records its own instance; ours has the same name/token scope.
+        return Ok(Outcome::Skipped(f.to_string()));
+    }
+    workspaces::record_instance(&mut tx, ws.id, kind.as_str(), &started.instance_ref).await?;
+    events::record(
+        &mut tx,
+        events::WORKSPACE_STARTED,
+        Some(ws.id),
+        json!({"backend": kind, "instance_ref": started.instance_ref, "op_id": claim.op.id}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Outcome::Succeeded(format!("started {} {}", kind.as_str(), started.instance_ref)))
+}
+
+pub fn recorded_kind(backend: Option<&str>) -> Option<BackendKind> {
+    backend.and_then(BackendKind::parse)
+}

@@ -1,0 +1,57 @@
+//! Stop: remove the instance on the backend recorded on the workspace (never the one
+//! configured now). Nothing recorded means nothing to stop.
+
+use serde_json::json;
+
+use crate::Result;
+use crate::backend::BackendError;
+use crate::events;
+use crate::kinds::Runtime;
+use crate::kinds::provision::recorded_kind;
+use crate::ops::{Claim, Outcome};
+use crate::store::workspaces;
+use crate::workspace::Workspace;
+
+pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
+    let Some(ws) = workspaces::get(&rt.pool, claim.op.workspace_id).await? else {
+        return Ok(Outcome::Skipped("workspace row is gone".into()));
+    };
+    match stop_recorded(rt, &ws).await {
+        Ok(None) => Ok(Outcome::Succeeded("nothing to stop: no instance recorded".into())),
+        Ok(Some(what)) => {
+            let mut tx = rt.pool.begin().await?;
+            if let Err(f) = claim.fence(&mut tx).await? {
+                return Ok(Outcome::Skipped(f.to_string()));
+            }
+            workspaces::clear_instance(&mut tx, ws.id).await?;
+            events::record(
+                &mut tx,
+                events::WORKSPACE_STOPPED,
+                Some(ws.id),
+                json!({"op_id": claim.op.id, "instance": what}),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Outcome::Succeeded(format!("stopped {what}")))
+        }
+        Err(e) if e.is_transient() => Ok(Outcome::Retry(e.to_string())),
+        Err(e) => Ok(Outcome::Failed(e.to_string())),
+    }
+}
+
+/// Stops whatever the workspace row says is running. `Ok(None)`: nothing was recorded.
+pub async fn stop_recorded(rt: &Runtime, ws: &Workspace) -> Result<Option<String>, BackendError> {
+    let Some(kind) = recorded_kind(ws.backend.as_deref()) else { return Ok(None) };
+    let Some(backend) = rt.backends.get(kind) else {
+        return Err(BackendError::Transient(format!(
+            "workspace runs on {} but this worker cannot reach that backend",
+            kind.as_str()
+        )));
+    };
+    let instance_ref = ws.instance_ref.clone().unwrap_or_default();
+    backend.stop(ws.id, &instance_ref).await.map_err(|e| match e {
+        BackendError::Transient(m) => BackendError::Transient(format!("{} stop failed: {m}", kind.as_str())),
+        BackendError::Permanent(m) => BackendError::Permanent(format!("{} stop failed: {m}", kind.as_str())),
+    })?;
+    Ok(Some(format!("{} {}", kind.as_str(), instance_ref)))
+}

@@ -1,0 +1,23 @@
+//! The shared library of workspace-server: the domain (workspaces and their status
+//! machine), storage, the durable lifecycle queue wrapped around apalis, the job kinds and
+//! the backends that run workspaces. Both the `api` and the `worker` binaries are thin
+//! shells around this crate.
+
+pub mod backend;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod kinds;
+pub mod lifecycle;
+pub mod notify;
+pub mod ops;
+pub mod queue;
+pub mod registry;
+pub mod retry;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+pub mod workspace;
+
+pub use error::{Error, Result};

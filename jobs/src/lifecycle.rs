@@ -1,0 +1,350 @@
+//! The lifecycle verbs the api offers. Each one validates against the current state, writes
+//! the workspace rows and its ops (with their apalis tasks) in one transaction, and
+//! returns; workers do the rest.
+
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::ops::{self, Op, OpKind};
+use crate::retry::RetryPolicy;
+use crate::store::{tokens, workspaces};
+use crate::workspace::{EXTERNAL_RUNTIME, Status, Workspace};
+use crate::{Error, Result};
+
+/// Scales retry delays (`RETRY_DELAY_SCALE`) for every op a verb creates.
+#[derive(Debug, Clone, Copy)]
+pub struct Policies {
+    pub delay_scale: f64,
+}
+
+impl Policies {
+    fn for_kind(&self, kind: OpKind) -> RetryPolicy {
+        kind.policy().scaled(self.delay_scale)
+    }
+}
+
+pub struct CreateRequest {
+    pub name: String,
+    pub role: Option<String>,
+    pub runtime: String,
+    pub tier: i32,
+    pub model: String,
+    pub parent_id: Option<Uuid>,
+    pub external: bool,
+    pub url: Option<String>,
+    pub delivery_mode: String,
+    pub max_concurrent_tasks: i32,
+    pub canvas: Option<(f64, f64)>,
+}
+
+pub enum Created {
+    Provisioning {
+        workspace: Workspace,
+        op: Op,
+    },
+    /// External workspaces have no op; the token is shown once when there is no URL yet.
+    External {
+        workspace: Workspace,
+        token: Option<String>,
+    },
+}
+
+pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str, policies: Policies) -> Result<Created> {
+    let mut tx = pool.begin().await?;
+    if let Some(parent) = req.parent_id {
+        match workspaces::lock(&mut tx, parent).await? {
+            Some(p) if p.status() != Status::Removed => {}
+            _ => return Err(Error::NotFound(format!("parent workspace {parent} not found"))),
+        }
+    }
+    let external = req.external || req.runtime == EXTERNAL_RUNTIME;
+    let status = match (external, &req.url) {
+        (true, Some(_)) => Status::Online,
+        (true, None) => Status::AwaitingAgent,
+        (false, _) => Status::Provisioning,
+    };
+    let new = workspaces::NewWorkspace {
+        id: Uuid::new_v4(),
+        name: req.name,
+        role: req.role,
+        runtime: if external { EXTERNAL_RUNTIME.to_string() } else { req.runtime },
+        tier: req.tier,
+        model: req.model,
+        parent_id: req.parent_id,
+        status,
+        url: req.url,
+        delivery_mode: req.delivery_mode,
+        external,
+        max_concurrent_tasks: req.max_concurrent_tasks,
+        canvas: req.canvas,
+    };
+    let workspace = workspaces::insert(&mut tx, &new).await?;
+    let created = if external {
+        let token = match status {
+            Status::AwaitingAgent => Some(tokens::mint(&mut tx, workspace.id).await?),
+            _ => None,
+        };
+        Created::External { workspace, token }
+    } else {
+        let (op, _) = ops::request(
+            &mut tx,
+            &workspace,
+            OpKind::Provision,
+            "create",
+            requested_by,
+            policies.for_kind(OpKind::Provision),
+        )
+        .await?;
+        Created::Provisioning { workspace, op }
+    };
+    tx.commit().await?;
+    Ok(created)
+}
+
+async fn lock_live(conn: &mut PgConnection, id: Uuid) -> Result<Workspace> {
+    match workspaces::lock(conn, id).await? {
+        Some(ws) if ws.status() != Status::Removed => Ok(ws),
+        _ => Err(Error::NotFound(format!("workspace {id} not found"))),
+    }
+}
+
+async fn refuse_paused_ancestor(conn: &mut PgConnection, ws: &Workspace) -> Result<()> {
+    if let Some(p) = workspaces::ancestors(conn, ws.id).await?.into_iter().find(|a| a.status() == Status::Paused) {
+        return Err(Error::Conflict(format!("ancestor workspace {:?} ({}) is paused; resume it first", p.name, p.id)));
+    }
+    Ok(())
+}
+
+pub enum Restarted {
+    Queued {
+        op: Op,
+        new: bool,
+    },
+    /// External workspaces are run by their owners; there is nothing to restart.
+    Noop,
+}
+
+pub async fn restart(
+    pool: &PgPool,
+    id: Uuid,
+    reason: &str,
+    requested_by: &str,
+    policies: Policies,
+) -> Result<Restarted> {
+    let mut tx = pool.begin().await?;
+    let ws = lock_live(&mut tx, id).await?;
+    if ws.external {
+        return Ok(Restarted::Noop);
+    }
+    if ws.status() == Status::Paused {
+        return Err(Error::Conflict(format!("workspace {id} is paused; resume it instead")));
+    }
+    refuse_paused_ancestor(&mut tx, &ws).await?;
+    let restarted = request_restart(&mut tx, &ws, reason, requested_by, policies).await?;
+    tx.commit().await?;
+    Ok(restarted)
+}
+
+/// Shared by the restart verb and the liveness sweep. The caller holds the row lock.
+pub async fn request_restart(
+    conn: &mut PgConnection,
+    ws: &Workspace,
+    reason: &str,
+    requested_by: &str,
+    policies: Policies,
+) -> Result<Restarted> {
+    let (op, new) =
+        ops::request(conn, ws, OpKind::Restart, reason, requested_by, policies.for_kind(OpKind::Restart)).await?;
+    if new {
+        workspaces::set_status(conn, ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": reason})).await?;
+    }
+    Ok(Restarted::Queued { op, new })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Paused {
+    pub paused: Vec<Uuid>,
+    pub op_ids: Vec<Uuid>,
+}
+
+pub async fn pause(pool: &PgPool, id: Uuid, requested_by: &str, policies: Policies) -> Result<Paused> {
+    let mut tx = pool.begin().await?;
+    let root = lock_live(&mut tx, id).await?;
+    if root.status() == Status::Paused {
+        return Err(Error::Conflict(format!("workspace {id} is already paused")));
+    }
+    let mut out = Paused { paused: vec![], op_ids: vec![] };
+    for member in workspaces::subtree(&mut tx, id).await? {
+        let ws = lock_live(&mut tx, member.id).await?;
+        if ws.status() == Status::Paused {
+            continue;
+        }
+        ops::cancel_queued_starts(&mut tx, ws.id, "superseded by pause").await?;
+        workspaces::set_status(&mut tx, &ws, Status::Paused, None, json!({})).await?;
+        let (op, _) =
+            ops::request(&mut tx, &ws, OpKind::Stop, "pause", requested_by, policies.for_kind(OpKind::Stop)).await?;
+        out.paused.push(ws.id);
+        out.op_ids.push(op.id);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Resumed {
+    pub resumed: Vec<Uuid>,
+    pub op_ids: Vec<Uuid>,
+}
+
+pub async fn resume(pool: &PgPool, id: Uuid, requested_by: &str, policies: Policies) -> Result<Resumed> {
+    let mut tx = pool.begin().await?;
+    let root = lock_live(&mut tx, id).await?;
+    if root.status() != Status::Paused {
+        return Err(Error::Conflict(format!("workspace {id} is {}, not paused", root.status())));
+    }
+    refuse_paused_ancestor(&mut tx, &root).await?;
+    let mut out = Resumed { resumed: vec![], op_ids: vec![] };
+    for member in workspaces::subtree(&mut tx, id).await? {
+        let ws = lock_live(&mut tx, member.id).await?;
+        if ws.status() != Status::Paused {
+            continue;
+        }
+        let (op, _) =
+            ops::request(&mut tx, &ws, OpKind::Provision, "resume", requested_by, policies.for_kind(OpKind::Provision))
+                .await?;
+        workspaces::set_status(&mut tx, &ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": "resume"}))
+            .await?;
+        out.resumed.push(ws.id);
+        out.op_ids.push(op.id);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChildRef {
+    pub id: Uuid,
+    pub name: String,
+}
+
+pub enum Deleted {
+    ConfirmationRequired { children: Vec<ChildRef> },
+    Removed { removed: Vec<Workspace>, op_ids: Vec<Uuid> },
+}
+
+pub async fn delete(pool: &PgPool, id: Uuid, confirm: bool, requested_by: &str, policies: Policies) -> Result<Deleted> {
+    let mut tx = pool.begin().await?;
+    lock_live(&mut tx, id).await?;
+    let children: Vec<ChildRef> = workspaces::list(&mut *tx, None, Some(id))
+        .await?
+        .into_iter()
+        .map(|c| ChildRef { id: c.id, name: c.name })
+        .collect();
+    if !children.is_empty() && !confirm {
+        return Ok(Deleted::ConfirmationRequired { children });
+    }
+    let (removed, op_ids) = remove_subtree(&mut tx, id, "delete", requested_by, policies).await?;
+    tx.commit().await?;
+    Ok(Deleted::Removed { removed, op_ids })
+}
+
+/// Tombstones first (status `removed`, tokens revoked, queued starts canceled), then the
+/// stop ops: a late register, heartbeat or restart can never bring the rows back.
+async fn remove_subtree(
+    conn: &mut PgConnection,
+    id: Uuid,
+    reason: &str,
+    requested_by: &str,
+    policies: Policies,
+) -> Result<(Vec<Workspace>, Vec<Uuid>)> {
+    let mut removed = vec![];
+    let mut op_ids = vec![];
+    for member in workspaces::subtree(conn, id).await? {
+        let ws = lock_live(conn, member.id).await?;
+        ops::cancel_queued_starts(conn, ws.id, &format!("superseded by {reason}")).await?;
+        let ws = workspaces::set_status(conn, &ws, Status::Removed, None, json!({"reason": reason})).await?;
+        tokens::revoke_all(conn, ws.id).await?;
+        let (op, _) =
+            ops::request(conn, &ws, OpKind::Stop, reason, requested_by, policies.for_kind(OpKind::Stop)).await?;
+        op_ids.push(op.id);
+        removed.push(ws);
+    }
+    Ok((removed, op_ids))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Collapsed {
+    pub removed: Vec<String>,
+    pub op_ids: Vec<Uuid>,
+}
+
+/// Removes the direct children, each with its own subtree so nothing keeps running under a
+/// removed parent.
+pub async fn collapse(pool: &PgPool, id: Uuid, requested_by: &str, policies: Policies) -> Result<Collapsed> {
+    let mut tx = pool.begin().await?;
+    let parent = lock_live(&mut tx, id).await?;
+    let mut out = Collapsed { removed: vec![], op_ids: vec![] };
+    for child in workspaces::list(&mut *tx, None, Some(id)).await? {
+        let (_, ops) = remove_subtree(&mut tx, child.id, "collapse", requested_by, policies).await?;
+        out.removed.push(child.name);
+        out.op_ids.extend(ops);
+    }
+    crate::events::record(
+        &mut tx,
+        crate::events::WORKSPACE_COLLAPSED,
+        Some(parent.id),
+        json!({"removed_children": out.removed}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+pub struct Patch {
+    pub name: Option<String>,
+    pub role: Option<Option<String>>,
+    pub tier: Option<i32>,
+    pub parent_id: Option<Option<Uuid>>,
+    pub collapsed: Option<bool>,
+}
+
+pub async fn patch(pool: &PgPool, id: Uuid, p: Patch) -> Result<Workspace> {
+    let mut tx = pool.begin().await?;
+    let ws = lock_live(&mut tx, id).await?;
+    if let Some(Some(parent)) = p.parent_id {
+        if parent == id {
+            return Err(Error::Invalid("parent_id cannot be the workspace itself".into()));
+        }
+        lock_live(&mut tx, parent)
+            .await
+            .map_err(|_| Error::NotFound(format!("parent workspace {parent} not found")))?;
+        let ancestors = workspaces::ancestors(&mut tx, parent).await?;
+        if ancestors.iter().any(|a| a.id == id) {
+            return Err(Error::Invalid("parent_id would create a cycle".into()));
+        }
+    }
+    let updated = sqlx::query_as::<_, Workspace>(
+        "UPDATE workspaces SET
+            name = coalesce($2, name),
+            role = CASE WHEN $3 THEN $4 ELSE role END,
+            tier = coalesce($5, tier),
+            parent_id = CASE WHEN $6 THEN $7 ELSE parent_id END,
+            collapsed = coalesce($8, collapsed),
+            updated_at = now()
+          WHERE id = $1 RETURNING *",
+    )
+    .bind(ws.id)
+    .bind(p.name)
+    .bind(p.role.is_some())
+    .bind(p.role.flatten())
+    .bind(p.tier)
+    .bind(p.parent_id.is_some())
+    .bind(p.parent_id.flatten())
+    .bind(p.collapsed)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(updated)
+}

@@ -1,0 +1,48 @@
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::Result;
+use crate::tokens;
+
+/// Mints a token and returns the plaintext: the only moment it exists outside the agent.
+pub async fn mint(conn: &mut PgConnection, workspace_id: Uuid) -> Result<String> {
+    let t = tokens::generate();
+    sqlx::query("INSERT INTO workspace_tokens (id, workspace_id, token_hash, prefix) VALUES ($1, $2, $3, $4)")
+        .bind(Uuid::new_v4())
+        .bind(workspace_id)
+        .bind(&t.hash)
+        .bind(&t.prefix)
+        .execute(conn)
+        .await?;
+    Ok(t.plaintext)
+}
+
+pub async fn revoke_all(conn: &mut PgConnection, workspace_id: Uuid) -> Result<u64> {
+    Ok(sqlx::query("UPDATE workspace_tokens SET revoked_at = now() WHERE workspace_id = $1 AND revoked_at IS NULL")
+        .bind(workspace_id)
+        .execute(conn)
+        .await?
+        .rows_affected())
+}
+
+pub async fn has_live<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM workspace_tokens WHERE workspace_id = $1 AND revoked_at IS NULL)",
+    )
+    .bind(workspace_id)
+    .fetch_one(db)
+    .await?)
+}
+
+/// The workspace a live token belongs to. Tokens of removed workspaces are dead too.
+pub async fn validate<'e>(db: impl PgExecutor<'e>, plaintext: &str) -> Result<Option<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE workspace_tokens t SET last_used_at = now()
+           FROM workspaces w
+          WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND w.id = t.workspace_id AND w.status <> 'removed'
+          RETURNING t.workspace_id",
+    )
+    .bind(tokens::hash(plaintext))
+    .fetch_optional(db)
+    .await?)
+}

@@ -1,0 +1,40 @@
+use sqlx::PgExecutor;
+
+use crate::Result;
+
+pub async fn heartbeat<'e>(
+    db: impl PgExecutor<'e>,
+    id: &str,
+    hostname: &str,
+    pid: u32,
+    backends: &[&str],
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO worker_processes (id, hostname, pid, backends) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (id) DO UPDATE SET last_seen = now(), backends = EXCLUDED.backends",
+    )
+    .bind(id)
+    .bind(hostname)
+    .bind(pid as i32)
+    .bind(backends)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn remove<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM worker_processes WHERE id = $1").bind(id).execute(db).await?;
+    Ok(())
+}
+
+/// `None` when no worker is alive (requests still queue durably); otherwise whether any
+/// live worker reaches a backend.
+pub async fn any_live_backend<'e>(db: impl PgExecutor<'e>) -> Result<Option<bool>> {
+    let row: (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE cardinality(backends) > 0)
+           FROM worker_processes WHERE last_seen > now() - interval '30 seconds'",
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(if row.0 == 0 { None } else { Some(row.1 > 0) })
+}

@@ -1,0 +1,136 @@
+//! The worker process: runs lifecycle and sweep jobs from the durable queue.
+//!
+//! `worker run` (default) starts the job runners and the sweep scheduler; `worker migrate`
+//! applies migrations and exits (the Procfile's `release`).
+
+mod runners;
+mod scheduler;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobs::backend::Backends;
+use jobs::backend::docker::{DockerBackend, DockerSettings};
+use jobs::config::{Config, DockerMode};
+use jobs::kinds::Runtime;
+use jobs::store::workers;
+use tokio::sync::watch;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    jobs::telemetry::init(config.log_format);
+    let cmd = std::env::args().nth(1).unwrap_or_else(|| "run".into());
+    let result = match cmd.as_str() {
+        "migrate" => migrate(&config).await,
+        "run" => run(config).await,
+        other => {
+            eprintln!("worker: unknown command {other:?}; use `worker run` or `worker migrate`");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "worker stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: &Config) -> jobs::Result<()> {
+    let pool = jobs::db::connect(&config.database_url, 2).await?;
+    jobs::db::migrate(&pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+async fn connect_backends(config: &Config) -> jobs::Result<Backends> {
+    let mut backends = Backends::default();
+    if config.docker != DockerMode::Off {
+        let settings = DockerSettings {
+            images: config.images.clone(),
+            default_image: config.default_image.clone(),
+            network: config.docker_network.clone(),
+            tiers: config.tiers,
+            call_timeout: config.docker_call_timeout,
+        };
+        match DockerBackend::connect(settings).await {
+            Ok(d) => backends.docker = Some(Arc::new(d)),
+            Err(e) if config.docker == DockerMode::Auto => {
+                tracing::info!(error = %e, "no Docker engine reachable; the Docker backend is off")
+            }
+            Err(e) => return Err(jobs::Error::Config(format!("DOCKER_ENABLED=true but {e}"))),
+        }
+    }
+    Ok(backends)
+}
+
+async fn run(config: Config) -> jobs::Result<()> {
+    let config = Arc::new(config);
+    let pool = jobs::db::connect(&config.database_url, config.database_max_connections).await?;
+    jobs::db::migrate(&pool).await?;
+    let backends = connect_backends(&config).await?;
+    tracing::info!(backends = ?backends.names(), "worker starting");
+    let rt = Arc::new(Runtime { pool: pool.clone(), policies: config.policies(), config: config.clone(), backends });
+
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let process_id = format!("{hostname}-{}-{}", std::process::id(), ulid::Ulid::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(runners::supervise_lifecycle(rt.clone(), process_id.clone(), stop_rx.clone()));
+    tasks.spawn(runners::supervise_sweeps(rt.clone(), process_id.clone(), stop_rx.clone()));
+    tasks.spawn(scheduler::run(rt.clone(), stop_rx.clone()));
+    tasks.spawn(announce(rt.clone(), process_id.clone(), hostname, stop_rx.clone()));
+
+    shutdown_signal().await;
+    tracing::info!(
+        grace_secs = config.shutdown_grace.as_secs(),
+        "shutting down: no new jobs; waiting for running ones"
+    );
+    let _ = stop_tx.send(true);
+    let drained =
+        tokio::time::timeout(config.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; jobs still running are left for another worker to rescue");
+    }
+    let _ = workers::remove(&pool, &process_id).await;
+    Ok(())
+}
+
+/// Keeps this process's row in `worker_processes` fresh.
+async fn announce(rt: Arc<Runtime>, id: String, hostname: String, mut stop: watch::Receiver<bool>) {
+    let names = rt.backends.names();
+    loop {
+        if let Err(e) = workers::heartbeat(&rt.pool, &id, &hostname, std::process::id(), &names).await {
+            tracing::warn!(error = %e, "could not record worker heartbeat");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process can only be killed; run until then.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

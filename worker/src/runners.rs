@@ -1,0 +1,129 @@
+//! apalis workers, wrapped: each runs in a supervising loop that rebuilds it with backoff
+//! when it dies (apalis ends a worker on a transient database error), under a name unique
+//! to this process and generation so orphan rescue can tell it from its predecessors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_postgres::{Config as PgConfig, PostgresStorage};
+use jobs::kinds::{self, Runtime};
+use jobs::queue::{LIFECYCLE_QUEUE, OpTask, SWEEP_QUEUE, SweepTask};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+type Payload = serde_json::Value;
+
+fn storage(rt: &Runtime, queue: &str, batch: usize) -> PostgresStorage<Payload> {
+    let cfg = &rt.config;
+    PostgresStorage::new(&rt.pool).with_config(
+        PgConfig::default()
+            .queue(queue)
+            .batch_size(batch)
+            .heartbeat_interval(cfg.worker_heartbeat)
+            .missed_heartbeats(cfg.worker_missed_heartbeats),
+    )
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) -> Result<(), std::io::Error> {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the worker made by `run_once` until shutdown, backing off 1 s → 30 s.
+async fn supervise<F, Fut>(queue: &'static str, mut stop: watch::Receiver<bool>, run_once: F)
+where
+    F: Fn(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(), WorkerError>>,
+{
+    let mut backoff = Duration::from_secs(1);
+    for generation in 0u32.. {
+        if *stop.borrow() {
+            return;
+        }
+        let result = run_once(generation).await;
+        if *stop.borrow() {
+            return;
+        }
+        match result {
+            Ok(()) => tracing::warn!(queue, "worker ended without being asked to; restarting"),
+            Err(e) => {
+                tracing::error!(queue, error = %e, backoff_ms = backoff.as_millis() as u64, "worker died; restarting")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+pub async fn supervise_lifecycle(rt: Arc<Runtime>, process_id: String, stop: watch::Receiver<bool>) {
+    let concurrency = rt.config.worker_concurrency;
+    let poll = rt.config.worker_poll_interval;
+    supervise(LIFECYCLE_QUEUE, stop.clone(), |generation| {
+        let backend = storage(&rt, LIFECYCLE_QUEUE, concurrency.min(4)).with_pubsub().poll_with_interval(poll);
+        let worker = WorkerBuilder::new(format!("{LIFECYCLE_QUEUE}-{process_id}-{generation}"))
+            .backend(backend)
+            .data(rt.clone())
+            .concurrency(concurrency)
+            .build(lifecycle_task);
+        worker.run_until(stopped(stop.clone()))
+    })
+    .await
+}
+
+pub async fn supervise_sweeps(rt: Arc<Runtime>, process_id: String, stop: watch::Receiver<bool>) {
+    let poll = rt.config.worker_poll_interval;
+    supervise(SWEEP_QUEUE, stop.clone(), |generation| {
+        let backend = storage(&rt, SWEEP_QUEUE, 2).with_pubsub().poll_with_interval(poll);
+        let worker = WorkerBuilder::new(format!("{SWEEP_QUEUE}-{process_id}-{generation}"))
+            .backend(backend)
+            .data(rt.clone())
+            .concurrency(2)
+            .build(sweep_task);
+        worker.run_until(stopped(stop.clone()))
+    })
+    .await
+}
+
+/// A payload that does not decode is logged and dropped (returning an error would make
+/// apalis re-run it at once, and nothing valid can come of it).
+async fn lifecycle_task(args: Payload, task_id: TaskId, rt: Data<Arc<Runtime>>) -> Result<(), BoxDynError> {
+    let task_id = task_id.to_string();
+    let task: OpTask = match serde_json::from_value(args) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(job_id = %task_id, error = %e, "undecodable lifecycle task; dropped");
+            return Ok(());
+        }
+    };
+    if let Err(e) = kinds::run_op(&rt, task.op_id, &task_id).await {
+        tracing::error!(job_id = %task_id, op_id = %task.op_id, error = %e, "could not record the op's outcome");
+        // The database is in trouble; don't let apalis re-fetch this task in a hot loop.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return Err(Box::new(e));
+    }
+    Ok(())
+}
+
+async fn sweep_task(args: Payload, task_id: TaskId, rt: Data<Arc<Runtime>>) -> Result<(), BoxDynError> {
+    let task: SweepTask = match serde_json::from_value(args) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(job_id = %task_id, error = %e, "undecodable sweep task; dropped");
+            return Ok(());
+        }
+    };
+    let span = tracing::info_span!("sweep", sweep = %task.sweep, job_id = %task_id);
+    if let Err(e) = kinds::sweep::run(&rt, &task).instrument(span).await {
+        // No retry: the next period runs the sweep again.
+        tracing::error!(sweep = %task.sweep, job_id = %task_id, error = %e, "sweep failed");
+    }
+    Ok(())
+}

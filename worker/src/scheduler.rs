@@ -1,0 +1,37 @@
+//! Ticks every second and claims each sweep's period as it begins. The claim is a unique
+//! row in the database, so any number of workers produce one run per period.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jobs::kinds::Runtime;
+use jobs::kinds::sweep::{self, SweepKind};
+use tokio::sync::watch;
+
+pub async fn run(rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
+    let mut last_period: [Option<u128>; SweepKind::ALL.len()] = [None; SweepKind::ALL.len()];
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
+        for (i, kind) in SweepKind::ALL.into_iter().enumerate() {
+            let period = kind.period(&rt.config);
+            let index = now_ms / period.as_millis().max(1);
+            if last_period[i] == Some(index) {
+                continue;
+            }
+            match sweep::claim_period(&rt.pool, kind, period).await {
+                Ok(won) => {
+                    last_period[i] = Some(index);
+                    if won {
+                        tracing::debug!(sweep = kind.name(), "claimed sweep period");
+                    }
+                }
+                Err(e) => tracing::warn!(sweep = kind.name(), error = %e, "could not claim sweep period"),
+            }
+        }
+    }
+}
