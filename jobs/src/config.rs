@@ -50,6 +50,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Multiplies every retry delay; below 1 shortens retries (tests), above 1 lengthens them.
     pub retry_delay_scale: f64,
+    /// Test-only fault injection (`FAILPOINT_AFTER_START_SECONDS`): a provision pauses after
+    /// the backend started the instance and before the outcome is recorded, so tests can
+    /// kill a worker in the middle of a provision.
+    pub failpoint_after_start: Option<Duration>,
     pub log_format: LogFormat,
 }
 
@@ -97,10 +101,11 @@ impl Config {
 
         let mut images = HashMap::new();
         for (k, v) in std::env::vars() {
-            if let Some(rt) = k.strip_prefix("WORKSPACE_IMAGE_") {
-                if rt != "DEFAULT" && !v.trim().is_empty() {
-                    images.insert(rt.to_ascii_lowercase().replace('_', "-"), v);
-                }
+            if let Some(rt) = k.strip_prefix("WORKSPACE_IMAGE_")
+                && rt != "DEFAULT"
+                && !v.trim().is_empty()
+            {
+                images.insert(rt.to_ascii_lowercase().replace('_', "-"), v);
             }
         }
 
@@ -157,6 +162,10 @@ impl Config {
                     return Err(Error::Config("RETRY_DELAY_SCALE must be a positive number".into()));
                 }
                 f
+            },
+            failpoint_after_start: match get("FAILPOINT_AFTER_START_SECONDS") {
+                None => None,
+                Some(_) => Some(secs("FAILPOINT_AFTER_START_SECONDS", 1)?),
             },
             log_format,
         })

@@ -41,12 +41,12 @@ pub struct CreateRequest {
 
 pub enum Created {
     Provisioning {
-        workspace: Workspace,
-        op: Op,
+        workspace: Box<Workspace>,
+        op: Box<Op>,
     },
     /// External workspaces have no op; the token is shown once when there is no URL yet.
     External {
-        workspace: Workspace,
+        workspace: Box<Workspace>,
         token: Option<String>,
     },
 }
@@ -86,7 +86,7 @@ pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str, polic
             Status::AwaitingAgent => Some(tokens::mint(&mut tx, workspace.id).await?),
             _ => None,
         };
-        Created::External { workspace, token }
+        Created::External { workspace: Box::new(workspace), token }
     } else {
         let (op, _) = ops::request(
             &mut tx,
@@ -97,7 +97,7 @@ pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str, polic
             policies.for_kind(OpKind::Provision),
         )
         .await?;
-        Created::Provisioning { workspace, op }
+        Created::Provisioning { workspace: Box::new(workspace), op: Box::new(op) }
     };
     tx.commit().await?;
     Ok(created)
@@ -119,7 +119,7 @@ async fn refuse_paused_ancestor(conn: &mut PgConnection, ws: &Workspace) -> Resu
 
 pub enum Restarted {
     Queued {
-        op: Op,
+        op: Box<Op>,
         new: bool,
     },
     /// External workspaces are run by their owners; there is nothing to restart.
@@ -160,7 +160,7 @@ pub async fn request_restart(
     if new {
         workspaces::set_status(conn, ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": reason})).await?;
     }
-    Ok(Restarted::Queued { op, new })
+    Ok(Restarted::Queued { op: Box::new(op), new })
 }
 
 #[derive(Debug, Serialize)]

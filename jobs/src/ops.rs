@@ -205,7 +205,7 @@ pub struct Claim {
 
 #[derive(Debug)]
 pub enum ClaimResult {
-    Claimed(Claim),
+    Claimed(Box<Claim>),
     /// Nothing to do; the reason is logged.
     Skip(String),
 }
@@ -229,8 +229,10 @@ pub async fn claim(pool: &PgPool, op_id: Uuid, task_id: &str) -> Result<ClaimRes
     if op.task_id.as_deref() != Some(task_id) {
         return Ok(ClaimResult::Skip(format!("task {task_id} is stale; op is delivered by {:?}", op.task_id)));
     }
-    if let Some(h) = head(&mut tx, workspace_id).await? {
-        if h.id != op.id {
+    if let Some(h) = head(&mut tx, workspace_id).await?
+        && h.id != op.id
+    {
+        {
             // Not its turn (should not happen): drop the task; advance() will re-deliver it.
             sqlx::query("UPDATE workspace_ops SET task_id = NULL WHERE id = $1").bind(op.id).execute(&mut *tx).await?;
             tx.commit().await?;
@@ -248,7 +250,7 @@ pub async fn claim(pool: &PgPool, op_id: Uuid, task_id: &str) -> Result<ClaimRes
     .await?;
     notify(&mut tx, &op).await?;
     tx.commit().await?;
-    Ok(ClaimResult::Claimed(Claim { lease: op.lease, op }))
+    Ok(ClaimResult::Claimed(Box::new(Claim { lease: op.lease, op })))
 }
 
 #[derive(Debug, thiserror::Error)]

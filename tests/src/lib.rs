@@ -1,1 +1,376 @@
+//! Test harness: real processes against real components. Each test gets a fresh database
+//! on the PostgreSQL server named by `TEST_DATABASE_URL`, and starts the real `api` and
+//! `worker` binaries against it; workspaces run in the real Docker engine from the agent
+//! stub image named by `AGENT_STUB_IMAGE` (both set by `dev/test`).
 
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+pub const ADMIN: &str = "test-admin-token";
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with `./dev/test`"))
+}
+
+/// The directory holding the `api` and `worker` binaries of this build.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary> → target/<profile>
+    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is missing: build with `cargo build --workspace --bins` first", p.display());
+    p
+}
+
+/// Polls `check` until it yields a value or `timeout` passes (then panics naming `what`).
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+    server_url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let server_url = required_env("TEST_DATABASE_URL");
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        let admin =
+            PgPoolOptions::new().max_connections(1).connect(&server_url).await.expect("connect TEST_DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let (base, _) = server_url.rsplit_once('/').expect("TEST_DATABASE_URL has a database path");
+        TestDb { url: format!("{base}/{name}"), name, server_url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (server, name) = (self.server_url.clone(), self.name.clone());
+        // Drop runs outside async; a small runtime on its own thread does the cleanup.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                if let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&server).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&pool)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A child process whose output goes to a log file; killed when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: PathBuf, args: &[&str], env: &[(String, String)]) -> Proc {
+        let log = std::env::temp_dir().join(format!("ws-test-{name}-{}.log", Uuid::new_v4().simple()));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn process");
+        Proc { name: name.into(), child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([&format!("-{sig}"), &self.pid().to_string()]).status().map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "kill -{sig} {} failed", self.name);
+    }
+
+    /// Waits for the process to exit and returns whether it exited successfully.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let what = format!("{} to exit", self.name);
+        eventually(timeout, &what, || {
+            let r = self.child.try_wait();
+            async move { r.ok().flatten() }
+        })
+        .await
+        .success()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("----- last lines of {} ({}) -----", self.name, self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+pub struct StackBuilder {
+    env: Vec<(String, String)>,
+    worker_env: Vec<(String, String)>,
+    workers: usize,
+}
+
+impl StackBuilder {
+    /// Environment for both the api and the workers.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Environment for the workers started by `start` only.
+    pub fn worker_env(mut self, k: &str, v: &str) -> Self {
+        self.worker_env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    pub async fn start(self) -> Stack {
+        let db = TestDb::create().await;
+        let mut base: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), db.url.clone()),
+            ("ADMIN_TOKEN".into(), ADMIN.into()),
+            ("LOG_FORMAT".into(), "pretty".into()),
+            ("RUST_LOG".into(), "info".into()),
+            ("NO_COLOR".into(), "1".into()),
+            ("DATABASE_MAX_CONNECTIONS".into(), "10".into()),
+            ("RETRY_DELAY_SCALE".into(), "0.05".into()),
+            ("DOCKER_NETWORK".into(), "host".into()),
+        ];
+        if let Ok(img) = std::env::var("AGENT_STUB_IMAGE") {
+            base.push(("WORKSPACE_IMAGE_DEFAULT".into(), img));
+        }
+        base.extend(self.env);
+        let mut api_env = base.clone();
+        api_env.push(("API_ADDR".into(), "127.0.0.1:0".into()));
+        let api = Proc::spawn("api", bin("api"), &[], &api_env);
+        let url = eventually(Duration::from_secs(30), "the api to listen", || {
+            let text = api.log_text();
+            async move { text.lines().find_map(|l| l.split("api listening on ").nth(1).map(|s| s.trim().to_string())) }
+        })
+        .await;
+        let pool = PgPoolOptions::new().max_connections(5).connect(&db.url).await.expect("connect test db");
+        let mut worker_env = base;
+        worker_env.push(("PLATFORM_URL".into(), url.clone()));
+        let mut stack = Stack {
+            client: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("http client"),
+            api: Some(api),
+            workers: vec![],
+            pool,
+            url,
+            worker_env,
+            extra_worker_env: self.worker_env,
+            db,
+        };
+        for _ in 0..self.workers {
+            stack.add_worker(&[]);
+        }
+        stack
+    }
+}
+
+pub struct Stack {
+    pub url: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub api: Option<Proc>,
+    pub workers: Vec<Proc>,
+    worker_env: Vec<(String, String)>,
+    extra_worker_env: Vec<(String, String)>,
+    pub db: TestDb,
+}
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or_else(|| panic!("no error message in {} {}", self.status, self.body))
+    }
+}
+
+impl Stack {
+    pub fn builder() -> StackBuilder {
+        StackBuilder { env: vec![], worker_env: vec![], workers: 1 }
+    }
+
+    /// Starts one more worker; `env` adds to (and overrides) the stack's worker environment.
+    pub fn add_worker(&mut self, env: &[(&str, &str)]) -> usize {
+        let mut e = self.worker_env.clone();
+        e.extend(self.extra_worker_env.iter().cloned());
+        e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let n = self.workers.len();
+        self.workers.push(Proc::spawn(&format!("worker{n}"), bin("worker"), &["run"], &e));
+        n
+    }
+
+    /// A request with an explicit bearer token (`None`: no Authorization header) and raw body.
+    pub async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.client.request(method, format!("{}{}", self.url, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status} body is not JSON: {text}"))
+        };
+        Resp { status, body }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        self.raw("POST", path, Some(ADMIN), Some(&body.to_string())).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.raw("GET", path, Some(ADMIN), None).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.raw("DELETE", path, Some(ADMIN), None).await
+    }
+
+    pub async fn workspace(&self, id: &str) -> Value {
+        let r = self.get(&format!("/workspaces/{id}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body
+    }
+
+    pub async fn status_of(&self, id: &str) -> String {
+        self.workspace(id).await["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub async fn wait_status(&self, id: &str, want: &str, timeout: Duration) -> Value {
+        eventually(timeout, &format!("workspace {id} to be {want}"), || async {
+            let ws = self.workspace(id).await;
+            (ws["status"] == want).then_some(ws)
+        })
+        .await
+    }
+
+    pub async fn ops(&self, id: &str) -> Vec<Value> {
+        let r = self.get(&format!("/workspaces/{id}/ops")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        r.body.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until every op of the workspace is final, and returns them (newest first).
+    pub async fn ops_settled(&self, id: &str, timeout: Duration) -> Vec<Value> {
+        eventually(timeout, &format!("ops of {id} to finish"), || async {
+            let ops = self.ops(id).await;
+            ops.iter().all(|o| matches!(o["status"].as_str(), Some("succeeded" | "failed" | "canceled"))).then_some(ops)
+        })
+        .await
+    }
+
+    pub async fn create(&self, body: Value) -> String {
+        let r = self.post("/workspaces", body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["id"].as_str().expect("id").to_string()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Containers of this test's workspaces go with it.
+        let url = self.db.url.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&url).await else { return };
+                let ids: Vec<Uuid> =
+                    sqlx::query_scalar("SELECT id FROM workspaces").fetch_all(&pool).await.unwrap_or_default();
+                pool.close().await;
+                for id in ids {
+                    let _ = Command::new("docker").args(["rm", "-f", &format!("ws-{id}")]).output();
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Names of the containers (running or not) labelled with this workspace id.
+pub fn containers_of(workspace_id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=molecule.workspace_id={workspace_id}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .expect("docker ps");
+    assert!(out.status.success(), "docker ps failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+}
+
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+pub fn require_docker_image() -> String {
+    required_env("AGENT_STUB_IMAGE")
+}

@@ -60,10 +60,10 @@ pub async fn register(
 ) -> ApiResult<Json<Value>> {
     auth::bootstrap(&state, &headers, b.id).await?;
     let url = b.url.as_deref().map(safe_agent_url).transpose()?;
-    if let Some(m) = &b.delivery_mode {
-        if !matches!(m.as_str(), "push" | "poll") {
-            return Err(ApiError::BadRequest(format!("delivery_mode {m:?} must be push or poll")));
-        }
+    if let Some(m) = &b.delivery_mode
+        && !matches!(m.as_str(), "push" | "poll")
+    {
+        return Err(ApiError::BadRequest(format!("delivery_mode {m:?} must be push or poll")));
     }
     let token = registry::register(
         &state.pool,
@@ -94,10 +94,10 @@ pub async fn heartbeat(
     ApiJson(b): ApiJson<HeartbeatBody>,
 ) -> ApiResult<Json<Value>> {
     auth::bootstrap(&state, &headers, b.workspace_id).await?;
-    if let Some(r) = b.error_rate {
-        if !(0.0..=1.0).contains(&r) {
-            return Err(ApiError::BadRequest("error_rate must be between 0 and 1".into()));
-        }
+    if let Some(r) = b.error_rate
+        && !(0.0..=1.0).contains(&r)
+    {
+        return Err(ApiError::BadRequest("error_rate must be between 0 and 1".into()));
     }
     let cap = |s: Option<String>| s.map(|s| s.chars().take(4096).collect::<String>());
     registry::heartbeat(

@@ -65,10 +65,10 @@ fn parse_create(b: CreateBody) -> ApiResult<CreateRequest> {
     if !(1..=1000).contains(&max_concurrent_tasks) {
         return Err(ApiError::BadRequest("max_concurrent_tasks must be between 1 and 1000".into()));
     }
-    if let Some(c) = &b.canvas {
-        if !c.x.is_finite() || !c.y.is_finite() {
-            return Err(ApiError::BadRequest("canvas.x and canvas.y must be finite numbers".into()));
-        }
+    if let Some(c) = &b.canvas
+        && (!c.x.is_finite() || !c.y.is_finite())
+    {
+        return Err(ApiError::BadRequest("canvas.x and canvas.y must be finite numbers".into()));
     }
     Ok(CreateRequest {
         name,

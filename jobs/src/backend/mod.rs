@@ -50,6 +50,9 @@ pub struct StartSpec {
     /// Plaintext workspace token to hand to the agent, for backends that can write files
     /// into the instance before it starts (see [`Backend::delivers_token`]).
     pub token: Option<String>,
+    /// How often the agent should heartbeat: a fraction of the staleness threshold, so one
+    /// lost heartbeat never makes a workspace look dead.
+    pub heartbeat_interval_secs: u64,
 }
 
 /// The reference a backend gives back for a started instance; stored on the workspace row.

@@ -48,6 +48,7 @@ pub async fn start_instance(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
         model: ws.model.clone(),
         platform_url: rt.config.platform_url.clone(),
         token,
+        heartbeat_interval_secs: (rt.config.heartbeat_stale_after.as_secs() / 3).clamp(1, 30),
     };
     let started = match backend.start(&spec).await {
         Ok(s) => s,
@@ -55,6 +56,10 @@ pub async fn start_instance(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
         Err(e) => return Ok(Outcome::Failed(format!("{} start failed: {e}", kind.as_str()))),
     };
 
+    if let Some(pause) = rt.config.failpoint_after_start {
+        tracing::warn!(pause_ms = pause.as_millis() as u64, "failpoint: pausing between start and its record");
+        tokio::time::sleep(pause).await;
+    }
     let mut tx = rt.pool.begin().await?;
     if let Err(f) = claim.fence(&mut tx).await? {
         // The replacing worker records its own instance; ours has the same name/token scope.
