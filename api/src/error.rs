@@ -22,6 +22,8 @@ pub enum ApiError {
     #[error("{message}")]
     ConflictWith { message: String, extra: Value },
     #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
     Internal(jobs::Error),
@@ -56,6 +58,7 @@ impl IntoResponse for ApiError {
                 }
                 (StatusCode::CONFLICT, body)
             }
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": m})),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": m})),
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "request failed");

@@ -23,6 +23,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 Err(ApiError::BadRequest(format!("malformed JSON: {}", e.body_text())))
             }
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::BadRequest(e.body_text())),
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge("request body is larger than the 1 MiB limit".into()))
+            }
             Err(e) => Err(ApiError::BadRequest(e.body_text())),
         }
     }

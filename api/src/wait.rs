@@ -38,8 +38,8 @@ pub enum Waited {
     TimedOut(Op),
 }
 
-/// Waits until workspace `ws_id` is no longer `provisioning` (its agent registered, or it
-/// failed, was paused or removed) or `timeout` passes.
+/// Waits until op `op_id` is final and workspace `ws_id` is no longer `provisioning` (its
+/// agent registered, or it failed, was paused or removed), or `timeout` passes.
 pub async fn until_settled(state: &AppState, ws_id: Uuid, op_id: Uuid, timeout: Duration) -> ApiResult<Waited> {
     // Subscribe before the first read so no change can slip between the two.
     let mut rx = state.notices.subscribe();
@@ -48,7 +48,10 @@ pub async fn until_settled(state: &AppState, ws_id: Uuid, op_id: Uuid, timeout: 
         let ws = workspaces::get(&state.pool, ws_id)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("workspace {ws_id} not found")))?;
-        if ws.status() != Status::Provisioning {
+        let op = ops::get(&state.pool, op_id).await?.ok_or_else(|| ops::not_found(op_id))?;
+        // The op must be done too: a workspace can be online from an earlier instance while
+        // the restart asked for is still queued.
+        if op.is_final() && ws.status() != Status::Provisioning {
             return Ok(Waited::Settled(ws));
         }
         // Sleep until something about this workspace changes.

@@ -12,6 +12,13 @@ use crate::store::{tokens, workspaces};
 use crate::workspace::Status;
 
 pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
+    if let Some(ws) = workspaces::get(&rt.pool, claim.op.workspace_id).await?
+        && matches!(ws.status(), Status::Online | Status::Degraded)
+    {
+        // A re-delivered provision whose instance already came up (its worker died after
+        // the start): the agent registered, so the work is done.
+        return Ok(Outcome::Succeeded("the agent had already registered; nothing to start".into()));
+    }
     start_instance(rt, claim).await
 }
 

@@ -15,12 +15,28 @@ use crate::store::workspaces;
 use crate::workspace::Status;
 
 pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
-    let Some(ws) = workspaces::get(&rt.pool, claim.op.workspace_id).await? else {
-        return Ok(Outcome::Skipped("workspace row is gone".into()));
+    // The workspace may have come online (from an earlier instance) since this restart was
+    // asked for; the restart still happens, and the workspace is provisioning again.
+    let mut tx = rt.pool.begin().await?;
+    let ws = match claim.fence(&mut tx).await? {
+        Ok(ws) => ws,
+        Err(f) => return Ok(Outcome::Skipped(f.to_string())),
     };
-    if ws.status() != Status::Provisioning {
-        return Ok(Outcome::Skipped(format!("workspace is {}", ws.status())));
+    match ws.status() {
+        Status::Removed | Status::Paused => return Ok(Outcome::Skipped(format!("workspace is {}", ws.status()))),
+        Status::Provisioning => {}
+        _ => {
+            workspaces::set_status(
+                &mut tx,
+                &ws,
+                Status::Provisioning,
+                None,
+                json!({"op_id": claim.op.id, "reason": "restart"}),
+            )
+            .await?;
+        }
     }
+    tx.commit().await?;
     let stopped = (|| stop::stop_recorded(rt, &ws))
         .retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_times(2).with_jitter())
         .when(|e| e.is_transient())
