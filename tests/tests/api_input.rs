@@ -4,10 +4,13 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tests::{ADMIN, Stack};
 
+/// (what, path, bearer token, raw body, expected status)
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, Option<String>, StatusCode);
+
 #[tokio::test]
 async fn malformed_and_hostile_requests_get_4xx_with_an_error_message() {
     let stack = Stack::builder().workers(0).start().await;
-    let cases: Vec<(&str, &str, Option<&str>, Option<String>, StatusCode)> = vec![
+    let cases: Vec<Case> = vec![
         ("malformed JSON", "/workspaces", Some(ADMIN), Some("{\"name\": ".into()), StatusCode::BAD_REQUEST),
         ("not an object", "/workspaces", Some(ADMIN), Some("[1,2]".into()), StatusCode::BAD_REQUEST),
         ("missing name", "/workspaces", Some(ADMIN), Some("{}".into()), StatusCode::BAD_REQUEST),
