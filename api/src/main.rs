@@ -53,9 +53,7 @@ async fn run(config: Config) -> jobs::Result<()> {
     let addr = listener.local_addr().map_err(|e| jobs::Error::Config(e.to_string()))?;
     tracing::info!("api listening on http://{addr}");
     axum::serve(listener, routes::router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(jobs::shutdown::signal())
         .await
         .map_err(|e| jobs::Error::Config(format!("server error: {e}")))?;
     Ok(())

@@ -15,6 +15,7 @@ pub mod ops;
 pub mod queue;
 pub mod registry;
 pub mod retry;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;

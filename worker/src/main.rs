@@ -93,7 +93,7 @@ async fn run(config: Config) -> jobs::Result<()> {
     tasks.spawn(scheduler::run(rt.clone(), stop_rx.clone()));
     tasks.spawn(announce(rt.clone(), process_id.clone(), hostname, stop_rx.clone()));
 
-    shutdown_signal().await;
+    jobs::shutdown::signal().await;
     tracing::info!(
         grace_secs = config.shutdown_grace.as_secs(),
         "shutting down: no new jobs; waiting for running ones"
@@ -119,18 +119,5 @@ async fn announce(rt: Arc<Runtime>, id: String, hostname: String, mut stop: watc
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stop.changed() => return,
         }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the process can only be killed; run until then.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
