@@ -153,3 +153,46 @@ async fn delete_of_a_parent_needs_confirmation_and_cascades() {
         assert!(containers_of(id).is_empty());
     }
 }
+
+#[tokio::test]
+async fn collapse_removes_the_children_and_patch_refuses_a_parent_cycle() {
+    require_docker_image();
+    let stack = Stack::builder().start().await;
+    let team = stack.create(json!({"name": "team"})).await;
+    let a = stack.create(json!({"name": "a", "parent_id": team})).await;
+    let b = stack.create(json!({"name": "b", "parent_id": team})).await;
+    for id in [&team, &a, &b] {
+        stack.wait_status(id, "online", LONG).await;
+    }
+
+    // Moving the team under its own child would make a cycle.
+    let r = stack
+        .raw("PATCH", &format!("/workspaces/{team}"), Some(tests::ADMIN), Some(&json!({"parent_id": a}).to_string()))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = stack
+        .raw(
+            "PATCH",
+            &format!("/workspaces/{a}"),
+            Some(tests::ADMIN),
+            Some(&json!({"name": "alpha", "tier": 1}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!((r.body["name"].as_str(), r.body["tier"].as_i64()), (Some("alpha"), Some(1)));
+    let children = stack.get(&format!("/workspaces?parent_id={team}")).await;
+    assert_eq!(children.body.as_array().unwrap().len(), 2);
+
+    let r = stack.post(&format!("/workspaces/{team}/collapse"), json!({})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let mut removed: Vec<&str> = r.body["removed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    removed.sort();
+    assert_eq!(removed, vec!["alpha", "b"]);
+    for child in [&a, &b] {
+        assert_eq!(stack.status_of(child).await, "removed");
+        stack.ops_settled(child, LONG).await;
+        assert!(containers_of(child).is_empty());
+    }
+    assert_eq!(stack.status_of(&team).await, "online", "collapse keeps the parent");
+    assert_eq!(containers_of(&team).len(), 1);
+}
