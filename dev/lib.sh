@@ -261,3 +261,37 @@ ensure_cargo() {
 default_cargo_target_dir() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/ws-target}"
 }
+
+# ensure_moto: the EC2 API emulator (moto server, from PyPI) the EC2 tests run against.
+MOTO_VERSION=5.2.5
+ensure_moto() {
+    if command -v moto_server >/dev/null 2>&1 && python3 -c 'import moto, flask' >/dev/null 2>&1; then
+        return 0
+    fi
+    command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1 || ensure_apt_packages python3-pip
+    log "installing moto[server]==$MOTO_VERSION from PyPI"
+    local pip=pip3
+    command -v pip3 >/dev/null 2>&1 || pip=pip
+    "$pip" install --quiet "moto[server]==$MOTO_VERSION" 2>/dev/null ||
+        "$pip" install --quiet --break-system-packages "moto[server]==$MOTO_VERSION"
+    command -v moto_server >/dev/null 2>&1 || die "moto_server is not on PATH after installing moto[server]"
+}
+
+# start_moto PORT LOGFILE: starts moto_server on 127.0.0.1:PORT in the background, waits until it
+# answers (deadline 60 s) and prints its PID.
+start_moto() {
+    local port="$1" logfile="$2" pid i
+    moto_server -H 127.0.0.1 -p "$port" >"$logfile" 2>&1 &
+    pid=$!
+    for i in $(seq 1 600); do
+        if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/moto-api/', timeout=1)" >/dev/null 2>&1; then
+            echo "$pid"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || { cat "$logfile" >&2; die "moto_server exited"; }
+        sleep 0.1
+        : "$i"
+    done
+    kill "$pid" 2>/dev/null || true
+    die "moto_server did not answer on 127.0.0.1:$port within 60 s"
+}

@@ -23,6 +23,20 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone)]
+pub struct Ec2Config {
+    /// `EC2_ENABLED`: new workspaces go to EC2. Existing EC2 workspaces are managed whenever
+    /// EC2 is configured at all (see [`Config::ec2_reachable`]).
+    pub enabled: bool,
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub ami_id: Option<String>,
+    /// Instance type per tier 1..=4.
+    pub instance_types: [String; 4],
+    pub subnet_id: Option<String>,
+    pub security_group_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: String,
     pub database_max_connections: u32,
@@ -54,6 +68,20 @@ pub struct Config {
     /// the backend started the instance and before the outcome is recorded, so tests can
     /// kill a worker in the middle of a provision.
     pub failpoint_after_start: Option<Duration>,
+    /// This deployment's id, labelled/tagged on every instance it starts. Inventory and the
+    /// orphan sweep only look at instances of their own platform.
+    pub platform_id: String,
+    pub ec2: Ec2Config,
+    pub sweep_orphans_every: Duration,
+    pub sweep_retention_every: Duration,
+    /// A live token of a workspace with no running instance is revoked after this long unused.
+    pub stale_token_after: Duration,
+    pub retention_jobs: Duration,
+    pub retention_ops: Duration,
+    pub retention_events: Duration,
+    /// Rows deleted per statement by the retention sweep: small enough never to hold locks
+    /// the queue's fetch waits on for long.
+    pub retention_batch: i64,
     pub log_format: LogFormat,
 }
 
@@ -167,8 +195,54 @@ impl Config {
                 None => None,
                 Some(_) => Some(secs("FAILPOINT_AFTER_START_SECONDS", 1)?),
             },
+            platform_id: {
+                let id = parse("PLATFORM_ID", "default")?;
+                if id.len() > 63 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                    return Err(Error::Config(format!("PLATFORM_ID={id:?} must be ≤63 letters, digits, - or _")));
+                }
+                id
+            },
+            ec2: Ec2Config {
+                enabled: match parse("EC2_ENABLED", "false")?.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    other => return Err(Error::Config(format!("EC2_ENABLED={other:?} must be true or false"))),
+                },
+                region: parse("AWS_REGION", "us-east-1")?,
+                endpoint_url: get("AWS_ENDPOINT_URL"),
+                ami_id: get("EC2_AMI_ID"),
+                instance_types: [
+                    parse("EC2_INSTANCE_TYPE_TIER1", "t3.small")?,
+                    parse("EC2_INSTANCE_TYPE_TIER2", "t3.medium")?,
+                    parse("EC2_INSTANCE_TYPE_TIER3", "t3.large")?,
+                    parse("EC2_INSTANCE_TYPE_TIER4", "t3.xlarge")?,
+                ],
+                subnet_id: get("EC2_SUBNET_ID"),
+                security_group_ids: get("EC2_SECURITY_GROUP_IDS")
+                    .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                    .unwrap_or_default(),
+            },
+            sweep_orphans_every: secs("SWEEP_ORPHANS_SECONDS", 60)?,
+            sweep_retention_every: secs("SWEEP_RETENTION_SECONDS", 3600)?,
+            stale_token_after: secs("STALE_TOKEN_AFTER_SECONDS", 300)?,
+            retention_jobs: secs("RETENTION_JOBS_SECONDS", 24 * 3600)?,
+            retention_ops: secs("RETENTION_OPS_SECONDS", 30 * 24 * 3600)?,
+            retention_events: secs("RETENTION_EVENTS_SECONDS", 30 * 24 * 3600)?,
+            retention_batch: {
+                let n: i64 = num(&get, "RETENTION_BATCH", 1000)?;
+                if !(1..=100_000).contains(&n) {
+                    return Err(Error::Config("RETENTION_BATCH must be between 1 and 100000".into()));
+                }
+                n
+            },
             log_format,
         })
+    }
+
+    /// EC2 must stay reachable for workspaces already running there even when new ones go
+    /// elsewhere: it is whenever it is enabled or an AMI or endpoint is configured.
+    pub fn ec2_reachable(&self) -> bool {
+        self.ec2.enabled || self.ec2.ami_id.is_some() || self.ec2.endpoint_url.is_some()
     }
 
     /// How long a workspace of this runtime may stay `provisioning` before the sweep fails it.

@@ -23,6 +23,9 @@ pub const WORKSPACE_COLLAPSED: &str = "WORKSPACE_COLLAPSED";
 pub const WORKSPACE_STARTED: &str = "WORKSPACE_STARTED";
 pub const WORKSPACE_STOPPED: &str = "WORKSPACE_STOPPED";
 pub const LEAK_SUSPECT: &str = "LEAK_SUSPECT";
+pub const ORPHAN_FOUND: &str = "ORPHAN_FOUND";
+pub const ORPHAN_REAPED: &str = "ORPHAN_REAPED";
+pub const TOKENS_REVOKED: &str = "TOKENS_REVOKED";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Event {
@@ -77,11 +80,19 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<Event>> {
     Ok(sqlx::query_as::<_, Event>("SELECT * FROM structure_events WHERE id = $1").bind(id).fetch_optional(pool).await?)
 }
 
-pub async fn list(pool: &PgPool, workspace_id: Option<Uuid>, limit: i64) -> Result<Vec<Event>> {
+pub async fn list(
+    pool: &PgPool,
+    workspace_id: Option<Uuid>,
+    event_type: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Event>> {
     Ok(sqlx::query_as::<_, Event>(
-        "SELECT * FROM structure_events WHERE ($1::uuid IS NULL OR workspace_id = $1) ORDER BY id DESC LIMIT $2",
+        "SELECT * FROM structure_events
+          WHERE ($1::uuid IS NULL OR workspace_id = $1) AND ($2::text IS NULL OR event_type = $2)
+          ORDER BY id DESC LIMIT $3",
     )
     .bind(workspace_id)
+    .bind(event_type)
     .bind(limit)
     .fetch_all(pool)
     .await?)

@@ -117,6 +117,7 @@ fn settings(default_image: Option<&str>) -> DockerSettings {
         network: Some("bridge".to_owned()),
         tiers: TIERS,
         call_timeout: Duration::from_secs(30),
+        platform_id: "docker-backend-test".to_owned(),
     }
 }
 

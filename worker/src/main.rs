@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use jobs::backend::Backends;
 use jobs::backend::docker::{DockerBackend, DockerSettings};
+use jobs::backend::ec2::Ec2Backend;
 use jobs::config::{Config, DockerMode};
 use jobs::kinds::Runtime;
 use jobs::store::workers;
@@ -61,6 +62,7 @@ async fn connect_backends(config: &Config) -> jobs::Result<Backends> {
             network: config.docker_network.clone(),
             tiers: config.tiers,
             call_timeout: config.docker_call_timeout,
+            platform_id: config.platform_id.clone(),
         };
         match DockerBackend::connect(settings).await {
             Ok(d) => backends.docker = Some(Arc::new(d)),
@@ -69,6 +71,10 @@ async fn connect_backends(config: &Config) -> jobs::Result<Backends> {
             }
             Err(e) => return Err(jobs::Error::Config(format!("DOCKER_ENABLED=true but {e}"))),
         }
+    }
+    if config.ec2_reachable() {
+        backends.ec2 = Some(Arc::new(Ec2Backend::connect(config.ec2.clone(), config.platform_id.clone()).await));
+        backends.ec2_for_new = config.ec2.enabled;
     }
     Ok(backends)
 }
@@ -91,6 +97,17 @@ async fn run(config: Config) -> jobs::Result<()> {
     tasks.spawn(runners::supervise_lifecycle(rt.clone(), process_id.clone(), stop_rx.clone()));
     tasks.spawn(runners::supervise_sweeps(rt.clone(), process_id.clone(), stop_rx.clone()));
     tasks.spawn(scheduler::run(rt.clone(), stop_rx.clone()));
+    // The orphans sweep also runs once at start: a worker that comes up after an outage
+    // reaps what was left without waiting for the next period.
+    tasks.spawn({
+        let rt = rt.clone();
+        async move {
+            match jobs::kinds::orphans::run(&rt).await {
+                Ok(outcome) => tracing::info!(%outcome, "orphans sweep at start"),
+                Err(e) => tracing::warn!(error = %e, "orphans sweep at start failed"),
+            }
+        }
+    });
     tasks.spawn(announce(rt.clone(), process_id.clone(), hostname, stop_rx.clone()));
 
     jobs::shutdown::signal().await;

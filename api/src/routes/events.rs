@@ -18,6 +18,9 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     workspace_id: Option<Uuid>,
+    /// e.g. `LEAK_SUSPECT`, for operators hunting leaks.
+    #[serde(rename = "type")]
+    event_type: Option<String>,
     limit: Option<i64>,
 }
 
@@ -31,7 +34,7 @@ pub async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
     }
-    let rows = events::list(&state.pool, q.workspace_id, limit).await?;
+    let rows = events::list(&state.pool, q.workspace_id, q.event_type.as_deref(), limit).await?;
     Ok(Json(rows.into_iter().map(Envelope::from).collect()))
 }
 

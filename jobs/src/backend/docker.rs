@@ -23,8 +23,8 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::{
-    Backend, BackendError, BackendKind, InstanceState, LABEL_MANAGED, LABEL_WORKSPACE_ID, ManagedInstance, StartSpec,
-    Started,
+    Backend, BackendError, BackendKind, InstanceState, LABEL_MANAGED, LABEL_PLATFORM, LABEL_WORKSPACE_ID,
+    ManagedInstance, StartSpec, Started,
 };
 
 /// Where the agent finds its configuration; the token lands here before the agent starts.
@@ -52,6 +52,9 @@ pub struct DockerSettings {
     /// Applied to every engine call, so a wedged engine surfaces as a retryable error
     /// instead of a job that never finishes.
     pub call_timeout: Duration,
+    /// This deployment's id (`PLATFORM_ID`), labelled on every container: inventory and the
+    /// orphan sweep only ever see their own platform's containers on a shared engine.
+    pub platform_id: String,
 }
 
 impl DockerSettings {
@@ -118,6 +121,7 @@ impl DockerBackend {
         let labels = HashMap::from([
             (LABEL_WORKSPACE_ID.to_owned(), spec.workspace_id.to_string()),
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_PLATFORM.to_owned(), self.settings.platform_id.clone()),
         ]);
         let env = vec![
             format!("WORKSPACE_ID={}", spec.workspace_id),
@@ -349,19 +353,37 @@ impl Backend for DockerBackend {
         Ok(Started { instance_ref: name })
     }
 
+    /// Removes the recorded container and any other container labelled with the workspace:
+    /// a stop must leave nothing of it running.
     async fn stop(&self, workspace_id: Uuid, instance_ref: &str) -> Result<(), BackendError> {
-        let target = if instance_ref.is_empty() { Self::container_name(workspace_id) } else { instance_ref.to_owned() };
-        debug!(%workspace_id, container = %target, "removing workspace container");
-        let removed =
-            self.call("remove the container", self.docker.remove_container(&target, Some(force_remove()))).await?;
-        match removed {
-            Ok(()) => Ok(()),
-            Err(err) if status_of(&err) == Some(404) => {
-                debug!(container = %target, "container already gone");
-                Ok(())
-            }
-            Err(err) => Err(engine_error("remove the container", err)),
+        let mut targets =
+            vec![if instance_ref.is_empty() { Self::container_name(workspace_id) } else { instance_ref.to_owned() }];
+        if !workspace_id.is_nil() {
+            let filters = HashMap::from([(
+                "label",
+                vec![
+                    format!("{LABEL_WORKSPACE_ID}={workspace_id}"),
+                    format!("{LABEL_PLATFORM}={}", self.settings.platform_id),
+                ],
+            )]);
+            let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+            let labelled = self
+                .call("list containers", self.docker.list_containers(Some(options)))
+                .await?
+                .map_err(|err| engine_error("list containers", err))?;
+            targets.extend(labelled.into_iter().filter_map(|c| c.id));
         }
+        for target in targets {
+            debug!(%workspace_id, container = %target, "removing workspace container");
+            let removed =
+                self.call("remove the container", self.docker.remove_container(&target, Some(force_remove()))).await?;
+            match removed {
+                Ok(()) => {}
+                Err(err) if status_of(&err) == Some(404) => debug!(container = %target, "container already gone"),
+                Err(err) => return Err(engine_error("remove the container", err)),
+            }
+        }
+        Ok(())
     }
 
     async fn status(&self, instance_ref: &str) -> Result<InstanceState, BackendError> {
@@ -385,7 +407,10 @@ impl Backend for DockerBackend {
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, BackendError> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGED}=true")])]);
+        let filters = HashMap::from([(
+            "label",
+            vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_PLATFORM}={}", self.settings.platform_id)],
+        )]);
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
         let containers = self
             .call("list containers", self.docker.list_containers(Some(options)))
@@ -572,6 +597,7 @@ mod tests {
             network: None,
             tiers: [(1, 10), (2, 20), (3, 30), (4, 40)],
             call_timeout: Duration::from_secs(5),
+            platform_id: "unit".to_owned(),
         }
     }
 

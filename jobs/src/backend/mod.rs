@@ -3,6 +3,7 @@
 //! backend that started a workspace is recorded on its row and used for everything after.
 
 pub mod docker;
+pub mod ec2;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -11,6 +12,7 @@ use uuid::Uuid;
 /// Label/tag values shared by every backend, so inventory and orphan sweeps recognise ours.
 pub const LABEL_WORKSPACE_ID: &str = "molecule.workspace_id";
 pub const LABEL_MANAGED: &str = "molecule.platform.managed";
+pub const LABEL_PLATFORM: &str = "molecule.platform.id";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -119,12 +121,23 @@ pub trait Backend: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Backends {
     pub docker: Option<std::sync::Arc<dyn Backend>>,
+    /// Reachable for the workspaces already on EC2 even when new ones go elsewhere.
     pub ec2: Option<std::sync::Arc<dyn Backend>>,
+    /// `EC2_ENABLED`: new instances go to EC2.
+    pub ec2_for_new: bool,
 }
 
 impl Backends {
     pub fn for_new_instance(&self) -> Option<&std::sync::Arc<dyn Backend>> {
-        self.ec2.as_ref().or(self.docker.as_ref())
+        match (&self.ec2, self.ec2_for_new) {
+            (Some(ec2), true) => Some(ec2),
+            _ => self.docker.as_ref(),
+        }
+    }
+
+    /// Every reachable backend, for inventory.
+    pub fn all(&self) -> impl Iterator<Item = &std::sync::Arc<dyn Backend>> {
+        self.ec2.iter().chain(self.docker.iter())
     }
 
     /// The backend recorded on a workspace, whatever is configured for new ones.
@@ -135,9 +148,10 @@ impl Backends {
         }
     }
 
+    /// The backends new workspaces can be started on (what the api's 503 check needs).
     pub fn names(&self) -> Vec<&'static str> {
         let mut v = vec![];
-        if self.ec2.is_some() {
+        if self.ec2.is_some() && self.ec2_for_new {
             v.push(BackendKind::Ec2.as_str());
         }
         if self.docker.is_some() {

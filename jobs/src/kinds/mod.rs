@@ -1,8 +1,10 @@
 //! The job kinds. A lifecycle task names an op; [`run_op`] claims it, runs the kind's
 //! handler with panics caught, and records the outcome through `ops::finish`.
 
+pub mod orphans;
 pub mod provision;
 pub mod restart;
+pub mod retention;
 pub mod stop;
 pub mod sweep;
 

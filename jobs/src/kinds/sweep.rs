@@ -22,15 +22,20 @@ use crate::workspace::Status;
 pub enum SweepKind {
     ProvisionTimeout,
     Liveness,
+    Orphans,
+    Retention,
 }
 
 impl SweepKind {
-    pub const ALL: [SweepKind; 2] = [SweepKind::ProvisionTimeout, SweepKind::Liveness];
+    pub const ALL: [SweepKind; 4] =
+        [SweepKind::ProvisionTimeout, SweepKind::Liveness, SweepKind::Orphans, SweepKind::Retention];
 
     pub fn name(self) -> &'static str {
         match self {
             SweepKind::ProvisionTimeout => "provision-timeout",
             SweepKind::Liveness => "liveness",
+            SweepKind::Orphans => "orphans",
+            SweepKind::Retention => "retention",
         }
     }
 
@@ -42,6 +47,8 @@ impl SweepKind {
         match self {
             SweepKind::ProvisionTimeout => config.sweep_provision_timeout_every,
             SweepKind::Liveness => config.sweep_liveness_every,
+            SweepKind::Orphans => config.sweep_orphans_every,
+            SweepKind::Retention => config.sweep_retention_every,
         }
     }
 }
@@ -87,6 +94,8 @@ pub async fn run(rt: &Runtime, task: &SweepTask) -> Result<()> {
     let outcome = match kind {
         SweepKind::ProvisionTimeout => provision_timeout(rt).await,
         SweepKind::Liveness => liveness(rt).await,
+        SweepKind::Orphans => super::orphans::run(rt).await,
+        SweepKind::Retention => super::retention::run(rt).await,
     };
     let text = match &outcome {
         Ok(s) => s.clone(),

@@ -1,0 +1,142 @@
+//! The EC2 backend against a real EC2 API emulator (moto server, `MOTO_URL`, set by
+//! `dev/test`). Each test tags with its own platform id, so tests never see each other.
+
+use jobs::backend::ec2::{Ec2Backend, TAG_MANAGED, TAG_PLATFORM, TAG_WORKSPACE_ID};
+use jobs::backend::{Backend, InstanceState, StartSpec};
+use jobs::config::Ec2Config;
+use uuid::Uuid;
+
+fn moto() -> String {
+    std::env::var("MOTO_URL").expect("MOTO_URL is not set: run the tests with ./dev/test")
+}
+
+fn config() -> Ec2Config {
+    Ec2Config {
+        enabled: true,
+        region: "us-east-1".into(),
+        endpoint_url: Some(moto()),
+        ami_id: Some("ami-12c6146b".into()),
+        instance_types: ["t3.nano".into(), "t3.micro".into(), "t3.small".into(), "t3.medium".into()],
+        subnet_id: None,
+        security_group_ids: vec![],
+    }
+}
+
+async fn backend() -> (Ec2Backend, String) {
+    // SAFETY of the env: tests of this binary all want the same fake credentials.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+    }
+    let platform = format!("t-{}", Uuid::new_v4().simple());
+    (Ec2Backend::connect(config(), platform.clone()).await, platform)
+}
+
+fn spec(workspace_id: Uuid, op_id: Uuid, tier: i32) -> StartSpec {
+    StartSpec {
+        workspace_id,
+        op_id,
+        runtime: "langgraph".into(),
+        tier,
+        model: "m".into(),
+        platform_url: "http://127.0.0.1:8080".into(),
+        token: None,
+        heartbeat_interval_secs: 5,
+    }
+}
+
+async fn sdk() -> aws_sdk_ec2::Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(moto())
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&shared)
+}
+
+/// (id, state, instance type, tags) of every instance tagged with the workspace.
+async fn instances_of(ws: Uuid) -> Vec<(String, String, String, Vec<(String, String)>)> {
+    let resp = sdk()
+        .await
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{TAG_WORKSPACE_ID}"))
+                .values(ws.to_string())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe");
+    resp.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| {
+            (
+                i.instance_id().unwrap_or_default().to_string(),
+                i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+                i.tags()
+                    .iter()
+                    .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_provision_run_twice_makes_one_tagged_instance_of_the_tier_type() {
+    let (b, platform) = backend().await;
+    let (ws, op) = (Uuid::new_v4(), Uuid::new_v4());
+    let first = b.start(&spec(ws, op, 2)).await.expect("start");
+    // The same op again, as after a crash between RunInstances and recording its result.
+    let second = b.start(&spec(ws, op, 2)).await.expect("start again");
+    assert_eq!(first, second);
+    let found = instances_of(ws).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (id, state, itype, tags) = &found[0];
+    assert_eq!(id, &first.instance_ref);
+    assert_eq!(state, "running");
+    assert_eq!(itype, "t3.micro");
+    for (k, v) in [(TAG_WORKSPACE_ID, ws.to_string()), (TAG_MANAGED, "true".into()), (TAG_PLATFORM, platform)] {
+        assert!(tags.contains(&(k.to_string(), v.clone())), "tag {k}={v} missing: {tags:?}");
+    }
+    assert_eq!(b.status(&first.instance_ref).await.unwrap(), InstanceState::Running);
+    let managed = b.list_managed().await.unwrap();
+    assert_eq!(managed.len(), 1);
+    assert_eq!(managed[0].workspace_id, Some(ws));
+
+    b.stop(ws, &first.instance_ref).await.expect("stop");
+    assert_eq!(instances_of(ws).await[0].1, "terminated");
+    assert_eq!(b.status(&first.instance_ref).await.unwrap(), InstanceState::Missing);
+    b.stop(ws, &first.instance_ref).await.expect("a second stop is fine");
+    b.stop(ws, "i-0123456789abcdef0").await.expect("an unknown instance is already stopped");
+    assert!(b.list_managed().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn stop_terminates_every_instance_of_the_workspace_and_a_new_op_starts_a_new_one() {
+    let (b, _) = backend().await;
+    let ws = Uuid::new_v4();
+    let a = b.start(&spec(ws, Uuid::new_v4(), 1)).await.unwrap();
+    let c = b.start(&spec(ws, Uuid::new_v4(), 1)).await.unwrap();
+    assert_ne!(a, c, "another op is another instance");
+    b.stop(ws, "").await.unwrap();
+    assert!(instances_of(ws).await.iter().all(|i| i.1 == "terminated"));
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_is_a_transient_error_and_a_missing_ami_a_permanent_one() {
+    let (_, platform) = backend().await;
+    let mut cfg = config();
+    cfg.endpoint_url = Some("http://127.0.0.1:9".into());
+    let down = Ec2Backend::connect(cfg, platform.clone()).await;
+    let err = down.stop(Uuid::new_v4(), "i-0123456789abcdef0").await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let mut cfg = config();
+    cfg.ami_id = None;
+    let no_ami = Ec2Backend::connect(cfg, platform).await;
+    let err = no_ami.start(&spec(Uuid::new_v4(), Uuid::new_v4(), 1)).await.unwrap_err();
+    assert!(!err.is_transient() && err.to_string().contains("EC2_AMI_ID"), "{err}");
+}
