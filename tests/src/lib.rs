@@ -185,6 +185,9 @@ impl StackBuilder {
             ("DATABASE_MAX_CONNECTIONS".into(), "10".into()),
             ("RETRY_DELAY_SCALE".into(), "0.05".into()),
             ("DOCKER_NETWORK".into(), "host".into()),
+            // Tests share the Docker engine and the EC2 emulator; the platform id keeps each
+            // test's orphan sweep to its own instances.
+            ("PLATFORM_ID".into(), db.name.clone()),
         ];
         if let Ok(img) = std::env::var("AGENT_STUB_IMAGE") {
             base.push(("WORKSPACE_IMAGE_DEFAULT".into(), img));
@@ -247,9 +250,14 @@ impl Stack {
 
     /// Starts one more worker; `env` adds to (and overrides) the stack's worker environment.
     pub fn add_worker(&mut self, env: &[(&str, &str)]) -> usize {
+        let owned: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        self.add_worker_with(&owned)
+    }
+
+    pub fn add_worker_with(&mut self, env: &[(&str, String)]) -> usize {
         let mut e = self.worker_env.clone();
         e.extend(self.extra_worker_env.iter().cloned());
-        e.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        e.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
         let n = self.workers.len();
         self.workers.push(Proc::spawn(&format!("worker{n}"), bin("worker"), &["run"], &e));
         n
@@ -373,4 +381,69 @@ pub fn docker(args: &[&str]) -> String {
 
 pub fn require_docker_image() -> String {
     required_env("AGENT_STUB_IMAGE")
+}
+
+pub fn moto_url() -> String {
+    required_env("MOTO_URL")
+}
+
+/// Worker environment that makes EC2 reachable through the emulator; `enabled` decides
+/// whether new workspaces go there.
+pub fn ec2_env(enabled: bool) -> Vec<(&'static str, String)> {
+    vec![
+        ("EC2_ENABLED", enabled.to_string()),
+        ("AWS_ENDPOINT_URL", moto_url()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("EC2_AMI_ID", "ami-12c6146b".into()),
+        ("EC2_INSTANCE_TYPE_TIER2", "t3.micro".into()),
+    ]
+}
+
+pub async fn ec2_client() -> aws_sdk_ec2::Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(moto_url())
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&shared)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: String,
+    pub state: String,
+    pub instance_type: String,
+    pub tags: Vec<(String, String)>,
+}
+
+/// Every instance (any state) tagged with this workspace id.
+pub async fn instances_of(workspace_id: &str) -> Vec<Instance> {
+    let resp = ec2_client()
+        .await
+        .describe_instances()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:molecule:workspace_id").values(workspace_id).build())
+        .send()
+        .await
+        .expect("describe instances");
+    resp.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .map(|i| Instance {
+            id: i.instance_id().unwrap_or_default().into(),
+            state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+            instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+            tags: i
+                .tags()
+                .iter()
+                .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
+                .collect(),
+        })
+        .collect()
+}
+
+pub async fn live_instances_of(workspace_id: &str) -> Vec<Instance> {
+    instances_of(workspace_id).await.into_iter().filter(|i| matches!(i.state.as_str(), "pending" | "running")).collect()
 }

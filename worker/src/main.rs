@@ -3,6 +3,7 @@
 //! `worker run` (default) starts the job runners and the sweep scheduler; `worker migrate`
 //! applies migrations and exits (the Procfile's `release`).
 
+mod bench;
 mod runners;
 mod scheduler;
 
@@ -32,8 +33,11 @@ async fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "migrate" => migrate(&config).await,
         "run" => run(config).await,
+        "bench" => bench::run(config, &std::env::args().skip(2).collect::<Vec<_>>()).await,
         other => {
-            eprintln!("worker: unknown command {other:?}; use `worker run` or `worker migrate`");
+            eprintln!(
+                "worker: unknown command {other:?}; use `worker run`, `worker migrate` or `worker bench retention`"
+            );
             return ExitCode::from(2);
         }
     };
