@@ -38,6 +38,15 @@ impl From<jobs::Error> for ApiError {
             jobs::Error::Conflict(m) => ApiError::Conflict(m),
             jobs::Error::Invalid(m) => ApiError::BadRequest(m),
             jobs::Error::Unavailable(m) => ApiError::Unavailable(m),
+            jobs::Error::Db(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("40P01" | "40001")) => {
+                ApiError::Conflict(
+                    "the request collided with a concurrent change to the same workspaces; retry it".into(),
+                )
+            }
+            // Text Postgres cannot store (a NUL character, a bad escape) came from the client.
+            jobs::Error::Db(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("22021" | "22P05")) => {
+                ApiError::BadRequest(format!("the request holds text that cannot be stored: {}", db.message()))
+            }
             other => ApiError::Internal(other),
         }
     }

@@ -105,8 +105,9 @@ impl Config {
         }
         let secs = |k: &str, default: u64| -> Result<Duration> {
             let s: f64 = num(&get, k, default as f64)?;
-            if !(s > 0.0 && s.is_finite()) {
-                return Err(Error::Config(format!("{k} must be a positive number of seconds")));
+            // Ten years bounds every period; beyond it Duration arithmetic would overflow.
+            if !(s > 0.0 && s <= 315_360_000.0) {
+                return Err(Error::Config(format!("{k} must be a positive number of seconds, at most ten years")));
             }
             Ok(Duration::from_secs_f64(s))
         };
@@ -186,8 +187,8 @@ impl Config {
             shutdown_grace: secs("SHUTDOWN_GRACE_SECONDS", 30)?,
             retry_delay_scale: {
                 let f: f64 = num(&get, "RETRY_DELAY_SCALE", 1.0)?;
-                if !(f > 0.0 && f.is_finite()) {
-                    return Err(Error::Config("RETRY_DELAY_SCALE must be a positive number".into()));
+                if !(f > 0.0 && f <= 1000.0) {
+                    return Err(Error::Config("RETRY_DELAY_SCALE must be a positive number, at most 1000".into()));
                 }
                 f
             },

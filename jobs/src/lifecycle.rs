@@ -103,6 +103,23 @@ pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str, polic
     Ok(created)
 }
 
+/// Locks a subtree, parents first, re-reading until no member appeared meanwhile: a child
+/// created under a member while we locked is caught (create locks its parent).
+async fn lock_subtree(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Uuid>> {
+    let mut locked: Vec<Uuid> = vec![];
+    loop {
+        let members = workspaces::subtree(conn, id).await?;
+        let fresh: Vec<Uuid> = members.iter().map(|m| m.id).filter(|m| !locked.contains(m)).collect();
+        if fresh.is_empty() {
+            return Ok(members.into_iter().map(|m| m.id).collect());
+        }
+        for m in fresh {
+            workspaces::lock(conn, m).await?;
+            locked.push(m);
+        }
+    }
+}
+
 async fn lock_live(conn: &mut PgConnection, id: Uuid) -> Result<Workspace> {
     match workspaces::lock(conn, id).await? {
         Some(ws) if ws.status() != Status::Removed => Ok(ws),
@@ -176,8 +193,8 @@ pub async fn pause(pool: &PgPool, id: Uuid, requested_by: &str, policies: Polici
         return Err(Error::Conflict(format!("workspace {id} is already paused")));
     }
     let mut out = Paused { paused: vec![], op_ids: vec![] };
-    for member in workspaces::subtree(&mut tx, id).await? {
-        let ws = lock_live(&mut tx, member.id).await?;
+    for member in lock_subtree(&mut tx, id).await? {
+        let ws = lock_live(&mut tx, member).await?;
         if ws.status() == Status::Paused {
             continue;
         }
@@ -261,8 +278,8 @@ async fn remove_subtree(
 ) -> Result<(Vec<Workspace>, Vec<Uuid>)> {
     let mut removed = vec![];
     let mut op_ids = vec![];
-    for member in workspaces::subtree(conn, id).await? {
-        let ws = lock_live(conn, member.id).await?;
+    for member in lock_subtree(conn, id).await? {
+        let ws = lock_live(conn, member).await?;
         ops::cancel_queued_starts(conn, ws.id, &format!("superseded by {reason}")).await?;
         let ws = workspaces::set_status(conn, &ws, Status::Removed, None, json!({"reason": reason})).await?;
         tokens::revoke_all(conn, ws.id).await?;
@@ -312,7 +329,7 @@ pub struct Patch {
 
 pub async fn patch(pool: &PgPool, id: Uuid, p: Patch) -> Result<Workspace> {
     let mut tx = pool.begin().await?;
-    let ws = lock_live(&mut tx, id).await?;
+    // Ancestors are locked before descendants everywhere, so the new parent goes first.
     if let Some(Some(parent)) = p.parent_id {
         if parent == id {
             return Err(Error::Invalid("parent_id cannot be the workspace itself".into()));
@@ -320,6 +337,9 @@ pub async fn patch(pool: &PgPool, id: Uuid, p: Patch) -> Result<Workspace> {
         lock_live(&mut tx, parent)
             .await
             .map_err(|_| Error::NotFound(format!("parent workspace {parent} not found")))?;
+    }
+    let ws = lock_live(&mut tx, id).await?;
+    if let Some(Some(parent)) = p.parent_id {
         let ancestors = workspaces::ancestors(&mut tx, parent).await?;
         if ancestors.iter().any(|a| a.id == id) {
             return Err(Error::Invalid("parent_id would create a cycle".into()));

@@ -368,7 +368,7 @@ async fn on_final_failure(conn: &mut PgConnection, ws: &Workspace, op: &Op, err:
         OpKind::Provision | OpKind::Restart => {
             // Only a workspace still waiting for this start is failed; a paused or removed
             // one has moved on.
-            if ws.status() == Status::Provisioning {
+            if matches!(ws.status(), Status::Provisioning | Status::Failed) {
                 workspaces::set_status(conn, ws, Status::Failed, Some(err), json!({"op_id": op.id, "source": op.kind}))
                     .await?;
             }

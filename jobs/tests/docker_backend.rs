@@ -134,6 +134,7 @@ fn spec(workspace_id: Uuid, token: Option<&str>) -> StartSpec {
     StartSpec {
         workspace_id,
         op_id: Uuid::new_v4(),
+        attempt: 1,
         runtime: "langgraph".to_owned(),
         tier: 2,
         model: "test-model".to_owned(),

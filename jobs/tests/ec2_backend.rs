@@ -36,6 +36,7 @@ fn spec(workspace_id: Uuid, op_id: Uuid, tier: i32) -> StartSpec {
     StartSpec {
         workspace_id,
         op_id,
+        attempt: 1,
         runtime: "langgraph".into(),
         tier,
         model: "m".into(),

@@ -126,6 +126,11 @@ async fn workspace_tokens_open_only_their_own_workspace() {
     assert!(!r.error().is_empty());
     let r = stack.raw("POST", &format!("/workspaces/{b_id}/pause"), Some(a_token), None).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Pause, resume and collapse change whole subtrees: admin only, even on one's own workspace.
+    for verb in ["pause", "resume", "collapse"] {
+        let r = stack.raw("POST", &format!("/workspaces/{a_id}/{verb}"), Some(a_token), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{verb}: {}", r.body);
+    }
     assert_eq!(stack.raw("GET", "/workspaces", Some(a_token), None).await.status, StatusCode::FORBIDDEN);
     assert_eq!(stack.raw("GET", &format!("/workspaces/{a_id}"), None, None).await.status, StatusCode::UNAUTHORIZED);
 
@@ -140,6 +145,9 @@ async fn workspace_tokens_open_only_their_own_workspace() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.get("auth_token").is_none(), "a token is only handed out when there is none");
     assert_eq!(stack.status_of(a_id).await, "online");
+    let nul = json!({"workspace_id": a_id, "sample_error": "bad\u{0}byte"}).to_string();
+    let r = stack.raw("POST", "/registry/heartbeat", Some(a_token), Some(&nul)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "a NUL character is a client error, not a 500: {}", r.body);
     let bad = json!({"id": a_id, "url": "http://169.254.169.254/latest/meta-data"}).to_string();
     assert_eq!(
         stack.raw("POST", "/registry/register", Some(a_token), Some(&bad)).await.status,

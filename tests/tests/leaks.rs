@@ -189,3 +189,23 @@ async fn the_retention_sweep_deletes_expired_rows_in_batches_while_the_queue_kee
         .unwrap();
     assert_eq!(events, 0);
 }
+
+#[tokio::test]
+async fn the_token_of_a_workspace_whose_instance_is_gone_is_revoked() {
+    require_docker_image();
+    let stack = Stack::builder().env("SWEEP_ORPHANS_SECONDS", "1").env("STALE_TOKEN_AFTER_SECONDS", "1").start().await;
+    let r = stack.post("/workspaces?wait=60", json!({"name": "vanishing"})).await;
+    assert_eq!(r.body["status"], "online", "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let token = docker(&["exec", &format!("ws-{id}"), "cat", "/configs/.auth_token"]);
+    // The container disappears behind the platform's back; its token must not outlive it.
+    docker(&["rm", "-f", &format!("ws-{id}")]);
+    // Waiting with the admin token: using the workspace token would keep it fresh.
+    eventually(LONG, "the stale token to be revoked", || async {
+        let events = stack.get(&format!("/events?workspace_id={id}&type=TOKENS_REVOKED")).await;
+        (events.body.as_array().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    let r = stack.raw("GET", &format!("/workspaces/{id}"), Some(&token), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+}

@@ -289,7 +289,9 @@ pub async fn pause(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (id, caller) = load(&state, &headers, &id).await?;
+    // Admin only (SPEC): these change a whole subtree.
+    let id = parse_id("workspace id", &id)?;
+    let caller = auth::admin(&state, &headers).await?;
     let p = lifecycle::pause(&state.pool, id, &caller.label(), state.config.policies()).await?;
     Ok(Json(json!({"status": "paused", "paused_count": p.paused.len(), "paused": p.paused, "op_ids": p.op_ids})))
 }
@@ -300,7 +302,9 @@ pub async fn resume(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Response> {
-    let (id, caller) = load(&state, &headers, &id).await?;
+    // Admin only (SPEC): these change a whole subtree.
+    let id = parse_id("workspace id", &id)?;
+    let caller = auth::admin(&state, &headers).await?;
     let wait = q.duration()?;
     require_backend(&state).await?;
     let r = lifecycle::resume(&state.pool, id, &caller.label(), state.config.policies()).await?;
@@ -320,7 +324,9 @@ pub async fn collapse(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let (id, caller) = load(&state, &headers, &id).await?;
+    // Admin only (SPEC): these change a whole subtree.
+    let id = parse_id("workspace id", &id)?;
+    let caller = auth::admin(&state, &headers).await?;
     let c = lifecycle::collapse(&state.pool, id, &caller.label(), state.config.policies()).await?;
     Ok(Json(json!({"status": "collapsed", "removed": c.removed, "op_ids": c.op_ids})))
 }

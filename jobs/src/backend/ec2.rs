@@ -197,7 +197,7 @@ impl Backend for Ec2Backend {
             .instance_type(InstanceType::from(self.config.instance_types[tier - 1].as_str()))
             .min_count(1)
             .max_count(1)
-            .client_token(&op)
+            .client_token(format!("{op}-{}", spec.attempt))
             .user_data(Self::user_data(spec))
             .tag_specifications(
                 TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build(),
@@ -221,6 +221,9 @@ impl Backend for Ec2Backend {
     /// Terminates the recorded instance and any other live instance tagged with the
     /// workspace: a stop must leave nothing of it running.
     async fn stop(&self, workspace_id: Uuid, instance_ref: &str) -> Result<(), BackendError> {
+        if workspace_id.is_nil() {
+            return self.terminate(vec![instance_ref.to_string()]).await;
+        }
         let mut filters = self.ours();
         filters.push(filter(&format!("tag:{TAG_WORKSPACE_ID}"), &[&workspace_id.to_string()]));
         filters.push(filter("instance-state-name", &["pending", "running", "stopping", "stopped"]));

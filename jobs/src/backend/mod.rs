@@ -44,6 +44,9 @@ pub struct StartSpec {
     pub workspace_id: Uuid,
     /// The lifecycle op doing the start; backends that need an idempotency key derive it from this.
     pub op_id: Uuid,
+    /// The claim (lease) of the op doing the start: a later claim of the same op may need a
+    /// new instance (a restart's stop terminated the earlier one), so it needs a new token.
+    pub attempt: i64,
     pub runtime: String,
     pub tier: i32,
     pub model: String,
@@ -107,7 +110,8 @@ pub trait Backend: Send + Sync {
     /// or replaces the instance an earlier attempt made, never leaving two.
     async fn start(&self, spec: &StartSpec) -> Result<Started, BackendError>;
 
-    /// Stop and remove the instance. An instance that does not exist is success.
+    /// Stop and remove the instance, and every other instance labelled/tagged with the
+    /// workspace (the nil id: the named instance only). One that does not exist is success.
     async fn stop(&self, workspace_id: Uuid, instance_ref: &str) -> Result<(), BackendError>;
 
     async fn status(&self, instance_ref: &str) -> Result<InstanceState, BackendError>;

@@ -5,7 +5,9 @@
 //! - a removed workspace, or a paused one with an instance still up: a stop op (unless one
 //!   is already queued), so the reap is retried and recorded like any other stop;
 //! - a live workspace recorded on another backend (a migration whose old stop gave up):
-//!   reaped directly, since its stop op would go to the recorded backend.
+//!   reaped directly, since its stop op would go to the recorded backend;
+//! - a live workspace's instance that is not its recorded one, with no op in flight (a
+//!   restart whose stop of the old instance gave up): that instance alone is reaped.
 //!
 //! Then live tokens of workspaces with no running instance, unused for a while, are revoked,
 //! so a re-created instance bootstraps a fresh one.
@@ -75,7 +77,7 @@ async fn judge(rt: &Runtime, backend: &Arc<dyn Backend>, inst: &ManagedInstance)
         None => None,
     };
     let Some(ws) = ws else {
-        return reap(rt, backend, inst, "no workspace row").await;
+        return reap(rt, backend, inst, "no workspace row", true).await;
     };
     let unfinished: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM workspace_ops WHERE workspace_id = $1 AND status IN ('queued', 'running'))",
@@ -91,6 +93,16 @@ async fn judge(rt: &Runtime, backend: &Arc<dyn Backend>, inst: &ManagedInstance)
             }
             let mut tx = rt.pool.begin().await?;
             let Some(locked) = workspaces::lock(&mut tx, ws.id).await? else { return Ok(Verdict::Keep) };
+            // Re-check under the lock: a resume since the scan must not be undone.
+            let still_unfinished: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM workspace_ops WHERE workspace_id = $1 AND status IN ('queued', 'running'))",
+            )
+            .bind(ws.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if locked.status() != ws.status() || still_unfinished {
+                return Ok(Verdict::Keep);
+            }
             let (op, new) = ops::request(
                 &mut tx,
                 &locked,
@@ -112,16 +124,31 @@ async fn judge(rt: &Runtime, backend: &Arc<dyn Backend>, inst: &ManagedInstance)
                 "orphans: instance of a {} workspace is still there; stop queued", ws.status);
             Ok(Verdict::StopQueued)
         }
-        Status::Removed => reap(rt, backend, inst, "workspace removed and recorded on another backend").await,
-        _ if !on_recorded_backend && !unfinished => reap(rt, backend, inst, "workspace runs on another backend").await,
+        Status::Removed => reap(rt, backend, inst, "workspace removed and recorded on another backend", true).await,
+        _ if !on_recorded_backend && !unfinished => {
+            reap(rt, backend, inst, "workspace runs on another backend", true).await
+        }
+        // A live workspace's instance that is not the recorded one (a restart whose stop of
+        // the old instance gave up), with nothing in flight that could still record it.
+        _ if !unfinished && ws.instance_ref.as_deref().is_some_and(|r| !r.is_empty() && r != inst.instance_ref) => {
+            reap(rt, backend, inst, "not the workspace's recorded instance", false).await
+        }
         _ => Ok(Verdict::Keep),
     }
 }
 
-async fn reap(rt: &Runtime, backend: &Arc<dyn Backend>, inst: &ManagedInstance, why: &str) -> Result<Verdict> {
+/// Stops the instance; with `whole_workspace`, every instance of its workspace on this
+/// backend (a stop given the nil id touches only the instance named).
+async fn reap(
+    rt: &Runtime,
+    backend: &Arc<dyn Backend>,
+    inst: &ManagedInstance,
+    why: &str,
+    whole_workspace: bool,
+) -> Result<Verdict> {
     let kind = backend.kind().as_str();
     let ws_id = inst.workspace_id.unwrap_or(Uuid::nil());
-    backend.stop(ws_id, &inst.instance_ref).await?;
+    backend.stop(if whole_workspace { ws_id } else { Uuid::nil() }, &inst.instance_ref).await?;
     tracing::warn!(workspace_id = %ws_id, backend = kind, instance = %inst.instance_ref, reason = why, "orphans: reaped instance");
     let mut tx = rt.pool.begin().await?;
     events::record(

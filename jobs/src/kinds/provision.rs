@@ -8,7 +8,7 @@ use crate::backend::{BackendKind, NO_BACKEND_MESSAGE, StartSpec};
 use crate::events;
 use crate::kinds::Runtime;
 use crate::ops::{Claim, Outcome};
-use crate::store::{tokens, workspaces};
+use crate::store::{tokens, workers, workspaces};
 use crate::workspace::Status;
 
 pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
@@ -25,6 +25,10 @@ pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
 /// Shared with restart, which stops the old instance first.
 pub async fn start_instance(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
     let Some(backend) = rt.backends.for_new_instance().cloned() else {
+        // In a mixed fleet another worker may reach a backend: leave the op to it.
+        if workers::any_live_backend(&rt.pool).await? == Some(true) {
+            return Ok(Outcome::Retry("this worker reaches no backend; leaving the op to one that does".into()));
+        }
         return Ok(Outcome::Failed(NO_BACKEND_MESSAGE.to_string()));
     };
     let mut tx = rt.pool.begin().await?;
@@ -32,9 +36,15 @@ pub async fn start_instance(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
         Ok(ws) => ws,
         Err(f) => return Ok(Outcome::Skipped(f.to_string())),
     };
-    if ws.status() != Status::Provisioning {
-        return Ok(Outcome::Skipped(format!("workspace is {}", ws.status())));
-    }
+    let ws = match ws.status() {
+        Status::Removed | Status::Paused | Status::Failed => {
+            return Ok(Outcome::Skipped(format!("workspace is {}", ws.status())));
+        }
+        Status::Provisioning => ws,
+        // An agent registered (from the instance being replaced) since the op began: the
+        // start goes ahead and the workspace waits for the new agent.
+        _ => workspaces::set_status(&mut tx, &ws, Status::Provisioning, None, json!({"op_id": claim.op.id})).await?,
+    };
     // Recorded before the start: if this worker dies mid-start, stop and the orphan sweep
     // still know where to look.
     let kind = backend.kind();
@@ -50,6 +60,7 @@ pub async fn start_instance(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
     let spec = StartSpec {
         workspace_id: ws.id,
         op_id: claim.op.id,
+        attempt: claim.lease,
         runtime: ws.runtime.clone(),
         tier: ws.tier,
         model: ws.model.clone(),
@@ -57,6 +68,11 @@ pub async fn start_instance(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
         token,
         heartbeat_interval_secs: (rt.config.heartbeat_stale_after.as_secs() / 3).clamp(1, 30),
     };
+    // Re-check just before touching the backend: a claim that stalled past its rescue must
+    // not replace the instance its successor started.
+    if let Err(f) = claim.fence(&mut *rt.pool.begin().await?).await? {
+        return Ok(Outcome::Skipped(f.to_string()));
+    }
     let started = match backend.start(&spec).await {
         Ok(s) => s,
         Err(e) if e.is_transient() => return Ok(Outcome::Retry(format!("{} start failed: {e}", kind.as_str()))),

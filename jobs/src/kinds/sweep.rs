@@ -130,11 +130,22 @@ async fn provision_timeout(rt: &Runtime) -> Result<String> {
             continue;
         }
         let secs = timeout.as_secs();
-        let reason = format!(
-            "provisioning timed out after {secs}s: the agent never called /registry/register; \
-             check the workspace's logs and that {} is reachable from it",
-            rt.config.platform_url
-        );
+        // A start still retrying knows better than "the agent never called".
+        let start_error: Option<String> = sqlx::query_scalar(
+            "SELECT last_error FROM workspace_ops WHERE workspace_id = $1 AND status IN ('queued', 'running')
+                AND kind IN ('provision', 'restart') AND last_error IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let reason = match start_error {
+            Some(e) => format!("provisioning timed out after {secs}s; the last start attempt failed: {e}"),
+            None => format!(
+                "provisioning timed out after {secs}s: the agent never called /registry/register; \
+                 check the workspace's logs and that {} is reachable from it",
+                rt.config.platform_url
+            ),
+        };
         workspaces::set_status(
             &mut tx,
             &ws,
