@@ -209,3 +209,47 @@ async fn the_token_of_a_workspace_whose_instance_is_gone_is_revoked() {
     let r = stack.raw("GET", &format!("/workspaces/{id}"), Some(&token), None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
 }
+
+#[tokio::test]
+async fn a_stray_instance_of_a_live_workspace_is_reaped_and_its_recorded_instance_kept() {
+    let mut stack =
+        Stack::builder().env("DOCKER_ENABLED", "false").env("SWEEP_ORPHANS_SECONDS", "1").workers(0).start().await;
+    stack.add_worker_with(&ec2_env(true));
+    let id = stack.create(json!({"name": "with-a-stray"})).await;
+    stack.ops_settled(&id, LONG).await;
+    let recorded = stack.workspace(&id).await["instance_ref"].as_str().unwrap().to_string();
+
+    // What a restart whose stop gave up leaves behind: another instance tagged with the workspace.
+    let tags: Vec<aws_sdk_ec2::types::Tag> = [
+        ("molecule:workspace_id", id.as_str()),
+        ("molecule:managed", "true"),
+        ("molecule:platform", stack.db.name.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
+    .collect();
+    let stray = ec2_client()
+        .await
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .set_tags(Some(tags))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("run instance");
+    let stray = stray.instances()[0].instance_id().unwrap().to_string();
+
+    let live = eventually(LONG, "the stray instance to be reaped", || async {
+        let live = live_instances_of(&id).await;
+        (!live.iter().any(|i| i.id == stray)).then_some(live)
+    })
+    .await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].id, recorded, "the recorded instance is kept");
+}
