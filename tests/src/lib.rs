@@ -447,3 +447,29 @@ pub async fn instances_of(workspace_id: &str) -> Vec<Instance> {
 pub async fn live_instances_of(workspace_id: &str) -> Vec<Instance> {
     instances_of(workspace_id).await.into_iter().filter(|i| matches!(i.state.as_str(), "pending" | "running")).collect()
 }
+
+/// Starts an instance behind the platform's back, tagged as one of `platform`'s for
+/// `workspace_id`; returns its id.
+pub async fn run_tagged_instance(workspace_id: &str, platform: &str) -> String {
+    let tags: Vec<aws_sdk_ec2::types::Tag> =
+        [("molecule:workspace_id", workspace_id), ("molecule:managed", "true"), ("molecule:platform", platform)]
+            .iter()
+            .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
+            .collect();
+    let resp = ec2_client()
+        .await
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .set_tags(Some(tags))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("run instance");
+    resp.instances().first().and_then(|i| i.instance_id()).expect("instance id").to_string()
+}

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tests::{Stack, containers_of, docker, ec2_client, ec2_env, eventually, live_instances_of, require_docker_image};
+use tests::{
+    Stack, containers_of, docker, ec2_env, eventually, live_instances_of, require_docker_image, run_tagged_instance,
+};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -38,29 +40,7 @@ async fn instances_and_containers_made_behind_our_back_are_reaped() {
         &image,
     ]);
     // An instance with our tags, likewise.
-    let tags: Vec<aws_sdk_ec2::types::Tag> = [
-        ("molecule:workspace_id", ghost.as_str()),
-        ("molecule:managed", "true"),
-        ("molecule:platform", platform.as_str()),
-    ]
-    .iter()
-    .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
-    .collect();
-    ec2_client()
-        .await
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                .set_tags(Some(tags))
-                .build(),
-        )
-        .send()
-        .await
-        .expect("run instance");
+    run_tagged_instance(&ghost, &platform).await;
     assert_eq!(containers_of(&ghost).len(), 1);
     assert_eq!(live_instances_of(&ghost).await.len(), 1);
 
@@ -220,30 +200,7 @@ async fn a_stray_instance_of_a_live_workspace_is_reaped_and_its_recorded_instanc
     let recorded = stack.workspace(&id).await["instance_ref"].as_str().unwrap().to_string();
 
     // What a restart whose stop gave up leaves behind: another instance tagged with the workspace.
-    let tags: Vec<aws_sdk_ec2::types::Tag> = [
-        ("molecule:workspace_id", id.as_str()),
-        ("molecule:managed", "true"),
-        ("molecule:platform", stack.db.name.as_str()),
-    ]
-    .iter()
-    .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
-    .collect();
-    let stray = ec2_client()
-        .await
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(
-            aws_sdk_ec2::types::TagSpecification::builder()
-                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-                .set_tags(Some(tags))
-                .build(),
-        )
-        .send()
-        .await
-        .expect("run instance");
-    let stray = stray.instances()[0].instance_id().unwrap().to_string();
+    let stray = run_tagged_instance(&id, &stack.db.name).await;
 
     let live = eventually(LONG, "the stray instance to be reaped", || async {
         let live = live_instances_of(&id).await;
