@@ -1,20 +1,17 @@
-//! The EC2 backend against a real EC2 API emulator (moto server, `MOTO_URL`, set by
-//! `dev/test`). Each test tags with its own platform id, so tests never see each other.
+//! The EC2 backend on its own against a real EC2 API emulator (moto server, `MOTO_URL`,
+//! set by `dev/test`). Each test tags with its own platform id, so tests never see each other.
 
 use jobs::backend::ec2::{Ec2Backend, TAG_MANAGED, TAG_PLATFORM, TAG_WORKSPACE_ID};
 use jobs::backend::{Backend, InstanceState, StartSpec};
 use jobs::config::Ec2Config;
+use tests::{instances_of, moto_url};
 use uuid::Uuid;
-
-fn moto() -> String {
-    std::env::var("MOTO_URL").expect("MOTO_URL is not set: run the tests with ./dev/test")
-}
 
 fn config() -> Ec2Config {
     Ec2Config {
         enabled: true,
         region: "us-east-1".into(),
-        endpoint_url: Some(moto()),
+        endpoint_url: Some(moto_url()),
         ami_id: Some("ami-12c6146b".into()),
         instance_types: ["t3.nano".into(), "t3.micro".into(), "t3.small".into(), "t3.medium".into()],
         subnet_id: None,
@@ -46,46 +43,6 @@ fn spec(workspace_id: Uuid, op_id: Uuid, tier: i32) -> StartSpec {
     }
 }
 
-async fn sdk() -> aws_sdk_ec2::Client {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(moto())
-        .load()
-        .await;
-    aws_sdk_ec2::Client::new(&shared)
-}
-
-/// (id, state, instance type, tags) of every instance tagged with the workspace.
-async fn instances_of(ws: Uuid) -> Vec<(String, String, String, Vec<(String, String)>)> {
-    let resp = sdk()
-        .await
-        .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder()
-                .name(format!("tag:{TAG_WORKSPACE_ID}"))
-                .values(ws.to_string())
-                .build(),
-        )
-        .send()
-        .await
-        .expect("describe");
-    resp.reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .map(|i| {
-            (
-                i.instance_id().unwrap_or_default().to_string(),
-                i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
-                i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
-                i.tags()
-                    .iter()
-                    .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
-                    .collect(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_provision_run_twice_makes_one_tagged_instance_of_the_tier_type() {
     let (b, platform) = backend().await;
@@ -94,14 +51,14 @@ async fn a_provision_run_twice_makes_one_tagged_instance_of_the_tier_type() {
     // The same op again, as after a crash between RunInstances and recording its result.
     let second = b.start(&spec(ws, op, 2)).await.expect("start again");
     assert_eq!(first, second);
-    let found = instances_of(ws).await;
+    let found = instances_of(&ws.to_string()).await;
     assert_eq!(found.len(), 1, "{found:?}");
-    let (id, state, itype, tags) = &found[0];
-    assert_eq!(id, &first.instance_ref);
-    assert_eq!(state, "running");
-    assert_eq!(itype, "t3.micro");
+    let i = &found[0];
+    assert_eq!(i.id, first.instance_ref);
+    assert_eq!(i.state, "running");
+    assert_eq!(i.instance_type, "t3.micro");
     for (k, v) in [(TAG_WORKSPACE_ID, ws.to_string()), (TAG_MANAGED, "true".into()), (TAG_PLATFORM, platform)] {
-        assert!(tags.contains(&(k.to_string(), v.clone())), "tag {k}={v} missing: {tags:?}");
+        assert!(i.tags.contains(&(k.to_string(), v.clone())), "tag {k}={v} missing: {:?}", i.tags);
     }
     assert_eq!(b.status(&first.instance_ref).await.unwrap(), InstanceState::Running);
     let managed = b.list_managed().await.unwrap();
@@ -109,7 +66,7 @@ async fn a_provision_run_twice_makes_one_tagged_instance_of_the_tier_type() {
     assert_eq!(managed[0].workspace_id, Some(ws));
 
     b.stop(ws, &first.instance_ref).await.expect("stop");
-    assert_eq!(instances_of(ws).await[0].1, "terminated");
+    assert_eq!(instances_of(&ws.to_string()).await[0].state, "terminated");
     assert_eq!(b.status(&first.instance_ref).await.unwrap(), InstanceState::Missing);
     b.stop(ws, &first.instance_ref).await.expect("a second stop is fine");
     b.stop(ws, "i-0123456789abcdef0").await.expect("an unknown instance is already stopped");
@@ -124,7 +81,7 @@ async fn stop_terminates_every_instance_of_the_workspace_and_a_new_op_starts_a_n
     let c = b.start(&spec(ws, Uuid::new_v4(), 1)).await.unwrap();
     assert_ne!(a, c, "another op is another instance");
     b.stop(ws, "").await.unwrap();
-    assert!(instances_of(ws).await.iter().all(|i| i.1 == "terminated"));
+    assert!(instances_of(&ws.to_string()).await.iter().all(|i| i.state == "terminated"));
 }
 
 #[tokio::test]
