@@ -93,7 +93,8 @@ CREATE INDEX structure_events_created_idx ON structure_events (created_at);
 CREATE TABLE sweep_runs (
     sweep         text NOT NULL,
     period_start  timestamptz NOT NULL,
-    task_id       text NOT NULL,
+    -- Set in the claiming transaction, right after the task is enqueued.
+    task_id       text,
     claimed_at    timestamptz NOT NULL DEFAULT now(),
     started_at    timestamptz,
     finished_at   timestamptz,

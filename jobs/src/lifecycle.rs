@@ -20,7 +20,7 @@ pub struct Policies {
 }
 
 impl Policies {
-    fn for_kind(&self, kind: OpKind) -> RetryPolicy {
+    pub fn for_kind(&self, kind: OpKind) -> RetryPolicy {
         kind.policy().scaled(self.delay_scale)
     }
 }
@@ -104,18 +104,23 @@ pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str, polic
 }
 
 /// Locks a subtree, parents first, re-reading until no member appeared meanwhile: a child
-/// created under a member while we locked is caught (create locks its parent).
-async fn lock_subtree(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Uuid>> {
-    let mut locked: Vec<Uuid> = vec![];
+/// created under a member while we locked is caught (create locks its parent). Returns the
+/// rows as locked, parents first, without members removed before we got their lock.
+async fn lock_subtree(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace>> {
+    let mut locked: Vec<Workspace> = vec![];
     loop {
         let members = workspaces::subtree(conn, id).await?;
-        let fresh: Vec<Uuid> = members.iter().map(|m| m.id).filter(|m| !locked.contains(m)).collect();
+        let fresh: Vec<Uuid> = members.iter().map(|m| m.id).filter(|m| !locked.iter().any(|l| l.id == *m)).collect();
         if fresh.is_empty() {
-            return Ok(members.into_iter().map(|m| m.id).collect());
+            let order: Vec<Uuid> = members.iter().map(|m| m.id).collect();
+            locked.retain(|w| w.status() != Status::Removed);
+            locked.sort_by_key(|w| order.iter().position(|id| *id == w.id));
+            return Ok(locked);
         }
         for m in fresh {
-            workspaces::lock(conn, m).await?;
-            locked.push(m);
+            if let Some(ws) = workspaces::lock(conn, m).await? {
+                locked.push(ws);
+            }
         }
     }
 }
@@ -193,8 +198,7 @@ pub async fn pause(pool: &PgPool, id: Uuid, requested_by: &str, policies: Polici
         return Err(Error::Conflict(format!("workspace {id} is already paused")));
     }
     let mut out = Paused { paused: vec![], op_ids: vec![] };
-    for member in lock_subtree(&mut tx, id).await? {
-        let ws = lock_live(&mut tx, member).await?;
+    for ws in lock_subtree(&mut tx, id).await? {
         if ws.status() == Status::Paused {
             continue;
         }
@@ -223,8 +227,7 @@ pub async fn resume(pool: &PgPool, id: Uuid, requested_by: &str, policies: Polic
     }
     refuse_paused_ancestor(&mut tx, &root).await?;
     let mut out = Resumed { resumed: vec![], op_ids: vec![] };
-    for member in workspaces::subtree(&mut tx, id).await? {
-        let ws = lock_live(&mut tx, member.id).await?;
+    for ws in lock_subtree(&mut tx, id).await? {
         if ws.status() != Status::Paused {
             continue;
         }
@@ -278,8 +281,7 @@ async fn remove_subtree(
 ) -> Result<(Vec<Workspace>, Vec<Uuid>)> {
     let mut removed = vec![];
     let mut op_ids = vec![];
-    for member in lock_subtree(conn, id).await? {
-        let ws = lock_live(conn, member).await?;
+    for ws in lock_subtree(conn, id).await? {
         ops::cancel_queued_starts(conn, ws.id, &format!("superseded by {reason}")).await?;
         let ws = workspaces::set_status(conn, &ws, Status::Removed, None, json!({"reason": reason})).await?;
         tokens::revoke_all(conn, ws.id).await?;

@@ -99,6 +99,16 @@ pub async fn list_for_workspace<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid,
         .await?)
 }
 
+/// Whether any op of the workspace is still queued or running.
+pub async fn has_unfinished<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM workspace_ops WHERE workspace_id = $1 AND status IN ('queued', 'running'))",
+    )
+    .bind(workspace_id)
+    .fetch_one(db)
+    .await?)
+}
+
 async fn notify(conn: &mut PgConnection, op: &Op) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(OPS_CHANNEL)
@@ -145,9 +155,12 @@ pub async fn request(
     .fetch_one(&mut *conn)
     .await?;
     notify(conn, &op).await?;
-    advance(conn, ws.id).await?;
-    // Re-read: advance may have given it its task.
-    let op = sqlx::query_as("SELECT * FROM workspace_ops WHERE id = $1").bind(op.id).fetch_one(&mut *conn).await?;
+    let mut op = op;
+    if let Some((head, task)) = advance(conn, ws.id).await?
+        && head == op.id
+    {
+        op.task_id = Some(task);
+    }
     Ok((op, true))
 }
 
@@ -180,20 +193,21 @@ async fn head(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<Op>>
     .await?)
 }
 
-/// Gives the workspace's head op an apalis task if it has none. Called in every
-/// transaction that adds or finishes an op, under the workspace row lock.
-pub async fn advance(conn: &mut PgConnection, workspace_id: Uuid) -> Result<()> {
-    let Some(op) = head(conn, workspace_id).await? else { return Ok(()) };
+/// Gives the workspace's head op an apalis task if it has none, and returns (op, task) when
+/// it did. Called in every transaction that adds or finishes an op, under the row lock.
+pub async fn advance(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<(Uuid, String)>> {
+    let Some(op) = head(conn, workspace_id).await? else { return Ok(None) };
     if op.status == "queued" && op.task_id.is_none() {
         let delay = op.next_attempt_at.map(|t| (t - Utc::now()).to_std().unwrap_or_default());
         let task = queue::enqueue(conn, LIFECYCLE_QUEUE, &OpTask { v: 1, op_id: op.id }, delay).await?;
         sqlx::query("UPDATE workspace_ops SET task_id = $2, updated_at = now() WHERE id = $1")
             .bind(op.id)
-            .bind(task)
+            .bind(&task)
             .execute(&mut *conn)
             .await?;
+        return Ok(Some((op.id, task)));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// A claimed op: the lease fences every write made on its behalf.
@@ -373,21 +387,31 @@ async fn on_final_failure(conn: &mut PgConnection, ws: &Workspace, op: &Op, err:
                     .await?;
             }
         }
-        OpKind::Stop => {
-            tracing::error!(
-                workspace_id = %ws.id, op_id = %op.id, backend = ?ws.backend, instance_ref = ?ws.instance_ref,
-                attempts = op.attempts, last_err = %err,
-                "LEAK-SUSPECT stop gave up; the instance may still be running"
-            );
-            events::record(
-                conn,
-                events::LEAK_SUSPECT,
-                Some(ws.id),
-                json!({"op_id": op.id, "backend": ws.backend, "instance_ref": ws.instance_ref, "error": err}),
-            )
-            .await?;
-        }
+        OpKind::Stop => report_leak_suspect(conn, ws, op.id, err, "stop gave up").await?,
     }
+    Ok(())
+}
+
+/// A stop that could not be done: the `LEAK-SUSPECT` log line operators grep for and the
+/// `LEAK_SUSPECT` event they list. The orphans sweep reaps the instance later.
+pub async fn report_leak_suspect(
+    conn: &mut PgConnection,
+    ws: &Workspace,
+    op_id: Uuid,
+    err: &str,
+    what: &str,
+) -> Result<()> {
+    tracing::error!(
+        workspace_id = %ws.id, %op_id, backend = ?ws.backend, instance_ref = ?ws.instance_ref, last_err = %err,
+        "LEAK-SUSPECT {what}; the instance may still be running"
+    );
+    events::record(
+        conn,
+        events::LEAK_SUSPECT,
+        Some(ws.id),
+        json!({"op_id": op_id, "backend": ws.backend, "instance_ref": ws.instance_ref, "error": err}),
+    )
+    .await?;
     Ok(())
 }
 

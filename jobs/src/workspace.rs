@@ -155,6 +155,11 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// The backend recorded as running this workspace (whatever is configured now).
+    pub fn backend_kind(&self) -> Option<crate::backend::BackendKind> {
+        self.backend.as_deref().and_then(crate::backend::BackendKind::parse)
+    }
+
     pub fn status(&self) -> Status {
         // The CHECK constraint guarantees a known value; fall back to a harmless one.
         Status::parse(&self.status).unwrap_or(Status::Offline)

@@ -89,7 +89,7 @@ async fn run(config: Config) -> jobs::Result<()> {
     jobs::db::migrate(&pool).await?;
     let backends = connect_backends(&config).await?;
     tracing::info!(backends = ?backends.names(), "worker starting");
-    let rt = Arc::new(Runtime { pool: pool.clone(), policies: config.policies(), config: config.clone(), backends });
+    let rt = Arc::new(Runtime { pool: pool.clone(), config: config.clone(), backends });
 
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())

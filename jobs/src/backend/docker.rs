@@ -356,8 +356,10 @@ impl Backend for DockerBackend {
     /// Removes the recorded container and any other container labelled with the workspace:
     /// a stop must leave nothing of it running.
     async fn stop(&self, workspace_id: Uuid, instance_ref: &str) -> Result<(), BackendError> {
-        let mut targets =
-            vec![if instance_ref.is_empty() { Self::container_name(workspace_id) } else { instance_ref.to_owned() }];
+        let recorded =
+            if instance_ref.is_empty() { Self::container_name(workspace_id) } else { instance_ref.to_owned() };
+        let mut targets = vec![];
+        let mut recorded_listed = false;
         if !workspace_id.is_nil() {
             let filters = HashMap::from([(
                 "label",
@@ -371,7 +373,15 @@ impl Backend for DockerBackend {
                 .call("list containers", self.docker.list_containers(Some(options)))
                 .await?
                 .map_err(|err| engine_error("list containers", err))?;
-            targets.extend(labelled.into_iter().filter_map(|c| c.id));
+            for c in labelled {
+                // The recorded container is normally among the labelled ones: remove it once.
+                let named = c.names.iter().flatten().any(|n| n.trim_start_matches('/') == recorded);
+                recorded_listed |= named || c.id.as_deref() == Some(recorded.as_str());
+                targets.extend(c.id);
+            }
+        }
+        if !recorded_listed {
+            targets.push(recorded);
         }
         for target in targets {
             debug!(%workspace_id, container = %target, "removing workspace container");

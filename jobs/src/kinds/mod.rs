@@ -19,7 +19,6 @@ use uuid::Uuid;
 use crate::Result;
 use crate::backend::Backends;
 use crate::config::Config;
-use crate::lifecycle::Policies;
 use crate::ops::{self, Claim, ClaimResult, Finished, OpKind, Outcome};
 
 /// What a job handler needs: shared by every task a worker process runs.
@@ -27,7 +26,6 @@ pub struct Runtime {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub backends: Backends,
-    pub policies: Policies,
 }
 
 /// Runs the op delivered by apalis task `task_id`. Returns an error only when the database
@@ -60,7 +58,7 @@ pub async fn run_op(rt: &Runtime, op_id: Uuid, task_id: &str) -> Result<()> {
             }
         };
         tracing::info!(?outcome, "op attempt ended");
-        let policy = kind.policy().scaled(rt.policies.delay_scale);
+        let policy = rt.config.policies().for_kind(kind);
         if ops::finish(&rt.pool, &claim, outcome, policy).await? == Finished::Fenced {
             tracing::warn!("op was claimed by another worker meanwhile; this attempt's outcome is dropped");
         }

@@ -79,12 +79,7 @@ async fn judge(rt: &Runtime, backend: &Arc<dyn Backend>, inst: &ManagedInstance)
     let Some(ws) = ws else {
         return reap(rt, backend, inst, "no workspace row", true).await;
     };
-    let unfinished: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM workspace_ops WHERE workspace_id = $1 AND status IN ('queued', 'running'))",
-    )
-    .bind(ws.id)
-    .fetch_one(&rt.pool)
-    .await?;
+    let unfinished = ops::has_unfinished(&rt.pool, ws.id).await?;
     let on_recorded_backend = ws.backend.as_deref() == Some(kind);
     match ws.status() {
         Status::Removed | Status::Paused if on_recorded_backend => {
@@ -94,12 +89,7 @@ async fn judge(rt: &Runtime, backend: &Arc<dyn Backend>, inst: &ManagedInstance)
             let mut tx = rt.pool.begin().await?;
             let Some(locked) = workspaces::lock(&mut tx, ws.id).await? else { return Ok(Verdict::Keep) };
             // Re-check under the lock: a resume since the scan must not be undone.
-            let still_unfinished: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM workspace_ops WHERE workspace_id = $1 AND status IN ('queued', 'running'))",
-            )
-            .bind(ws.id)
-            .fetch_one(&mut *tx)
-            .await?;
+            let still_unfinished = ops::has_unfinished(&mut *tx, ws.id).await?;
             if locked.status() != ws.status() || still_unfinished {
                 return Ok(Verdict::Keep);
             }
@@ -109,7 +99,7 @@ async fn judge(rt: &Runtime, backend: &Arc<dyn Backend>, inst: &ManagedInstance)
                 OpKind::Stop,
                 "orphan",
                 "sweep:orphans",
-                OpKind::Stop.policy().scaled(rt.policies.delay_scale),
+                rt.config.policies().for_kind(OpKind::Stop),
             )
             .await?;
             events::record(

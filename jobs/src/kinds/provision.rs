@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::Result;
-use crate::backend::{BackendKind, NO_BACKEND_MESSAGE, StartSpec};
+use crate::backend::{NO_BACKEND_MESSAGE, StartSpec};
 use crate::events;
 use crate::kinds::Runtime;
 use crate::ops::{Claim, Outcome};
@@ -68,11 +68,6 @@ pub async fn start_instance(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
         token,
         heartbeat_interval_secs: (rt.config.heartbeat_stale_after.as_secs() / 3).clamp(1, 30),
     };
-    // Re-check just before touching the backend: a claim that stalled past its rescue must
-    // not replace the instance its successor started.
-    if let Err(f) = claim.fence(&mut *rt.pool.begin().await?).await? {
-        return Ok(Outcome::Skipped(f.to_string()));
-    }
     let started = match backend.start(&spec).await {
         Ok(s) => s,
         Err(e) if e.is_transient() => return Ok(Outcome::Retry(format!("{} start failed: {e}", kind.as_str()))),
@@ -98,8 +93,4 @@ pub async fn start_instance(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
     .await?;
     tx.commit().await?;
     Ok(Outcome::Succeeded(format!("started {} {}", kind.as_str(), started.instance_ref)))
-}
-
-pub fn recorded_kind(backend: Option<&str>) -> Option<BackendKind> {
-    backend.and_then(BackendKind::parse)
 }

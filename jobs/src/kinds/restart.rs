@@ -8,9 +8,8 @@ use backon::{ExponentialBuilder, Retryable};
 use serde_json::json;
 
 use crate::Result;
-use crate::events;
 use crate::kinds::{Runtime, provision, stop};
-use crate::ops::{Claim, Outcome};
+use crate::ops::{self, Claim, Outcome};
 use crate::store::workspaces;
 use crate::workspace::Status;
 
@@ -42,16 +41,9 @@ pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
         .when(|e| e.is_transient())
         .await;
     if let Err(e) = stopped {
-        tracing::error!(workspace_id = %ws.id, op_id = %claim.op.id, backend = ?ws.backend, instance_ref = ?ws.instance_ref,
-            last_err = %e, "LEAK-SUSPECT restart could not stop the old instance; starting a new one anyway");
         let mut tx = rt.pool.begin().await?;
-        events::record(
-            &mut tx,
-            events::LEAK_SUSPECT,
-            Some(ws.id),
-            json!({"op_id": claim.op.id, "backend": ws.backend, "instance_ref": ws.instance_ref, "error": e.to_string()}),
-        )
-        .await?;
+        let what = "restart could not stop the old instance and starts a new one anyway";
+        ops::report_leak_suspect(&mut tx, &ws, claim.op.id, &e.to_string(), what).await?;
         tx.commit().await?;
     }
     provision::start_instance(rt, claim).await

@@ -51,31 +51,29 @@ pub async fn purge(pool: &PgPool, cfg: &crate::config::Config) -> Result<Purged>
         batch,
     )
     .await?;
-    let (ops, _) = in_batches(
-        pool,
-        "DELETE FROM workspace_ops WHERE id IN (
-             SELECT id FROM workspace_ops WHERE finished_at < now() - $1 * interval '1 millisecond' LIMIT $2)",
-        cfg.retention_ops,
-        batch,
-    )
-    .await?;
-    let (events, _) = in_batches(
-        pool,
-        "DELETE FROM structure_events WHERE id IN (
-             SELECT id FROM structure_events WHERE created_at < now() - $1 * interval '1 millisecond' LIMIT $2)",
-        cfg.retention_events,
-        batch,
-    )
-    .await?;
-    in_batches(
-        pool,
-        "DELETE FROM sweep_runs WHERE (sweep, period_start) IN (
-             SELECT sweep, period_start FROM sweep_runs
-              WHERE claimed_at < now() - $1 * interval '1 millisecond' LIMIT $2)",
-        cfg.retention_jobs,
-        batch,
-    )
-    .await?;
+    let mut deleted = [0u64; 3];
+    let tables: [(&'static str, Duration); 3] = [
+        (
+            "DELETE FROM workspace_ops WHERE id IN (
+                 SELECT id FROM workspace_ops WHERE finished_at < now() - $1 * interval '1 millisecond' LIMIT $2)",
+            cfg.retention_ops,
+        ),
+        (
+            "DELETE FROM structure_events WHERE id IN (
+                 SELECT id FROM structure_events WHERE created_at < now() - $1 * interval '1 millisecond' LIMIT $2)",
+            cfg.retention_events,
+        ),
+        (
+            "DELETE FROM sweep_runs WHERE (sweep, period_start) IN (
+                 SELECT sweep, period_start FROM sweep_runs
+                  WHERE claimed_at < now() - $1 * interval '1 millisecond' LIMIT $2)",
+            cfg.retention_jobs,
+        ),
+    ];
+    for (n, (sql, keep)) in deleted.iter_mut().zip(tables) {
+        *n = in_batches(pool, sql, keep, batch).await?.0;
+    }
+    let [ops, events, _] = deleted;
     // Dead apalis workers, once no task row points at them any more.
     sqlx::query(
         "DELETE FROM apalis.workers w WHERE w.last_seen < now() - interval '1 hour'

@@ -7,7 +7,6 @@ use crate::Result;
 use crate::backend::BackendError;
 use crate::events;
 use crate::kinds::Runtime;
-use crate::kinds::provision::recorded_kind;
 use crate::ops::{Claim, Outcome};
 use crate::store::workspaces;
 use crate::workspace::Workspace;
@@ -41,7 +40,7 @@ pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
 
 /// Stops whatever the workspace row says is running. `Ok(None)`: nothing was recorded.
 pub async fn stop_recorded(rt: &Runtime, ws: &Workspace) -> Result<Option<String>, BackendError> {
-    let Some(kind) = recorded_kind(ws.backend.as_deref()) else { return Ok(None) };
+    let Some(kind) = ws.backend_kind() else { return Ok(None) };
     let Some(backend) = rt.backends.get(kind) else {
         return Err(BackendError::Transient(format!(
             "workspace runs on {} but this worker cannot reach that backend",

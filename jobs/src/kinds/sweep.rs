@@ -62,23 +62,26 @@ pub async fn claim_period(pool: &PgPool, kind: SweepKind, period: Duration) -> R
             .bind(period.as_millis() as f64)
             .fetch_one(&mut *tx)
             .await?;
+    let won = sqlx::query("INSERT INTO sweep_runs (sweep, period_start) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(kind.name())
+        .bind(period_start)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if !won {
+        return Ok(false);
+    }
     let task = SweepTask { v: 1, sweep: kind.name().to_string(), period_start };
     let task_id = queue::enqueue(&mut tx, SWEEP_QUEUE, &task, None).await?;
-    let won =
-        sqlx::query("INSERT INTO sweep_runs (sweep, period_start, task_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(kind.name())
-            .bind(period_start)
-            .bind(&task_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-    if won {
-        tx.commit().await?;
-    } else {
-        tx.rollback().await?;
-    }
-    Ok(won)
+    sqlx::query("UPDATE sweep_runs SET task_id = $3 WHERE sweep = $1 AND period_start = $2")
+        .bind(kind.name())
+        .bind(period_start)
+        .bind(&task_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 pub async fn run(rt: &Runtime, task: &SweepTask) -> Result<()> {
@@ -187,7 +190,7 @@ async fn liveness(rt: &Runtime) -> Result<String> {
         } else {
             let ws = workspaces::set_status(&mut tx, &ws, Status::Offline, None, payload).await?;
             if let Restarted::Queued { .. } =
-                lifecycle::request_restart(&mut tx, &ws, "liveness", "sweep:liveness", rt.policies).await?
+                lifecycle::request_restart(&mut tx, &ws, "liveness", "sweep:liveness", rt.config.policies()).await?
             {
                 restarted += 1;
             }
