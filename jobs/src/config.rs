@@ -91,11 +91,8 @@ impl Config {
     }
 
     pub fn from_env() -> Result<Self> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
-
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        // An empty variable counts as unset.
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         let parse = |k: &str, default: &str| -> Result<String> { Ok(get(k).unwrap_or_else(|| default.to_string())) };
         fn num<T: FromStr>(get: &dyn Fn(&str) -> Option<String>, k: &str, default: T) -> Result<T> {
             match get(k) {
