@@ -1,11 +1,21 @@
-//! Who is calling: the admin (operators, canvas) or a workspace's agent.
+//! Who is calling, as axum extractors: handlers name the caller they need in their
+//! signature instead of reading headers. Rejections are our JSON 401/403.
+//!
+//! - [`Admin`]: the admin token (operators, the canvas).
+//! - [`AdminOrWorkspace`]: the admin, or the token of the workspace named in the path.
+//! - [`Caller`]: any valid token; the handler decides what it may see.
+//! - [`Agent`]: register and heartbeat, which name their workspace in the body and may
+//!   bootstrap without a token (see [`Agent::authorize`]).
 
+use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
-use jobs::store::tokens as token_store;
+use axum::http::request::Parts;
+use jobs::store::workspace_tokens;
 use jobs::tokens::constant_time_eq;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{PathId, WorkspaceIdKind};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +25,7 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// Written on the ops a caller requests (`requested_by`).
     pub fn label(&self) -> String {
         match self {
             Caller::Admin => "admin".into(),
@@ -34,37 +45,96 @@ pub async fn identify(state: &AppState, token: &str) -> ApiResult<Option<Caller>
     if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) {
         return Ok(Some(Caller::Admin));
     }
-    Ok(token_store::validate(&state.pool, token).await?.map(Caller::Workspace))
+    Ok(workspace_tokens::validate(&state.pool, token).await?.map(Caller::Workspace))
 }
 
-pub async fn admin(state: &AppState, headers: &HeaderMap) -> ApiResult<Caller> {
-    let token = bearer(headers).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-    match identify(state, token).await? {
-        Some(Caller::Admin) => Ok(Caller::Admin),
-        Some(Caller::Workspace(_)) => Err(ApiError::Forbidden("this route needs the admin token".into())),
-        None => Err(ApiError::Unauthorized("invalid token".into())),
-    }
+fn invalid_token() -> ApiError {
+    ApiError::Unauthorized("invalid token".into())
 }
 
-/// The admin, or the workspace's own token; another workspace's token is refused.
-pub async fn admin_or_workspace(state: &AppState, headers: &HeaderMap, workspace_id: Uuid) -> ApiResult<Caller> {
-    let token = bearer(headers).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-    match identify(state, token).await? {
-        Some(Caller::Admin) => Ok(Caller::Admin),
-        Some(Caller::Workspace(id)) if id == workspace_id => Ok(Caller::Workspace(id)),
-        Some(Caller::Workspace(_)) => Err(ApiError::Forbidden("this token belongs to another workspace".into())),
-        None => Err(ApiError::Unauthorized("invalid token".into())),
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers).ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+        identify(state, token).await?.ok_or_else(invalid_token)
     }
 }
 
-/// Register and heartbeat: like [`admin_or_workspace`], except that a workspace with no
-/// live token may call without one (first boot, or an agent that bootstraps its token).
-pub async fn bootstrap(state: &AppState, headers: &HeaderMap, workspace_id: Uuid) -> ApiResult<()> {
-    if bearer(headers).is_some() {
-        return admin_or_workspace(state, headers, workspace_id).await.map(|_| ());
+pub struct Admin;
+
+impl Admin {
+    pub fn label(&self) -> String {
+        Caller::Admin.label()
     }
-    if token_store::has_live(&state.pool, workspace_id).await? {
-        return Err(ApiError::Unauthorized("this workspace has a token; send it as a bearer token".into()));
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Admin => Ok(Admin),
+            Caller::Workspace(_) => Err(ApiError::Forbidden("this route needs the admin token".into())),
+        }
     }
-    Ok(())
+}
+
+/// The workspace named by the path's `{id}`, opened by the admin or by its own token;
+/// another workspace's token is refused.
+pub struct AdminOrWorkspace {
+    pub id: Uuid,
+    pub caller: Caller,
+}
+
+impl FromRequestParts<AppState> for AdminOrWorkspace {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let PathId(id, _) = PathId::<WorkspaceIdKind>::from_request_parts(parts, state).await?;
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Workspace(own) if own != id => {
+                Err(ApiError::Forbidden("this token belongs to another workspace".into()))
+            }
+            caller => Ok(AdminOrWorkspace { id, caller }),
+        }
+    }
+}
+
+/// An agent's credential, resolved but not yet checked: the workspace it must match is in
+/// the request body, which is read after every other extractor.
+pub struct Agent {
+    /// `None`: no bearer token was sent; `Some(None)`: one was sent and is not valid.
+    presented: Option<Option<Caller>>,
+}
+
+impl FromRequestParts<AppState> for Agent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let presented = match bearer(&parts.headers) {
+            Some(token) => Some(identify(state, token).await?),
+            None => None,
+        };
+        Ok(Agent { presented })
+    }
+}
+
+impl Agent {
+    /// The admin or `workspace_id`'s own token; without any token, only a workspace that
+    /// has no live token may call (first boot, or an agent that bootstraps its token).
+    pub async fn authorize(&self, state: &AppState, workspace_id: Uuid) -> ApiResult<()> {
+        match self.presented {
+            Some(Some(Caller::Admin)) => Ok(()),
+            Some(Some(Caller::Workspace(id))) if id == workspace_id => Ok(()),
+            Some(Some(Caller::Workspace(_))) => {
+                Err(ApiError::Forbidden("this token belongs to another workspace".into()))
+            }
+            Some(None) => Err(invalid_token()),
+            None if workspace_tokens::has_live(&state.pool, workspace_id).await? => {
+                Err(ApiError::Unauthorized("this workspace has a token; send it as a bearer token".into()))
+            }
+            None => Ok(()),
+        }
+    }
 }

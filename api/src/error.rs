@@ -33,11 +33,15 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl From<jobs::Error> for ApiError {
     fn from(e: jobs::Error) -> Self {
+        use jobs::Error as E;
         match e {
-            jobs::Error::NotFound(m) => ApiError::NotFound(m),
-            jobs::Error::Conflict(m) => ApiError::Conflict(m),
-            jobs::Error::Invalid(m) => ApiError::BadRequest(m),
-            jobs::Error::Unavailable(m) => ApiError::Unavailable(m),
+            E::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            E::Invalid { .. } => ApiError::BadRequest(e.to_string()),
+            E::Transition { .. }
+            | E::Paused { .. }
+            | E::AlreadyPaused { .. }
+            | E::NotPaused { .. }
+            | E::AncestorPaused { .. } => ApiError::Conflict(e.to_string()),
             jobs::Error::Db(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("40P01" | "40001")) => {
                 ApiError::Conflict(
                     "the request collided with a concurrent change to the same workspaces; retry it".into(),

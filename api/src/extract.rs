@@ -1,7 +1,9 @@
 //! Extractors whose rejections are our JSON errors instead of axum's plain text.
 
+use std::marker::PhantomData;
+
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -45,8 +47,50 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-pub fn parse_id(what: &str, raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::BadRequest(format!("{what} {raw:?} is not a valid UUID")))
+/// What a path's `{id}` names, for the message when it is not a UUID.
+pub trait IdKind: Send + Sync {
+    const NAME: &'static str;
+}
+
+pub struct WorkspaceIdKind;
+impl IdKind for WorkspaceIdKind {
+    const NAME: &'static str = "workspace id";
+}
+
+pub struct OpIdKind;
+impl IdKind for OpIdKind {
+    const NAME: &'static str = "op id";
+}
+
+/// The path's `{id}` as a UUID, or a 400 naming what it should have been.
+pub struct PathId<K>(pub Uuid, pub PhantomData<K>);
+
+pub type WorkspaceId = PathId<WorkspaceIdKind>;
+pub type OpId = PathId<OpIdKind>;
+
+impl<S: Send + Sync, K: IdKind> FromRequestParts<S> for PathId<K> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) =
+            Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let id = Uuid::parse_str(&raw)
+            .map_err(|_| ApiError::BadRequest(format!("{} {raw:?} is not a valid UUID", K::NAME)))?;
+        Ok(PathId(id, PhantomData))
+    }
+}
+
+/// A list's `limit`: 1 to 1000, 100 when absent.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit(pub i64);
+
+impl Limit {
+    pub fn parse(raw: Option<i64>) -> Result<Limit, ApiError> {
+        match raw.unwrap_or(100) {
+            n @ 1..=1000 => Ok(Limit(n)),
+            _ => Err(ApiError::BadRequest("limit must be between 1 and 1000".into())),
+        }
+    }
 }
 
 /// Tells a field that is absent (`None`) from one set to null (`Some(None)`), for PATCH.

@@ -50,11 +50,11 @@ async fn run(config: Config) -> jobs::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .map_err(|e| jobs::Error::Config(format!("cannot listen on API_ADDR={}: {e}", config.api_addr)))?;
-    let addr = listener.local_addr().map_err(|e| jobs::Error::Config(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| jobs::Error::Internal(format!("listening socket: {e}")))?;
     tracing::info!("api listening on http://{addr}");
     axum::serve(listener, routes::router(state))
         .with_graceful_shutdown(jobs::shutdown::signal())
         .await
-        .map_err(|e| jobs::Error::Config(format!("server error: {e}")))?;
+        .map_err(|e| jobs::Error::Internal(format!("http server: {e}")))?;
     Ok(())
 }

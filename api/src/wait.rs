@@ -1,13 +1,17 @@
-//! `?wait=SECONDS`: hold the request until the workspace leaves `provisioning`, woken by
-//! LISTEN/NOTIFY through the process-wide listener (no polling).
+//! `?wait=SECONDS`: hold the request until the op is final and the workspace has left
+//! `provisioning`, woken by LISTEN/NOTIFY through the process-wide listener (no polling).
 
 use std::time::Duration;
 
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use jobs::domain::{Op, Status, Workspace};
 use jobs::notify::Notice;
-use jobs::ops::{self, Op};
+use jobs::ops;
 use jobs::store::workspaces;
-use jobs::workspace::{Status, Workspace};
 use serde::Deserialize;
+use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -33,39 +37,57 @@ impl WaitQuery {
     }
 }
 
-pub enum Waited {
+enum Waited {
     Settled(Workspace),
     TimedOut(Op),
 }
 
+/// Waits for op `op_id` of workspace `ws_id`, then answers: `settled` with the workspace
+/// (and the op id), or 202 with the op as it stands when time runs out.
+pub async fn answer(
+    state: &AppState,
+    ws_id: Uuid,
+    op_id: Uuid,
+    timeout: Duration,
+    settled: StatusCode,
+) -> ApiResult<Response> {
+    Ok(match until_settled(state, ws_id, op_id, timeout).await? {
+        Waited::Settled(ws) => {
+            let mut body = json!(ws);
+            body["op_id"] = json!(op_id);
+            (settled, Json(body)).into_response()
+        }
+        Waited::TimedOut(op) => (
+            StatusCode::ACCEPTED,
+            Json(json!({"status": "provisioning", "id": op.workspace_id, "op_id": op.id, "op": op})),
+        )
+            .into_response(),
+    })
+}
+
 /// Waits until op `op_id` is final and workspace `ws_id` is no longer `provisioning` (its
 /// agent registered, or it failed, was paused or removed), or `timeout` passes.
-pub async fn until_settled(state: &AppState, ws_id: Uuid, op_id: Uuid, timeout: Duration) -> ApiResult<Waited> {
+async fn until_settled(state: &AppState, ws_id: Uuid, op_id: Uuid, timeout: Duration) -> ApiResult<Waited> {
     // Subscribe before the first read so no change can slip between the two.
     let mut rx = state.notices.subscribe();
     let deadline = Instant::now() + timeout;
     loop {
-        let ws = workspaces::get(&state.pool, ws_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("workspace {ws_id} not found")))?;
-        let op = ops::get(&state.pool, op_id).await?.ok_or_else(|| ops::not_found(op_id))?;
+        let ws = workspaces::get(&state.pool, ws_id).await?.ok_or_else(|| jobs::Error::workspace_not_found(ws_id))?;
+        let op = ops::get(&state.pool, op_id).await?;
         // The op must be done too: a workspace can be online from an earlier instance while
         // the restart asked for is still queued.
-        if op.is_final() && ws.status() != Status::Provisioning {
+        if op.is_final() && ws.status != Status::Provisioning {
             return Ok(Waited::Settled(ws));
         }
         // Sleep until something about this workspace changes.
         loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Err(_) => {
-                    let op = ops::get(&state.pool, op_id).await?.ok_or_else(|| ops::not_found(op_id))?;
-                    return Ok(Waited::TimedOut(op));
-                }
+                Err(_) => return Ok(Waited::TimedOut(ops::get(&state.pool, op_id).await?)),
                 Ok(Ok(Notice::Resync)) | Ok(Err(RecvError::Lagged(_))) => break,
                 Ok(Ok(n)) if n.workspace_id() == Some(ws_id) => break,
                 Ok(Ok(_)) => continue,
                 Ok(Err(RecvError::Closed)) => {
-                    return Err(ApiError::Internal(jobs::Error::Apalis("event listener stopped".into())));
+                    return Err(jobs::Error::Internal("the process's event listener stopped".into()).into());
                 }
             }
         }

@@ -1,33 +1,60 @@
-use crate::backend::BackendError;
+use uuid::Uuid;
 
-/// The one error type of the `jobs` crate. The api maps it to HTTP in one place.
+use crate::backend::BackendError;
+use crate::domain::Status;
+
+/// The one error type of the `jobs` crate; the api maps it to HTTP in one place.
+///
+/// Domain variants say what about the request or the current state forbids it, and map to
+/// 4xx. Infrastructure variants are the server's own trouble and map to 500; in particular a
+/// database error is never reported as "not found".
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// `what` is the kind of thing looked for: "workspace", "parent workspace", "op".
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: Uuid },
+    /// A field of the request is invalid; `problem` completes a sentence about `field`.
+    #[error("{field} {problem}")]
+    Invalid { field: &'static str, problem: String },
+    /// The status machine forbids the change.
+    #[error("workspace {id} is {from} and cannot become {to}")]
+    Transition { id: Uuid, from: Status, to: Status },
+    #[error("workspace {id} is paused; resume it instead")]
+    Paused { id: Uuid },
+    #[error("workspace {id} is already paused")]
+    AlreadyPaused { id: Uuid },
+    #[error("workspace {id} is {status}, not paused")]
+    NotPaused { id: Uuid, status: Status },
+    #[error("ancestor workspace {name:?} ({id}) is paused; resume it first")]
+    AncestorPaused { id: Uuid, name: String },
+
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    /// A client asked for something that does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The request is well formed but the current state forbids it.
-    #[error("{0}")]
-    Conflict(String),
-    /// The request itself is invalid; the message names the field.
-    #[error("{0}")]
-    Invalid(String),
-    /// A required capability (a backend) is not configured.
-    #[error("{0}")]
-    Unavailable(String),
-    /// A configuration variable is missing or malformed.
-    #[error("configuration: {0}")]
-    Config(String),
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A configuration variable (or command-line argument) is missing or malformed.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// apalis could not set up its storage.
     #[error("apalis: {0}")]
     Apalis(String),
+    /// A broken invariant or a failed runtime facility (a listener, a socket, a task).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn workspace_not_found(id: Uuid) -> Error {
+        Error::NotFound { what: "workspace", id }
+    }
+
+    pub fn op_not_found(id: Uuid) -> Error {
+        Error::NotFound { what: "op", id }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

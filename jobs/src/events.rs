@@ -5,11 +5,13 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::Result;
+use crate::domain::Status;
 use crate::notify::EVENTS_CHANNEL;
+use crate::store::{self, structure_events};
 
 pub const WORKSPACE_PROVISIONING: &str = "WORKSPACE_PROVISIONING";
 pub const WORKSPACE_ONLINE: &str = "WORKSPACE_ONLINE";
@@ -36,7 +38,7 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
-/// The wire envelope shared with the original server's canvas.
+/// The wire envelope the canvas reads from `GET /events` and `GET /ws`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Envelope {
     pub id: i64,
@@ -58,42 +60,28 @@ impl From<Event> for Envelope {
     }
 }
 
+/// The event that announces a workspace entering `status`.
+pub fn for_status(status: Status) -> &'static str {
+    match status {
+        Status::Provisioning => WORKSPACE_PROVISIONING,
+        Status::Online => WORKSPACE_ONLINE,
+        Status::Offline => WORKSPACE_OFFLINE,
+        Status::Degraded => WORKSPACE_DEGRADED,
+        Status::Failed => WORKSPACE_PROVISION_FAILED,
+        Status::Paused => WORKSPACE_PAUSED,
+        Status::AwaitingAgent => WORKSPACE_AWAITING_AGENT,
+        Status::Removed => WORKSPACE_REMOVED,
+    }
+}
+
+/// Writes the event in the caller's transaction and announces it at commit.
 pub async fn record(
     conn: &mut PgConnection,
     event_type: &str,
     workspace_id: Option<Uuid>,
     payload: Value,
 ) -> Result<i64> {
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO structure_events (event_type, workspace_id, payload) VALUES ($1, $2, $3) RETURNING id",
-    )
-    .bind(event_type)
-    .bind(workspace_id)
-    .bind(&payload)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, $2)").bind(EVENTS_CHANNEL).bind(id.to_string()).execute(&mut *conn).await?;
+    let id = structure_events::insert(conn, event_type, workspace_id, &payload).await?;
+    store::notify(conn, EVENTS_CHANNEL, &id.to_string()).await?;
     Ok(id)
-}
-
-pub async fn get(pool: &PgPool, id: i64) -> Result<Option<Event>> {
-    Ok(sqlx::query_as::<_, Event>("SELECT * FROM structure_events WHERE id = $1").bind(id).fetch_optional(pool).await?)
-}
-
-pub async fn list(
-    pool: &PgPool,
-    workspace_id: Option<Uuid>,
-    event_type: Option<&str>,
-    limit: i64,
-) -> Result<Vec<Event>> {
-    Ok(sqlx::query_as::<_, Event>(
-        "SELECT * FROM structure_events
-          WHERE ($1::uuid IS NULL OR workspace_id = $1) AND ($2::text IS NULL OR event_type = $2)
-          ORDER BY id DESC LIMIT $3",
-    )
-    .bind(workspace_id)
-    .bind(event_type)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
 }

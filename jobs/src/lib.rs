@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod config;
 pub mod db;
+pub mod domain;
 pub mod error;
 pub mod events;
 pub mod kinds;
@@ -17,8 +18,9 @@ pub mod registry;
 pub mod retry;
 pub mod shutdown;
 pub mod store;
+pub mod sweeps;
 pub mod telemetry;
 pub mod tokens;
-pub mod workspace;
+pub mod transition;
 
 pub use error::{Error, Result};

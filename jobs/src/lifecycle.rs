@@ -7,37 +7,13 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::ops::{self, Op, OpKind};
-use crate::retry::RetryPolicy;
-use crate::store::{tokens, workspaces};
-use crate::workspace::{EXTERNAL_RUNTIME, Status, Workspace};
+use crate::domain::workspace::EXTERNAL_RUNTIME;
+use crate::domain::{CreateRequest, Op, OpKind, Patch, Status, Workspace};
+use crate::events;
+use crate::ops;
+use crate::store::{workspace_tokens, workspaces};
+use crate::transition;
 use crate::{Error, Result};
-
-/// Scales retry delays (`RETRY_DELAY_SCALE`) for every op a verb creates.
-#[derive(Debug, Clone, Copy)]
-pub struct Policies {
-    pub delay_scale: f64,
-}
-
-impl Policies {
-    pub fn for_kind(&self, kind: OpKind) -> RetryPolicy {
-        kind.policy().scaled(self.delay_scale)
-    }
-}
-
-pub struct CreateRequest {
-    pub name: String,
-    pub role: Option<String>,
-    pub runtime: String,
-    pub tier: i32,
-    pub model: String,
-    pub parent_id: Option<Uuid>,
-    pub external: bool,
-    pub url: Option<String>,
-    pub delivery_mode: String,
-    pub max_concurrent_tasks: i32,
-    pub canvas: Option<(f64, f64)>,
-}
 
 pub enum Created {
     Provisioning {
@@ -51,13 +27,10 @@ pub enum Created {
     },
 }
 
-pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str, policies: Policies) -> Result<Created> {
+pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str) -> Result<Created> {
     let mut tx = pool.begin().await?;
     if let Some(parent) = req.parent_id {
-        match workspaces::lock(&mut tx, parent).await? {
-            Some(p) if p.status() != Status::Removed => {}
-            _ => return Err(Error::NotFound(format!("parent workspace {parent} not found"))),
-        }
+        lock_live_as(&mut tx, parent, "parent workspace").await?;
     }
     let external = req.external || req.runtime == EXTERNAL_RUNTIME;
     let status = match (external, &req.url) {
@@ -65,38 +38,27 @@ pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str, polic
         (true, None) => Status::AwaitingAgent,
         (false, _) => Status::Provisioning,
     };
-    let new = workspaces::NewWorkspace {
-        id: Uuid::new_v4(),
-        name: req.name,
-        role: req.role,
-        runtime: if external { EXTERNAL_RUNTIME.to_string() } else { req.runtime },
-        tier: req.tier,
-        model: req.model,
-        parent_id: req.parent_id,
-        status,
-        url: req.url,
-        delivery_mode: req.delivery_mode,
-        external,
-        max_concurrent_tasks: req.max_concurrent_tasks,
-        canvas: req.canvas,
-    };
-    let workspace = workspaces::insert(&mut tx, &new).await?;
+    let mut req = req;
+    if external {
+        req.external = true;
+        req.runtime = EXTERNAL_RUNTIME.to_string();
+    }
+    let workspace = workspaces::insert(&mut tx, Uuid::new_v4(), status, &req).await?;
+    events::record(
+        &mut tx,
+        events::for_status(status),
+        Some(workspace.id),
+        json!({"name": workspace.name, "tier": workspace.tier, "runtime": workspace.runtime, "parent_id": workspace.parent_id}),
+    )
+    .await?;
     let created = if external {
         let token = match status {
-            Status::AwaitingAgent => Some(tokens::mint(&mut tx, workspace.id).await?),
+            Status::AwaitingAgent => Some(workspace_tokens::mint(&mut tx, workspace.id).await?),
             _ => None,
         };
         Created::External { workspace: Box::new(workspace), token }
     } else {
-        let (op, _) = ops::request(
-            &mut tx,
-            &workspace,
-            OpKind::Provision,
-            "create",
-            requested_by,
-            policies.for_kind(OpKind::Provision),
-        )
-        .await?;
+        let (op, _) = ops::request(&mut tx, &workspace, OpKind::Provision, "create", requested_by).await?;
         Created::Provisioning { workspace: Box::new(workspace), op: Box::new(op) }
     };
     tx.commit().await?;
@@ -113,7 +75,7 @@ async fn lock_subtree(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace
         let fresh: Vec<Uuid> = members.iter().map(|m| m.id).filter(|m| !locked.iter().any(|l| l.id == *m)).collect();
         if fresh.is_empty() {
             let order: Vec<Uuid> = members.iter().map(|m| m.id).collect();
-            locked.retain(|w| w.status() != Status::Removed);
+            locked.retain(|w| w.status != Status::Removed);
             locked.sort_by_key(|w| order.iter().position(|id| *id == w.id));
             return Ok(locked);
         }
@@ -126,15 +88,20 @@ async fn lock_subtree(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace
 }
 
 async fn lock_live(conn: &mut PgConnection, id: Uuid) -> Result<Workspace> {
+    lock_live_as(conn, id, "workspace").await
+}
+
+/// Locks a workspace that is not removed; `what` names it in the 404.
+async fn lock_live_as(conn: &mut PgConnection, id: Uuid, what: &'static str) -> Result<Workspace> {
     match workspaces::lock(conn, id).await? {
-        Some(ws) if ws.status() != Status::Removed => Ok(ws),
-        _ => Err(Error::NotFound(format!("workspace {id} not found"))),
+        Some(ws) if ws.status != Status::Removed => Ok(ws),
+        _ => Err(Error::NotFound { what, id }),
     }
 }
 
 async fn refuse_paused_ancestor(conn: &mut PgConnection, ws: &Workspace) -> Result<()> {
-    if let Some(p) = workspaces::ancestors(conn, ws.id).await?.into_iter().find(|a| a.status() == Status::Paused) {
-        return Err(Error::Conflict(format!("ancestor workspace {:?} ({}) is paused; resume it first", p.name, p.id)));
+    if let Some(p) = workspaces::ancestors(conn, ws.id).await?.into_iter().find(|a| a.status == Status::Paused) {
+        return Err(Error::AncestorPaused { id: p.id, name: p.name });
     }
     Ok(())
 }
@@ -148,23 +115,17 @@ pub enum Restarted {
     Noop,
 }
 
-pub async fn restart(
-    pool: &PgPool,
-    id: Uuid,
-    reason: &str,
-    requested_by: &str,
-    policies: Policies,
-) -> Result<Restarted> {
+pub async fn restart(pool: &PgPool, id: Uuid, reason: &str, requested_by: &str) -> Result<Restarted> {
     let mut tx = pool.begin().await?;
     let ws = lock_live(&mut tx, id).await?;
     if ws.external {
         return Ok(Restarted::Noop);
     }
-    if ws.status() == Status::Paused {
-        return Err(Error::Conflict(format!("workspace {id} is paused; resume it instead")));
+    if ws.status == Status::Paused {
+        return Err(Error::Paused { id });
     }
     refuse_paused_ancestor(&mut tx, &ws).await?;
-    let restarted = request_restart(&mut tx, &ws, reason, requested_by, policies).await?;
+    let restarted = request_restart(&mut tx, &ws, reason, requested_by).await?;
     tx.commit().await?;
     Ok(restarted)
 }
@@ -175,12 +136,10 @@ pub async fn request_restart(
     ws: &Workspace,
     reason: &str,
     requested_by: &str,
-    policies: Policies,
 ) -> Result<Restarted> {
-    let (op, new) =
-        ops::request(conn, ws, OpKind::Restart, reason, requested_by, policies.for_kind(OpKind::Restart)).await?;
+    let (op, new) = ops::request(conn, ws, OpKind::Restart, reason, requested_by).await?;
     if new {
-        workspaces::set_status(conn, ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": reason})).await?;
+        transition::set_status(conn, ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": reason})).await?;
     }
     Ok(Restarted::Queued { op: Box::new(op), new })
 }
@@ -191,21 +150,20 @@ pub struct Paused {
     pub op_ids: Vec<Uuid>,
 }
 
-pub async fn pause(pool: &PgPool, id: Uuid, requested_by: &str, policies: Policies) -> Result<Paused> {
+pub async fn pause(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Paused> {
     let mut tx = pool.begin().await?;
     let root = lock_live(&mut tx, id).await?;
-    if root.status() == Status::Paused {
-        return Err(Error::Conflict(format!("workspace {id} is already paused")));
+    if root.status == Status::Paused {
+        return Err(Error::AlreadyPaused { id });
     }
     let mut out = Paused { paused: vec![], op_ids: vec![] };
     for ws in lock_subtree(&mut tx, id).await? {
-        if ws.status() == Status::Paused {
+        if ws.status == Status::Paused {
             continue;
         }
         ops::cancel_queued_starts(&mut tx, ws.id, "superseded by pause").await?;
-        workspaces::set_status(&mut tx, &ws, Status::Paused, None, json!({})).await?;
-        let (op, _) =
-            ops::request(&mut tx, &ws, OpKind::Stop, "pause", requested_by, policies.for_kind(OpKind::Stop)).await?;
+        transition::set_status(&mut tx, &ws, Status::Paused, None, json!({})).await?;
+        let (op, _) = ops::request(&mut tx, &ws, OpKind::Stop, "pause", requested_by).await?;
         out.paused.push(ws.id);
         out.op_ids.push(op.id);
     }
@@ -219,22 +177,20 @@ pub struct Resumed {
     pub op_ids: Vec<Uuid>,
 }
 
-pub async fn resume(pool: &PgPool, id: Uuid, requested_by: &str, policies: Policies) -> Result<Resumed> {
+pub async fn resume(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Resumed> {
     let mut tx = pool.begin().await?;
     let root = lock_live(&mut tx, id).await?;
-    if root.status() != Status::Paused {
-        return Err(Error::Conflict(format!("workspace {id} is {}, not paused", root.status())));
+    if root.status != Status::Paused {
+        return Err(Error::NotPaused { id, status: root.status });
     }
     refuse_paused_ancestor(&mut tx, &root).await?;
     let mut out = Resumed { resumed: vec![], op_ids: vec![] };
     for ws in lock_subtree(&mut tx, id).await? {
-        if ws.status() != Status::Paused {
+        if ws.status != Status::Paused {
             continue;
         }
-        let (op, _) =
-            ops::request(&mut tx, &ws, OpKind::Provision, "resume", requested_by, policies.for_kind(OpKind::Provision))
-                .await?;
-        workspaces::set_status(&mut tx, &ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": "resume"}))
+        let (op, _) = ops::request(&mut tx, &ws, OpKind::Provision, "resume", requested_by).await?;
+        transition::set_status(&mut tx, &ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": "resume"}))
             .await?;
         out.resumed.push(ws.id);
         out.op_ids.push(op.id);
@@ -254,7 +210,7 @@ pub enum Deleted {
     Removed { removed: Vec<Workspace>, op_ids: Vec<Uuid> },
 }
 
-pub async fn delete(pool: &PgPool, id: Uuid, confirm: bool, requested_by: &str, policies: Policies) -> Result<Deleted> {
+pub async fn delete(pool: &PgPool, id: Uuid, confirm: bool, requested_by: &str) -> Result<Deleted> {
     let mut tx = pool.begin().await?;
     lock_live(&mut tx, id).await?;
     let children: Vec<ChildRef> = workspaces::list(&mut *tx, None, Some(id))
@@ -265,7 +221,7 @@ pub async fn delete(pool: &PgPool, id: Uuid, confirm: bool, requested_by: &str, 
     if !children.is_empty() && !confirm {
         return Ok(Deleted::ConfirmationRequired { children });
     }
-    let (removed, op_ids) = remove_subtree(&mut tx, id, "delete", requested_by, policies).await?;
+    let (removed, op_ids) = remove_subtree(&mut tx, id, "delete", requested_by).await?;
     tx.commit().await?;
     Ok(Deleted::Removed { removed, op_ids })
 }
@@ -277,16 +233,14 @@ async fn remove_subtree(
     id: Uuid,
     reason: &str,
     requested_by: &str,
-    policies: Policies,
 ) -> Result<(Vec<Workspace>, Vec<Uuid>)> {
     let mut removed = vec![];
     let mut op_ids = vec![];
     for ws in lock_subtree(conn, id).await? {
         ops::cancel_queued_starts(conn, ws.id, &format!("superseded by {reason}")).await?;
-        let ws = workspaces::set_status(conn, &ws, Status::Removed, None, json!({"reason": reason})).await?;
-        tokens::revoke_all(conn, ws.id).await?;
-        let (op, _) =
-            ops::request(conn, &ws, OpKind::Stop, reason, requested_by, policies.for_kind(OpKind::Stop)).await?;
+        let ws = transition::set_status(conn, &ws, Status::Removed, None, json!({"reason": reason})).await?;
+        workspace_tokens::revoke_all(conn, ws.id).await?;
+        let (op, _) = ops::request(conn, &ws, OpKind::Stop, reason, requested_by).await?;
         op_ids.push(op.id);
         removed.push(ws);
     }
@@ -301,32 +255,19 @@ pub struct Collapsed {
 
 /// Removes the direct children, each with its own subtree so nothing keeps running under a
 /// removed parent.
-pub async fn collapse(pool: &PgPool, id: Uuid, requested_by: &str, policies: Policies) -> Result<Collapsed> {
+pub async fn collapse(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Collapsed> {
     let mut tx = pool.begin().await?;
     let parent = lock_live(&mut tx, id).await?;
     let mut out = Collapsed { removed: vec![], op_ids: vec![] };
     for child in workspaces::list(&mut *tx, None, Some(id)).await? {
-        let (_, ops) = remove_subtree(&mut tx, child.id, "collapse", requested_by, policies).await?;
+        let (_, ops) = remove_subtree(&mut tx, child.id, "collapse", requested_by).await?;
         out.removed.push(child.name);
         out.op_ids.extend(ops);
     }
-    crate::events::record(
-        &mut tx,
-        crate::events::WORKSPACE_COLLAPSED,
-        Some(parent.id),
-        json!({"removed_children": out.removed}),
-    )
-    .await?;
+    events::record(&mut tx, events::WORKSPACE_COLLAPSED, Some(parent.id), json!({"removed_children": out.removed}))
+        .await?;
     tx.commit().await?;
     Ok(out)
-}
-
-pub struct Patch {
-    pub name: Option<String>,
-    pub role: Option<Option<String>>,
-    pub tier: Option<i32>,
-    pub parent_id: Option<Option<Uuid>>,
-    pub collapsed: Option<bool>,
 }
 
 pub async fn patch(pool: &PgPool, id: Uuid, p: Patch) -> Result<Workspace> {
@@ -334,39 +275,18 @@ pub async fn patch(pool: &PgPool, id: Uuid, p: Patch) -> Result<Workspace> {
     // Ancestors are locked before descendants everywhere, so the new parent goes first.
     if let Some(Some(parent)) = p.parent_id {
         if parent == id {
-            return Err(Error::Invalid("parent_id cannot be the workspace itself".into()));
+            return Err(Error::Invalid { field: "parent_id", problem: "cannot be the workspace itself".into() });
         }
-        lock_live(&mut tx, parent)
-            .await
-            .map_err(|_| Error::NotFound(format!("parent workspace {parent} not found")))?;
+        lock_live_as(&mut tx, parent, "parent workspace").await?;
     }
     let ws = lock_live(&mut tx, id).await?;
     if let Some(Some(parent)) = p.parent_id {
         let ancestors = workspaces::ancestors(&mut tx, parent).await?;
         if ancestors.iter().any(|a| a.id == id) {
-            return Err(Error::Invalid("parent_id would create a cycle".into()));
+            return Err(Error::Invalid { field: "parent_id", problem: "would create a cycle".into() });
         }
     }
-    let updated = sqlx::query_as::<_, Workspace>(
-        "UPDATE workspaces SET
-            name = coalesce($2, name),
-            role = CASE WHEN $3 THEN $4 ELSE role END,
-            tier = coalesce($5, tier),
-            parent_id = CASE WHEN $6 THEN $7 ELSE parent_id END,
-            collapsed = coalesce($8, collapsed),
-            updated_at = now()
-          WHERE id = $1 RETURNING *",
-    )
-    .bind(ws.id)
-    .bind(p.name)
-    .bind(p.role.is_some())
-    .bind(p.role.flatten())
-    .bind(p.tier)
-    .bind(p.parent_id.is_some())
-    .bind(p.parent_id.flatten())
-    .bind(p.collapsed)
-    .fetch_one(&mut *tx)
-    .await?;
+    let updated = workspaces::patch(&mut tx, ws.id, p).await?;
     tx.commit().await?;
     Ok(updated)
 }

@@ -9,7 +9,9 @@ use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::events::{self, Envelope};
+use crate::events::Envelope;
+use crate::retry;
+use crate::store::structure_events;
 
 /// Payload: the event id.
 pub const EVENTS_CHANNEL: &str = "ws_events";
@@ -43,15 +45,12 @@ pub fn spawn_listener(pool: PgPool) -> broadcast::Sender<Notice> {
     let (tx, _) = broadcast::channel(4096);
     let sender = tx.clone();
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match listen(&pool, &sender).await {
-                Ok(()) => {}
-                Err(e) => tracing::warn!(error = %e, "event listener lost its connection; reconnecting"),
+        for delay in retry::forever(Duration::from_millis(200), Duration::from_secs(5)) {
+            if let Err(e) = listen(&pool, &sender).await {
+                tracing::warn!(error = %e, "event listener lost its connection; reconnecting");
             }
             let _ = sender.send(Notice::Resync);
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(delay).await;
         }
     });
     tx
@@ -67,7 +66,7 @@ async fn listen(pool: &PgPool, sender: &broadcast::Sender<Notice>) -> crate::Res
         let notice = match n.channel() {
             EVENTS_CHANNEL => {
                 let Ok(id) = n.payload().parse::<i64>() else { continue };
-                match events::get(pool, id).await? {
+                match structure_events::get(pool, id).await? {
                     Some(e) => Notice::Event(Box::new(e.into())),
                     None => continue,
                 }

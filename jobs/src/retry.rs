@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
+use crate::domain::OpKind;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub max_attempts: i32,
@@ -19,6 +21,37 @@ pub const PROVISION: RetryPolicy =
 /// More patient than provision: a stop that gives up may leak an instance.
 pub const STOP: RetryPolicy =
     RetryPolicy { max_attempts: 8, min_delay: Duration::from_secs(2), max_delay: Duration::from_secs(120) };
+
+/// The policy of a kind before any scaling. Its `max_attempts` is written on the op when it
+/// is requested; only the delays are scaled (`RETRY_DELAY_SCALE`).
+pub fn default_policy(kind: OpKind) -> RetryPolicy {
+    match kind {
+        OpKind::Provision | OpKind::Restart => PROVISION,
+        OpKind::Stop => STOP,
+    }
+}
+
+/// The policies a worker runs ops with: the defaults with their delays scaled once.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicies {
+    delay_scale: f64,
+}
+
+impl RetryPolicies {
+    pub fn scaled(delay_scale: f64) -> RetryPolicies {
+        RetryPolicies { delay_scale }
+    }
+
+    pub fn for_kind(&self, kind: OpKind) -> RetryPolicy {
+        default_policy(kind).scaled(self.delay_scale)
+    }
+}
+
+/// Delays for a loop that keeps reconnecting or rebuilding something for as long as the
+/// process lives: exponential from `min` to `max`, with jitter, never giving up.
+pub fn forever(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default().with_min_delay(min).with_max_delay(max).with_jitter().without_max_times().build()
+}
 
 impl RetryPolicy {
     /// Delay before the attempt that follows attempt number `attempt` (1-based).

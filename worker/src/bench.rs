@@ -5,9 +5,11 @@
 use std::time::{Duration, Instant};
 
 use jobs::config::Config;
+use jobs::store::apalis::bench;
 use sqlx::PgPool;
 
 const QUEUE: &str = "bench-fetch";
+const WORKER: &str = "bench";
 const SAMPLES: usize = 200;
 
 pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
@@ -31,35 +33,20 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     }
     let pool = jobs::db::connect(&config.database_url, 4).await?;
     jobs::db::migrate(&pool).await?;
-    sqlx::query(
-        "INSERT INTO apalis.workers (id, worker_type, storage_name, last_seen) VALUES ('bench', $1, 'bench', now())
-         ON CONFLICT (id) DO UPDATE SET last_seen = now()",
-    )
-    .bind(QUEUE)
-    .execute(&pool)
-    .await?;
-    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = $1").bind(QUEUE).execute(&pool).await?;
+    bench::reset_queue(&pool, WORKER, QUEUE).await?;
     let started = Instant::now();
-    sqlx::query(
-        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, done_at, lock_by)
-         SELECT apalis.generate_ulid(), $1, '\\x7b7d', 'Done', 1, 5, now() - interval '2 days', now() - interval '2 days', 'bench'
-           FROM generate_series(1, $2)",
-    )
-    .bind(QUEUE)
-    .bind(rows)
-    .execute(&pool)
-    .await?;
-    sqlx::query("ANALYZE apalis.jobs").execute(&pool).await?;
+    bench::insert_finished(&pool, WORKER, QUEUE, rows).await?;
     println!("inserted {rows} finished tasks in {:?}", started.elapsed());
 
     let before = fetch_latency(&pool, SAMPLES).await?;
 
-    let mut cfg = config.clone();
-    cfg.retention_jobs = Duration::from_secs(24 * 3600);
+    let mut settings = config.sweeps.retention.clone();
+    settings.jobs = Duration::from_secs(24 * 3600);
+    let batch = settings.batch;
     let purge_pool = pool.clone();
     let purge = tokio::spawn(async move {
         let t = Instant::now();
-        let p = jobs::kinds::retention::purge(&purge_pool, &cfg).await;
+        let p = jobs::sweeps::retention::run(&purge_pool, &settings).await;
         (t.elapsed(), p)
     });
     // Fetches keep going while the purge runs: the queue must not stall.
@@ -67,9 +54,9 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     while !purge.is_finished() {
         during.extend(fetch_latency(&pool, 10).await?.samples);
     }
-    let (purge_time, purged) = purge.await.map_err(|e| jobs::Error::Config(format!("purge task: {e}")))?;
+    let (purge_time, purged) = purge.await.map_err(|e| jobs::Error::Internal(format!("purge task: {e}")))?;
     let purged = purged?;
-    sqlx::query("ANALYZE apalis.jobs").execute(&pool).await?;
+    bench::analyze(&pool).await?;
     let after = fetch_latency(&pool, SAMPLES).await?;
     let during = Latency::from(during);
 
@@ -84,7 +71,7 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
         "purge: {} tasks deleted in {} batches of {} in {:.2} s",
         purged.jobs,
         purged.batches,
-        config.retention_batch,
+        batch,
         purge_time.as_secs_f64()
     );
     Ok(())
@@ -115,22 +102,12 @@ impl Latency {
 async fn fetch_latency(pool: &PgPool, n: usize) -> jobs::Result<Latency> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
-        sqlx::query(
-            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at)
-             VALUES (apalis.generate_ulid(), $1, '\\x7b7d', 'Pending', 0, 5, now() - interval '1 second')",
-        )
-        .bind(QUEUE)
-        .execute(pool)
-        .await?;
+        bench::insert_due(pool, QUEUE).await?;
         let t = Instant::now();
-        let claimed: Vec<(String,)> =
-            sqlx::query_as("SELECT id FROM apalis.get_jobs('bench', $1, 1)").bind(QUEUE).fetch_all(pool).await?;
+        let claimed = bench::fetch_one(pool, WORKER, QUEUE).await?;
         samples.push(t.elapsed());
-        for (id,) in claimed {
-            sqlx::query("UPDATE apalis.jobs SET status = 'Done', done_at = now() WHERE id = $1")
-                .bind(id)
-                .execute(pool)
-                .await?;
+        for id in claimed {
+            bench::mark_done(pool, &id).await?;
         }
     }
     Ok(Latency::from(samples))

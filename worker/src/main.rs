@@ -15,8 +15,8 @@ use jobs::backend::Backends;
 use jobs::backend::docker::{DockerBackend, DockerSettings};
 use jobs::backend::ec2::Ec2Backend;
 use jobs::config::{Config, DockerMode};
-use jobs::kinds::Runtime;
-use jobs::store::workers;
+use jobs::kinds::JobContext;
+use jobs::store::worker_processes;
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -59,18 +59,19 @@ async fn migrate(config: &Config) -> jobs::Result<()> {
 
 async fn connect_backends(config: &Config) -> jobs::Result<Backends> {
     let mut backends = Backends::default();
-    if config.docker != DockerMode::Off {
+    let docker = &config.docker;
+    if docker.mode != DockerMode::Off {
         let settings = DockerSettings {
-            images: config.images.clone(),
-            default_image: config.default_image.clone(),
-            network: config.docker_network.clone(),
-            tiers: config.tiers,
-            call_timeout: config.docker_call_timeout,
+            images: docker.images.clone(),
+            default_image: docker.default_image.clone(),
+            network: docker.network.clone(),
+            tiers: docker.tiers,
+            call_timeout: docker.call_timeout,
             platform_id: config.platform_id.clone(),
         };
         match DockerBackend::connect(settings).await {
             Ok(d) => backends.docker = Some(Arc::new(d)),
-            Err(e) if config.docker == DockerMode::Auto => {
+            Err(e) if docker.mode == DockerMode::Auto => {
                 tracing::info!(error = %e, "no Docker engine reachable; the Docker backend is off")
             }
             Err(e) => return Err(jobs::Error::Config(format!("DOCKER_ENABLED=true but {e}"))),
@@ -89,7 +90,7 @@ async fn run(config: Config) -> jobs::Result<()> {
     jobs::db::migrate(&pool).await?;
     let backends = connect_backends(&config).await?;
     tracing::info!(backends = ?backends.names(), "worker starting");
-    let rt = Arc::new(Runtime { pool: pool.clone(), config: config.clone(), backends });
+    let ctx = Arc::new(JobContext::new(pool.clone(), config.clone(), backends));
 
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -98,42 +99,42 @@ async fn run(config: Config) -> jobs::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(runners::supervise_lifecycle(rt.clone(), process_id.clone(), stop_rx.clone()));
-    tasks.spawn(runners::supervise_sweeps(rt.clone(), process_id.clone(), stop_rx.clone()));
-    tasks.spawn(scheduler::run(rt.clone(), stop_rx.clone()));
+    tasks.spawn(runners::supervise_lifecycle(ctx.clone(), process_id.clone(), stop_rx.clone()));
+    tasks.spawn(runners::supervise_sweeps(ctx.clone(), process_id.clone(), stop_rx.clone()));
+    tasks.spawn(scheduler::run(ctx.clone(), stop_rx.clone()));
     // The orphans sweep also runs once at start: a worker that comes up after an outage
     // reaps what was left without waiting for the next period.
     tasks.spawn({
-        let rt = rt.clone();
+        let ctx = ctx.clone();
         async move {
-            match jobs::kinds::orphans::run(&rt).await {
+            match jobs::sweeps::orphans::run(&ctx.pool, &ctx.backends, &ctx.config.sweeps.orphans).await {
                 Ok(outcome) => tracing::info!(%outcome, "orphans sweep at start"),
                 Err(e) => tracing::warn!(error = %e, "orphans sweep at start failed"),
             }
         }
     });
-    tasks.spawn(announce(rt.clone(), process_id.clone(), hostname, stop_rx.clone()));
+    tasks.spawn(announce(ctx.clone(), process_id.clone(), hostname, stop_rx.clone()));
 
     jobs::shutdown::signal().await;
     tracing::info!(
-        grace_secs = config.shutdown_grace.as_secs(),
+        grace_secs = config.worker.shutdown_grace.as_secs(),
         "shutting down: no new jobs; waiting for running ones"
     );
     let _ = stop_tx.send(true);
     let drained =
-        tokio::time::timeout(config.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
+        tokio::time::timeout(config.worker.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("grace period over; jobs still running are left for another worker to rescue");
     }
-    let _ = workers::remove(&pool, &process_id).await;
+    let _ = worker_processes::remove(&pool, &process_id).await;
     Ok(())
 }
 
 /// Keeps this process's row in `worker_processes` fresh.
-async fn announce(rt: Arc<Runtime>, id: String, hostname: String, mut stop: watch::Receiver<bool>) {
-    let names = rt.backends.names();
+async fn announce(ctx: Arc<JobContext>, id: String, hostname: String, mut stop: watch::Receiver<bool>) {
+    let names = ctx.backends.names();
     loop {
-        if let Err(e) = workers::heartbeat(&rt.pool, &id, &hostname, std::process::id(), &names).await {
+        if let Err(e) = worker_processes::heartbeat(&ctx.pool, &id, &hostname, std::process::id(), &names).await {
             tracing::warn!(error = %e, "could not record worker heartbeat");
         }
         tokio::select! {

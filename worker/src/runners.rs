@@ -7,21 +7,22 @@ use std::time::Duration;
 
 use apalis::prelude::*;
 use apalis_postgres::{Config as PgConfig, PostgresStorage};
-use jobs::kinds::{self, Runtime};
+use jobs::kinds::{self, JobContext};
 use jobs::queue::{LIFECYCLE_QUEUE, OpTask, SWEEP_QUEUE, SweepTask};
+use jobs::retry;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 type Payload = serde_json::Value;
 
-fn storage(rt: &Runtime, queue: &str, batch: usize) -> PostgresStorage<Payload> {
-    let cfg = &rt.config;
-    PostgresStorage::new(&rt.pool).with_config(
+fn storage(ctx: &JobContext, queue: &str, batch: usize) -> PostgresStorage<Payload> {
+    let cfg = &ctx.config.worker;
+    PostgresStorage::new(&ctx.pool).with_config(
         PgConfig::default()
             .queue(queue)
             .batch_size(batch)
-            .heartbeat_interval(cfg.worker_heartbeat)
-            .missed_heartbeats(cfg.worker_missed_heartbeats),
+            .heartbeat_interval(cfg.heartbeat)
+            .missed_heartbeats(cfg.missed_heartbeats),
     )
 }
 
@@ -40,8 +41,8 @@ where
     F: Fn(u32) -> Fut,
     Fut: std::future::Future<Output = Result<(), WorkerError>>,
 {
-    let mut backoff = Duration::from_secs(1);
-    for generation in 0u32.. {
+    let delays = retry::forever(Duration::from_secs(1), Duration::from_secs(30));
+    for (generation, backoff) in (0u32..).zip(delays) {
         if *stop.borrow() {
             return;
         }
@@ -59,18 +60,17 @@ where
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
-pub async fn supervise_lifecycle(rt: Arc<Runtime>, process_id: String, stop: watch::Receiver<bool>) {
-    let concurrency = rt.config.worker_concurrency;
-    let poll = rt.config.worker_poll_interval;
+pub async fn supervise_lifecycle(ctx: Arc<JobContext>, process_id: String, stop: watch::Receiver<bool>) {
+    let concurrency = ctx.config.worker.concurrency;
+    let poll = ctx.config.worker.poll_interval;
     supervise(LIFECYCLE_QUEUE, stop.clone(), |generation| {
-        let backend = storage(&rt, LIFECYCLE_QUEUE, concurrency.min(4)).with_pubsub().poll_with_interval(poll);
+        let backend = storage(&ctx, LIFECYCLE_QUEUE, concurrency.min(4)).with_pubsub().poll_with_interval(poll);
         let worker = WorkerBuilder::new(format!("{LIFECYCLE_QUEUE}-{process_id}-{generation}"))
             .backend(backend)
-            .data(rt.clone())
+            .data(ctx.clone())
             .concurrency(concurrency)
             .build(lifecycle_task);
         worker.run_until(stopped(stop.clone()))
@@ -78,13 +78,13 @@ pub async fn supervise_lifecycle(rt: Arc<Runtime>, process_id: String, stop: wat
     .await
 }
 
-pub async fn supervise_sweeps(rt: Arc<Runtime>, process_id: String, stop: watch::Receiver<bool>) {
-    let poll = rt.config.worker_poll_interval;
+pub async fn supervise_sweeps(ctx: Arc<JobContext>, process_id: String, stop: watch::Receiver<bool>) {
+    let poll = ctx.config.worker.poll_interval;
     supervise(SWEEP_QUEUE, stop.clone(), |generation| {
-        let backend = storage(&rt, SWEEP_QUEUE, 2).with_pubsub().poll_with_interval(poll);
+        let backend = storage(&ctx, SWEEP_QUEUE, 2).with_pubsub().poll_with_interval(poll);
         let worker = WorkerBuilder::new(format!("{SWEEP_QUEUE}-{process_id}-{generation}"))
             .backend(backend)
-            .data(rt.clone())
+            .data(ctx.clone())
             .concurrency(2)
             .build(sweep_task);
         worker.run_until(stopped(stop.clone()))
@@ -94,7 +94,7 @@ pub async fn supervise_sweeps(rt: Arc<Runtime>, process_id: String, stop: watch:
 
 /// A payload that does not decode is logged and dropped (returning an error would make
 /// apalis re-run it at once, and nothing valid can come of it).
-async fn lifecycle_task(args: Payload, task_id: TaskId, rt: Data<Arc<Runtime>>) -> Result<(), BoxDynError> {
+async fn lifecycle_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
     let task_id = task_id.to_string();
     let task: OpTask = match serde_json::from_value(args) {
         Ok(t) => t,
@@ -103,7 +103,7 @@ async fn lifecycle_task(args: Payload, task_id: TaskId, rt: Data<Arc<Runtime>>) 
             return Ok(());
         }
     };
-    if let Err(e) = kinds::run_op(&rt, task.op_id, &task_id).await {
+    if let Err(e) = kinds::run_op(&ctx, task.op_id, &task_id).await {
         tracing::error!(job_id = %task_id, op_id = %task.op_id, error = %e, "could not record the op's outcome");
         // The database is in trouble; don't let apalis re-fetch this task in a hot loop.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -112,7 +112,7 @@ async fn lifecycle_task(args: Payload, task_id: TaskId, rt: Data<Arc<Runtime>>) 
     Ok(())
 }
 
-async fn sweep_task(args: Payload, task_id: TaskId, rt: Data<Arc<Runtime>>) -> Result<(), BoxDynError> {
+async fn sweep_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
     let task: SweepTask = match serde_json::from_value(args) {
         Ok(t) => t,
         Err(e) => {
@@ -121,7 +121,7 @@ async fn sweep_task(args: Payload, task_id: TaskId, rt: Data<Arc<Runtime>>) -> R
         }
     };
     let span = tracing::info_span!("sweep", sweep = %task.sweep, job_id = %task_id);
-    if let Err(e) = kinds::sweep::run(&rt, &task).instrument(span).await {
+    if let Err(e) = jobs::sweeps::run(&ctx, &task).instrument(span).await {
         // No retry: the next period runs the sweep again.
         tracing::error!(sweep = %task.sweep, job_id = %task_id, error = %e, "sweep failed");
     }

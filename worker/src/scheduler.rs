@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jobs::kinds::Runtime;
-use jobs::kinds::sweep::{self, SweepKind};
+use jobs::kinds::JobContext;
+use jobs::sweeps::{self, SweepKind};
 use tokio::sync::watch;
 
-pub async fn run(rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
+pub async fn run(ctx: Arc<JobContext>, mut stop: watch::Receiver<bool>) {
     let mut last_period: [Option<u128>; SweepKind::ALL.len()] = [None; SweepKind::ALL.len()];
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -18,12 +18,12 @@ pub async fn run(rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
         }
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
         for (i, kind) in SweepKind::ALL.into_iter().enumerate() {
-            let period = kind.period(&rt.config);
+            let period = kind.period(&ctx.config.sweeps);
             let index = now_ms / period.as_millis().max(1);
             if last_period[i] == Some(index) {
                 continue;
             }
-            match sweep::claim_period(&rt.pool, kind, period).await {
+            match sweeps::claim_period(&ctx.pool, kind, period).await {
                 Ok(won) => {
                     last_period[i] = Some(index);
                     if won {

@@ -3,15 +3,16 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use jobs::events::{self, Envelope};
+use jobs::events::Envelope;
 use jobs::notify::Notice;
+use jobs::store::structure_events;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::auth::{self, Caller};
+use crate::auth::{self, Admin, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiQuery;
+use crate::extract::{ApiQuery, Limit};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
@@ -26,15 +27,11 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
+    _: Admin,
 ) -> ApiResult<Json<Vec<Envelope>>> {
-    auth::admin(&state, &headers).await?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be between 1 and 1000".into()));
-    }
-    let rows = events::list(&state.pool, q.workspace_id, q.event_type.as_deref(), limit).await?;
+    let Limit(limit) = Limit::parse(q.limit)?;
+    let rows = structure_events::list(&state.pool, q.workspace_id, q.event_type.as_deref(), limit).await?;
     Ok(Json(rows.into_iter().map(Envelope::from).collect()))
 }
 
@@ -44,7 +41,8 @@ pub struct WsQuery {
     token: Option<String>,
 }
 
-/// Every event, from every process, as `{event, workspace_id, timestamp, payload}`.
+/// Every event, from every process, as `{id, event, workspace_id, timestamp, payload}`.
+/// Browsers cannot set headers on a WebSocket, so the token may come as `?token=`.
 pub async fn websocket(
     State(state): State<AppState>,
     headers: HeaderMap,

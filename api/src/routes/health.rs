@@ -6,6 +6,6 @@ use crate::error::ApiResult;
 use crate::state::AppState;
 
 pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    sqlx::query("SELECT 1").execute(&state.pool).await.map_err(jobs::Error::from)?;
+    jobs::store::ping(&state.pool).await?;
     Ok(Json(json!({"status": "ok"})))
 }

@@ -1,20 +1,20 @@
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use jobs::lifecycle::{self, CreateRequest, Created, Deleted, Patch, Restarted};
-use jobs::ops::Op;
-use jobs::store::{workers, workspaces};
-use jobs::workspace::{self, MAX_NAME_CHARS, MAX_ROLE_CHARS, Status, Workspace};
+use jobs::domain::workspace::{self, EXTERNAL_RUNTIME, MAX_NAME_CHARS, MAX_ROLE_CHARS};
+use jobs::domain::{AgentUrl, CreateRequest, DeliveryMode, Patch, Status, Workspace};
+use jobs::lifecycle::{self, Created, Deleted, Restarted};
+use jobs::store::{worker_processes, workspaces};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::{self, Caller};
+use crate::auth::{Admin, AdminOrWorkspace};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery, parse_id};
+use crate::extract::{ApiJson, ApiQuery, PathId, WorkspaceId};
 use crate::state::AppState;
-use crate::wait::{self, WaitQuery, Waited};
+use crate::wait::{self, WaitQuery};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,50 +39,52 @@ pub struct CreateBody {
     canvas: Option<Canvas>,
 }
 
-fn parse_delivery_mode(m: Option<&str>, default: &str) -> ApiResult<String> {
-    match m.unwrap_or(default) {
-        v @ ("push" | "poll") => Ok(v.to_string()),
-        other => Err(ApiError::BadRequest(format!("delivery_mode {other:?} must be push or poll"))),
-    }
-}
+impl TryFrom<CreateBody> for CreateRequest {
+    type Error = jobs::Error;
 
-fn parse_create(b: CreateBody) -> ApiResult<CreateRequest> {
-    let name = workspace::parse_name("name", &b.name, MAX_NAME_CHARS)?;
-    let role = b.role.map(|r| workspace::parse_name("role", &r, MAX_ROLE_CHARS)).transpose()?;
-    let runtime = workspace::parse_runtime(b.runtime.as_deref().unwrap_or("langgraph"))?;
-    let tier = workspace::parse_tier(b.tier.unwrap_or(3))?;
-    let model = match b.model {
-        Some(m) => workspace::parse_name("model", &m, 100)?,
-        None => workspace::default_model(&runtime).to_string(),
-    };
-    let external = b.external.unwrap_or(false) || runtime == workspace::EXTERNAL_RUNTIME;
-    if b.url.is_some() && !external {
-        return Err(ApiError::BadRequest("url is only accepted for external workspaces".into()));
+    fn try_from(b: CreateBody) -> jobs::Result<CreateRequest> {
+        let invalid = |field, problem: &str| jobs::Error::Invalid { field, problem: problem.into() };
+        let name = workspace::parse_name("name", &b.name, MAX_NAME_CHARS)?;
+        let role = b.role.map(|r| workspace::parse_name("role", &r, MAX_ROLE_CHARS)).transpose()?;
+        let runtime = workspace::parse_runtime(b.runtime.as_deref().unwrap_or("langgraph"))?;
+        let tier = workspace::parse_tier(b.tier.unwrap_or(3))?;
+        let model = match b.model {
+            Some(m) => workspace::parse_name("model", &m, 100)?,
+            None => workspace::default_model(&runtime).to_string(),
+        };
+        let external = b.external.unwrap_or(false) || runtime == EXTERNAL_RUNTIME;
+        if b.url.is_some() && !external {
+            return Err(invalid("url", "is only accepted for external workspaces"));
+        }
+        let url = b.url.as_deref().map(AgentUrl::parse).transpose()?;
+        let delivery_mode = match b.delivery_mode {
+            Some(m) => DeliveryMode::parse(&m)?,
+            None if external => DeliveryMode::Poll,
+            None => DeliveryMode::Push,
+        };
+        let max_concurrent_tasks = b.max_concurrent_tasks.unwrap_or(1);
+        if !(1..=1000).contains(&max_concurrent_tasks) {
+            return Err(invalid("max_concurrent_tasks", "must be between 1 and 1000"));
+        }
+        if let Some(c) = &b.canvas
+            && (!c.x.is_finite() || !c.y.is_finite())
+        {
+            return Err(invalid("canvas", "x and y must be finite numbers"));
+        }
+        Ok(CreateRequest {
+            name,
+            role,
+            runtime,
+            tier,
+            model,
+            parent_id: b.parent_id,
+            external,
+            url,
+            delivery_mode,
+            max_concurrent_tasks,
+            canvas: b.canvas.map(|c| (c.x, c.y)),
+        })
     }
-    let url = b.url.map(|u| crate::routes::registry::safe_agent_url(&u)).transpose()?;
-    let delivery_mode = parse_delivery_mode(b.delivery_mode.as_deref(), if external { "poll" } else { "push" })?;
-    let max_concurrent_tasks = b.max_concurrent_tasks.unwrap_or(1);
-    if !(1..=1000).contains(&max_concurrent_tasks) {
-        return Err(ApiError::BadRequest("max_concurrent_tasks must be between 1 and 1000".into()));
-    }
-    if let Some(c) = &b.canvas
-        && (!c.x.is_finite() || !c.y.is_finite())
-    {
-        return Err(ApiError::BadRequest("canvas.x and canvas.y must be finite numbers".into()));
-    }
-    Ok(CreateRequest {
-        name,
-        role,
-        runtime,
-        tier,
-        model,
-        parent_id: b.parent_id,
-        external,
-        url,
-        delivery_mode,
-        max_concurrent_tasks,
-        canvas: b.canvas.map(|c| (c.x, c.y)),
-    })
 }
 
 fn connection(state: &AppState, ws: &Workspace, token: &str) -> Value {
@@ -104,21 +106,15 @@ fn connection(state: &AppState, ws: &Workspace, token: &str) -> Value {
     })
 }
 
-fn op_accepted(op: &Op) -> Response {
-    (StatusCode::ACCEPTED, Json(json!({"status": "provisioning", "id": op.workspace_id, "op_id": op.id, "op": op})))
-        .into_response()
-}
-
 pub async fn create(
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiQuery(q): ApiQuery<WaitQuery>,
+    admin: Admin,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> ApiResult<Response> {
-    let caller = auth::admin(&state, &headers).await?;
     let wait = q.duration()?;
-    let req = parse_create(body)?;
-    match lifecycle::create(&state.pool, req, &caller.label(), state.config.policies()).await? {
+    let req = CreateRequest::try_from(body)?;
+    match lifecycle::create(&state.pool, req, &admin.label()).await? {
         Created::External { workspace, token } => {
             let mut body = json!({"id": workspace.id, "external": true, "status": workspace.status});
             if let Some(t) = token {
@@ -131,18 +127,9 @@ pub async fn create(
                 Ok((StatusCode::CREATED, Json(json!({"id": workspace.id, "status": "provisioning", "op_id": op.id})))
                     .into_response())
             }
-            Some(d) => match wait::until_settled(&state, workspace.id, op.id, d).await? {
-                Waited::Settled(ws) => Ok((StatusCode::CREATED, Json(with_op(ws, op.id))).into_response()),
-                Waited::TimedOut(op) => Ok(op_accepted(&op)),
-            },
+            Some(d) => wait::answer(&state, workspace.id, op.id, d, StatusCode::CREATED).await,
         },
     }
-}
-
-fn with_op(ws: Workspace, op_id: Uuid) -> Value {
-    let mut v = json!(ws);
-    v["op_id"] = json!(op_id);
-    v
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,10 +141,9 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
     ApiQuery(q): ApiQuery<ListQuery>,
+    _: Admin,
 ) -> ApiResult<Json<Vec<Workspace>>> {
-    auth::admin(&state, &headers).await?;
     let status = q
         .status
         .map(|s| {
@@ -167,22 +153,9 @@ pub async fn list(
     Ok(Json(workspaces::list(&state.pool, status, q.parent_id).await?))
 }
 
-async fn load(state: &AppState, headers: &HeaderMap, raw: &str) -> ApiResult<(Uuid, Caller)> {
-    let id = parse_id("workspace id", raw)?;
-    let caller = auth::admin_or_workspace(state, headers, id).await?;
-    Ok((id, caller))
-}
-
-pub async fn get(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Workspace>> {
-    let (id, _) = load(&state, &headers, &id).await?;
-    let ws = workspaces::get(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("workspace {id} not found")))?;
-    Ok(Json(ws))
+pub async fn get(State(state): State<AppState>, ws: AdminOrWorkspace) -> ApiResult<Json<Workspace>> {
+    let found = workspaces::get(&state.pool, ws.id).await?.ok_or_else(|| jobs::Error::workspace_not_found(ws.id))?;
+    Ok(Json(found))
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,22 +170,30 @@ pub struct PatchBody {
     collapsed: Option<bool>,
 }
 
+impl TryFrom<PatchBody> for Patch {
+    type Error = jobs::Error;
+
+    fn try_from(b: PatchBody) -> jobs::Result<Patch> {
+        Ok(Patch {
+            name: b.name.map(|n| workspace::parse_name("name", &n, MAX_NAME_CHARS)).transpose()?,
+            role: b
+                .role
+                .map(|r| r.map(|r| workspace::parse_name("role", &r, MAX_ROLE_CHARS)).transpose())
+                .transpose()?,
+            tier: b.tier.map(workspace::parse_tier).transpose()?,
+            parent_id: b.parent_id,
+            collapsed: b.collapsed,
+        })
+    }
+}
+
 pub async fn patch(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    PathId(id, _): WorkspaceId,
+    _: Admin,
     ApiJson(b): ApiJson<PatchBody>,
 ) -> ApiResult<Json<Workspace>> {
-    let id = parse_id("workspace id", &id)?;
-    auth::admin(&state, &headers).await?;
-    let p = Patch {
-        name: b.name.map(|n| workspace::parse_name("name", &n, MAX_NAME_CHARS)).transpose()?,
-        role: b.role.map(|r| r.map(|r| workspace::parse_name("role", &r, MAX_ROLE_CHARS)).transpose()).transpose()?,
-        tier: b.tier.map(workspace::parse_tier).transpose()?,
-        parent_id: b.parent_id,
-        collapsed: b.collapsed,
-    };
-    Ok(Json(lifecycle::patch(&state.pool, id, p).await?))
+    Ok(Json(lifecycle::patch(&state.pool, id, Patch::try_from(b)?).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,15 +204,11 @@ pub struct DeleteQuery {
 
 pub async fn delete(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    PathId(id, _): WorkspaceId,
+    admin: Admin,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_id("workspace id", &id)?;
-    let caller = auth::admin(&state, &headers).await?;
-    match lifecycle::delete(&state.pool, id, q.confirm.unwrap_or(false), &caller.label(), state.config.policies())
-        .await?
-    {
+    match lifecycle::delete(&state.pool, id, q.confirm.unwrap_or(false), &admin.label()).await? {
         Deleted::ConfirmationRequired { children } => Err(ApiError::ConflictWith {
             message: format!(
                 "workspace has {} child workspace(s); repeat with ?confirm=true to delete them too",
@@ -250,7 +227,7 @@ pub async fn delete(
 /// Starts need a worker that reaches a backend. With no live worker at all the request
 /// still queues: it runs when one comes up.
 async fn require_backend(state: &AppState) -> ApiResult<()> {
-    if workers::any_live_backend(&state.pool).await? == Some(false) {
+    if worker_processes::any_live_backend(&state.pool).await? == Some(false) {
         return Err(ApiError::Unavailable(jobs::backend::NO_BACKEND_MESSAGE.into()));
     }
     Ok(())
@@ -258,75 +235,55 @@ async fn require_backend(state: &AppState) -> ApiResult<()> {
 
 pub async fn restart(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    ws: AdminOrWorkspace,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Response> {
-    let (id, caller) = load(&state, &headers, &id).await?;
+    let id = ws.id;
     let wait = q.duration()?;
-    let ws = workspaces::get(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("workspace {id} not found")))?;
-    if !ws.external {
+    let found = workspaces::get(&state.pool, id).await?.ok_or_else(|| jobs::Error::workspace_not_found(id))?;
+    if !found.external {
         require_backend(&state).await?;
     }
-    match lifecycle::restart(&state.pool, id, "restart", &caller.label(), state.config.policies()).await? {
+    match lifecycle::restart(&state.pool, id, "restart", &ws.caller.label()).await? {
         Restarted::Noop => Ok(Json(json!({"status": "noop", "runtime": "external",
             "message": "external workspaces are run by their owner; restart the agent yourself"}))
         .into_response()),
         Restarted::Queued { op, new } => match wait {
             None => Ok(Json(json!({"status": "provisioning", "op_id": op.id, "coalesced": !new})).into_response()),
-            Some(d) => match wait::until_settled(&state, id, op.id, d).await? {
-                Waited::Settled(ws) => Ok(Json(with_op(ws, op.id)).into_response()),
-                Waited::TimedOut(op) => Ok(op_accepted(&op)),
-            },
+            Some(d) => wait::answer(&state, id, op.id, d, StatusCode::OK).await,
         },
     }
 }
 
-pub async fn pause(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    // Admin only (SPEC): these change a whole subtree.
-    let id = parse_id("workspace id", &id)?;
-    let caller = auth::admin(&state, &headers).await?;
-    let p = lifecycle::pause(&state.pool, id, &caller.label(), state.config.policies()).await?;
+// Pause, resume and collapse change a whole subtree: admin only.
+
+pub async fn pause(State(state): State<AppState>, PathId(id, _): WorkspaceId, admin: Admin) -> ApiResult<Json<Value>> {
+    let p = lifecycle::pause(&state.pool, id, &admin.label()).await?;
     Ok(Json(json!({"status": "paused", "paused_count": p.paused.len(), "paused": p.paused, "op_ids": p.op_ids})))
 }
 
 pub async fn resume(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    PathId(id, _): WorkspaceId,
+    admin: Admin,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Response> {
-    // Admin only (SPEC): these change a whole subtree.
-    let id = parse_id("workspace id", &id)?;
-    let caller = auth::admin(&state, &headers).await?;
     let wait = q.duration()?;
     require_backend(&state).await?;
-    let r = lifecycle::resume(&state.pool, id, &caller.label(), state.config.policies()).await?;
-    let body =
-        json!({"status": "provisioning", "resumed_count": r.resumed.len(), "resumed": r.resumed, "op_ids": r.op_ids});
-    let (Some(d), Some(op_id)) = (wait, r.op_ids.first().copied()) else {
-        return Ok(Json(body).into_response());
-    };
-    match wait::until_settled(&state, id, op_id, d).await? {
-        Waited::Settled(ws) => Ok(Json(with_op(ws, op_id)).into_response()),
-        Waited::TimedOut(op) => Ok(op_accepted(&op)),
+    let r = lifecycle::resume(&state.pool, id, &admin.label()).await?;
+    match (wait, r.op_ids.first().copied()) {
+        (Some(d), Some(op_id)) => wait::answer(&state, id, op_id, d, StatusCode::OK).await,
+        _ => Ok(Json(json!({"status": "provisioning", "resumed_count": r.resumed.len(), "resumed": r.resumed,
+            "op_ids": r.op_ids}))
+        .into_response()),
     }
 }
 
 pub async fn collapse(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    PathId(id, _): WorkspaceId,
+    admin: Admin,
 ) -> ApiResult<Json<Value>> {
-    // Admin only (SPEC): these change a whole subtree.
-    let id = parse_id("workspace id", &id)?;
-    let caller = auth::admin(&state, &headers).await?;
-    let c = lifecycle::collapse(&state.pool, id, &caller.label(), state.config.policies()).await?;
+    let c = lifecycle::collapse(&state.pool, id, &admin.label()).await?;
     Ok(Json(json!({"status": "collapsed", "removed": c.removed, "op_ids": c.op_ids})))
 }

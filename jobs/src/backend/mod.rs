@@ -14,8 +14,9 @@ pub const LABEL_WORKSPACE_ID: &str = "molecule.workspace_id";
 pub const LABEL_MANAGED: &str = "molecule.platform.managed";
 pub const LABEL_PLATFORM: &str = "molecule.platform.id";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum BackendKind {
     Docker,
     Ec2,
@@ -26,14 +27,6 @@ impl BackendKind {
         match self {
             BackendKind::Docker => "docker",
             BackendKind::Ec2 => "ec2",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "docker" => Some(BackendKind::Docker),
-            "ec2" => Some(BackendKind::Ec2),
-            _ => None,
         }
     }
 }

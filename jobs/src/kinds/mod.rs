@@ -1,12 +1,10 @@
-//! The job kinds. A lifecycle task names an op; [`run_op`] claims it, runs the kind's
-//! handler with panics caught, and records the outcome through `ops::finish`.
+//! The lifecycle job kinds: provision, stop and restart. A lifecycle task names an op;
+//! [`run_op`] claims it, runs the kind's handler with panics caught, and records the
+//! outcome through `ops::finish`. (Periodic maintenance is in `crate::sweeps`.)
 
-pub mod orphans;
 pub mod provision;
 pub mod restart;
-pub mod retention;
 pub mod stop;
-pub mod sweep;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -19,31 +17,42 @@ use uuid::Uuid;
 use crate::Result;
 use crate::backend::Backends;
 use crate::config::Config;
-use crate::ops::{self, Claim, ClaimResult, Finished, OpKind, Outcome};
+use crate::domain::OpKind;
+use crate::ops::{self, Claim, ClaimResult, Finished, Outcome};
+use crate::retry::RetryPolicies;
 
-/// What a job handler needs: shared by every task a worker process runs.
-pub struct Runtime {
+/// What every job a worker process runs shares: the pool, the configuration, the backends
+/// this process reaches and the retry policies (delays already scaled).
+pub struct JobContext {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub backends: Backends,
+    pub retry: RetryPolicies,
+}
+
+impl JobContext {
+    pub fn new(pool: PgPool, config: Arc<Config>, backends: Backends) -> JobContext {
+        let retry = RetryPolicies::scaled(config.worker.retry_delay_scale);
+        JobContext { pool, config, backends, retry }
+    }
 }
 
 /// Runs the op delivered by apalis task `task_id`. Returns an error only when the database
 /// cannot be reached to record anything; every other failure is recorded on the op.
-pub async fn run_op(rt: &Runtime, op_id: Uuid, task_id: &str) -> Result<()> {
-    let claim = match ops::claim(&rt.pool, op_id, task_id).await? {
+pub async fn run_op(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> {
+    let claim = match ops::claim(&ctx.pool, op_id, task_id).await? {
         ClaimResult::Claimed(c) => c,
         ClaimResult::Skip(why) => {
-            tracing::info!(%op_id, task_id, reason = %why, "nothing to do for task");
+            tracing::info!(%op_id, job_id = task_id, reason = %why, "nothing to do for task");
             return Ok(());
         }
     };
-    let kind = claim.op.kind();
+    let kind = claim.op.kind;
     let span = tracing::info_span!("op", %op_id, job_id = task_id, workspace_id = %claim.op.workspace_id,
         kind = kind.as_str(), attempt = claim.op.attempts);
     async {
         tracing::info!(reason = %claim.op.reason, "op started");
-        let outcome = match AssertUnwindSafe(execute(rt, &claim, kind)).catch_unwind().await {
+        let outcome = match AssertUnwindSafe(execute(ctx, &claim, kind)).catch_unwind().await {
             Ok(Ok(o)) => o,
             // Database trouble mid-job: the work is idempotent, so try again later.
             Ok(Err(e)) => Outcome::Retry(format!("internal error: {e}")),
@@ -58,8 +67,7 @@ pub async fn run_op(rt: &Runtime, op_id: Uuid, task_id: &str) -> Result<()> {
             }
         };
         tracing::info!(?outcome, "op attempt ended");
-        let policy = rt.config.policies().for_kind(kind);
-        if ops::finish(&rt.pool, &claim, outcome, policy).await? == Finished::Fenced {
+        if ops::finish(&ctx.pool, &claim, outcome, ctx.retry.for_kind(kind)).await? == Finished::Fenced {
             tracing::warn!("op was claimed by another worker meanwhile; this attempt's outcome is dropped");
         }
         Ok(())
@@ -68,10 +76,10 @@ pub async fn run_op(rt: &Runtime, op_id: Uuid, task_id: &str) -> Result<()> {
     .await
 }
 
-async fn execute(rt: &Runtime, claim: &Claim, kind: OpKind) -> Result<Outcome> {
+async fn execute(ctx: &JobContext, claim: &Claim, kind: OpKind) -> Result<Outcome> {
     match kind {
-        OpKind::Provision => provision::run(rt, claim).await,
-        OpKind::Stop => stop::run(rt, claim).await,
-        OpKind::Restart => restart::run(rt, claim).await,
+        OpKind::Provision => provision::run(ctx, claim).await,
+        OpKind::Stop => stop::run(ctx, claim).await,
+        OpKind::Restart => restart::run(ctx, claim).await,
     }
 }

@@ -8,24 +8,24 @@ use backon::{ExponentialBuilder, Retryable};
 use serde_json::json;
 
 use crate::Result;
-use crate::kinds::{Runtime, provision, stop};
+use crate::domain::Status;
+use crate::kinds::{JobContext, provision, stop};
 use crate::ops::{self, Claim, Outcome};
-use crate::store::workspaces;
-use crate::workspace::Status;
+use crate::transition;
 
-pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
+pub async fn run(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
     // The workspace may have come online (from an earlier instance) since this restart was
     // asked for; the restart still happens, and the workspace is provisioning again.
-    let mut tx = rt.pool.begin().await?;
+    let mut tx = ctx.pool.begin().await?;
     let ws = match claim.fence(&mut tx).await? {
         Ok(ws) => ws,
         Err(f) => return Ok(Outcome::Skipped(f.to_string())),
     };
-    match ws.status() {
-        Status::Removed | Status::Paused => return Ok(Outcome::Skipped(format!("workspace is {}", ws.status()))),
+    match ws.status {
+        Status::Removed | Status::Paused => return Ok(Outcome::Skipped(format!("workspace is {}", ws.status))),
         Status::Provisioning => {}
         _ => {
-            workspaces::set_status(
+            transition::set_status(
                 &mut tx,
                 &ws,
                 Status::Provisioning,
@@ -36,15 +36,15 @@ pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
         }
     }
     tx.commit().await?;
-    let stopped = (|| stop::stop_recorded(rt, &ws))
+    let stopped = (|| stop::stop_recorded(ctx, &ws))
         .retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_times(2).with_jitter())
         .when(|e| e.is_transient())
         .await;
     if let Err(e) = stopped {
-        let mut tx = rt.pool.begin().await?;
+        let mut tx = ctx.pool.begin().await?;
         let what = "restart could not stop the old instance and starts a new one anyway";
         ops::report_leak_suspect(&mut tx, &ws, claim.op.id, &e.to_string(), what).await?;
         tx.commit().await?;
     }
-    provision::start_instance(rt, claim).await
+    provision::start_instance(ctx, claim).await
 }

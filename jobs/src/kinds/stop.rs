@@ -5,20 +5,20 @@ use serde_json::json;
 
 use crate::Result;
 use crate::backend::BackendError;
+use crate::domain::Workspace;
 use crate::events;
-use crate::kinds::Runtime;
+use crate::kinds::JobContext;
 use crate::ops::{Claim, Outcome};
 use crate::store::workspaces;
-use crate::workspace::Workspace;
 
-pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
-    let Some(ws) = workspaces::get(&rt.pool, claim.op.workspace_id).await? else {
+pub async fn run(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
+    let Some(ws) = workspaces::get(&ctx.pool, claim.op.workspace_id).await? else {
         return Ok(Outcome::Skipped("workspace row is gone".into()));
     };
-    match stop_recorded(rt, &ws).await {
+    match stop_recorded(ctx, &ws).await {
         Ok(None) => Ok(Outcome::Succeeded("nothing to stop: no instance recorded".into())),
         Ok(Some(what)) => {
-            let mut tx = rt.pool.begin().await?;
+            let mut tx = ctx.pool.begin().await?;
             if let Err(f) = claim.fence(&mut tx).await? {
                 return Ok(Outcome::Skipped(f.to_string()));
             }
@@ -39,9 +39,9 @@ pub async fn run(rt: &Runtime, claim: &Claim) -> Result<Outcome> {
 }
 
 /// Stops whatever the workspace row says is running. `Ok(None)`: nothing was recorded.
-pub async fn stop_recorded(rt: &Runtime, ws: &Workspace) -> Result<Option<String>, BackendError> {
-    let Some(kind) = ws.backend_kind() else { return Ok(None) };
-    let Some(backend) = rt.backends.get(kind) else {
+pub async fn stop_recorded(ctx: &JobContext, ws: &Workspace) -> Result<Option<String>, BackendError> {
+    let Some(kind) = ws.backend else { return Ok(None) };
+    let Some(backend) = ctx.backends.get(kind) else {
         return Err(BackendError::Transient(format!(
             "workspace runs on {} but this worker cannot reach that backend",
             kind.as_str()

@@ -1,6 +1,30 @@
-//! SQL, one module per table. Functions take a connection so callers choose the
-//! transaction; nothing here decides policy.
+//! All SQL outside the migrations lives here: one module per table, and `apalis` for the
+//! queue's own tables. Functions take an executor or a connection so that callers choose
+//! the transaction. Nothing here decides policy, with one exception kept here on purpose:
+//! [`workspaces::set_status`] refuses what the status machine forbids, because it is the
+//! only way a status is ever written.
 
-pub mod tokens;
-pub mod workers;
+pub mod apalis;
+pub mod structure_events;
+pub mod sweep_runs;
+pub mod worker_processes;
+pub mod workspace_ops;
+pub mod workspace_tokens;
 pub mod workspaces;
+
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::Result;
+
+/// `pg_notify` inside the caller's transaction: Postgres delivers it at commit, and never
+/// for a transaction that rolls back.
+pub async fn notify(conn: &mut PgConnection, channel: &str, payload: &str) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(conn).await?;
+    Ok(())
+}
+
+/// A round trip to the database, for health checks.
+pub async fn ping<'e>(db: impl PgExecutor<'e>) -> Result<()> {
+    sqlx::query("SELECT 1").execute(db).await?;
+    Ok(())
+}

@@ -1,73 +1,65 @@
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::events;
-use crate::workspace::{Status, Workspace};
+use crate::backend::BackendKind;
+use crate::domain::{AgentUrl, CreateRequest, DeliveryMode, Heartbeat, Patch, Status, Workspace};
 use crate::{Error, Result};
 
-pub struct NewWorkspace {
-    pub id: Uuid,
-    pub name: String,
-    pub role: Option<String>,
-    pub runtime: String,
-    pub tier: i32,
-    pub model: String,
-    pub parent_id: Option<Uuid>,
-    pub status: Status,
-    pub url: Option<String>,
-    pub delivery_mode: String,
-    pub external: bool,
-    pub max_concurrent_tasks: i32,
-    pub canvas: Option<(f64, f64)>,
+/// The columns of [`Workspace`], unqualified (every query below reads them from
+/// `workspaces` alone, or through `JOIN ... USING (id)`).
+macro_rules! columns {
+    () => {
+        "id, name, role, runtime, tier, model, parent_id, status, last_sample_error, url, delivery_mode, external, \
+         max_concurrent_tasks, collapsed, backend, instance_ref, last_heartbeat_at, active_tasks, current_task, \
+         uptime_seconds, last_error_rate, status_changed_at, created_at, updated_at"
+    };
 }
 
-pub async fn insert(conn: &mut PgConnection, w: &NewWorkspace) -> Result<Workspace> {
-    let ws = sqlx::query_as::<_, Workspace>(
+/// Inserts a workspace as `req` describes it, with the status it starts in.
+pub async fn insert(conn: &mut PgConnection, id: Uuid, status: Status, w: &CreateRequest) -> Result<Workspace> {
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
         "INSERT INTO workspaces (id, name, role, runtime, tier, model, parent_id, status, url, delivery_mode,
                                  external, max_concurrent_tasks, canvas_x, canvas_y)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING *",
-    )
-    .bind(w.id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING ",
+        columns!()
+    ))
+    .bind(id)
     .bind(&w.name)
     .bind(&w.role)
     .bind(&w.runtime)
     .bind(w.tier)
     .bind(&w.model)
     .bind(w.parent_id)
-    .bind(w.status.as_str())
-    .bind(&w.url)
-    .bind(&w.delivery_mode)
+    .bind(status)
+    .bind(w.url.as_ref().map(AgentUrl::as_str))
+    .bind(w.delivery_mode)
     .bind(w.external)
     .bind(w.max_concurrent_tasks)
     .bind(w.canvas.map(|c| c.0))
     .bind(w.canvas.map(|c| c.1))
-    .fetch_one(&mut *conn)
-    .await?;
-    events::record(
-        conn,
-        event_for(w.status),
-        Some(w.id),
-        json!({"name": w.name, "tier": w.tier, "runtime": w.runtime, "parent_id": w.parent_id}),
-    )
-    .await?;
-    Ok(ws)
+    .fetch_one(conn)
+    .await?)
 }
 
 pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Workspace>> {
-    Ok(sqlx::query_as::<_, Workspace>("SELECT * FROM workspaces WHERE id = $1").bind(id).fetch_optional(db).await?)
+    Ok(sqlx::query_as::<_, Workspace>(concat!("SELECT ", columns!(), " FROM workspaces WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?)
 }
 
 /// Locks the row: every lifecycle decision about a workspace is serialised on this lock.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Workspace>> {
-    Ok(sqlx::query_as::<_, Workspace>("SELECT * FROM workspaces WHERE id = $1 FOR UPDATE")
+    Ok(sqlx::query_as::<_, Workspace>(concat!("SELECT ", columns!(), " FROM workspaces WHERE id = $1 FOR UPDATE"))
         .bind(id)
         .fetch_optional(conn)
         .await?)
 }
 
 pub async fn lock_existing(conn: &mut PgConnection, id: Uuid) -> Result<Workspace> {
-    lock(conn, id).await?.ok_or_else(|| Error::NotFound(format!("workspace {id} not found")))
+    lock(conn, id).await?.ok_or_else(|| Error::workspace_not_found(id))
 }
 
 pub async fn list<'e>(
@@ -75,12 +67,14 @@ pub async fn list<'e>(
     status: Option<Status>,
     parent_id: Option<Uuid>,
 ) -> Result<Vec<Workspace>> {
-    Ok(sqlx::query_as::<_, Workspace>(
-        "SELECT * FROM workspaces
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM workspaces
           WHERE status <> 'removed' AND ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR parent_id = $2)
-          ORDER BY created_at, id",
-    )
-    .bind(status.map(Status::as_str))
+          ORDER BY created_at, id"
+    ))
+    .bind(status)
     .bind(parent_id)
     .fetch_all(db)
     .await?)
@@ -88,14 +82,16 @@ pub async fn list<'e>(
 
 /// Self and every non-removed descendant, parents before children.
 pub async fn subtree(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace>> {
-    Ok(sqlx::query_as::<_, Workspace>(
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
         "WITH RECURSIVE t AS (
              SELECT id, 0 AS depth FROM workspaces WHERE id = $1
              UNION ALL
              SELECT w.id, t.depth + 1 FROM workspaces w JOIN t ON w.parent_id = t.id
               WHERE w.status <> 'removed' AND t.depth < 64)
-         SELECT w.* FROM workspaces w JOIN t USING (id) ORDER BY t.depth, w.created_at",
-    )
+         SELECT ",
+        columns!(),
+        " FROM workspaces JOIN t USING (id) ORDER BY t.depth, created_at"
+    ))
     .bind(id)
     .fetch_all(conn)
     .await?)
@@ -103,80 +99,64 @@ pub async fn subtree(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace>
 
 /// Ancestors, nearest first.
 pub async fn ancestors(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace>> {
-    Ok(sqlx::query_as::<_, Workspace>(
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
         "WITH RECURSIVE a AS (
              SELECT parent_id AS id, 1 AS depth FROM workspaces WHERE id = $1
              UNION ALL
              SELECT w.parent_id, a.depth + 1 FROM workspaces w JOIN a ON w.id = a.id
               WHERE w.parent_id IS NOT NULL AND a.depth < 64)
-         SELECT w.* FROM workspaces w JOIN a USING (id) ORDER BY a.depth",
-    )
+         SELECT ",
+        columns!(),
+        " FROM workspaces JOIN a USING (id) ORDER BY a.depth"
+    ))
     .bind(id)
     .fetch_all(conn)
     .await?)
 }
 
-fn event_for(status: Status) -> &'static str {
-    match status {
-        Status::Provisioning => events::WORKSPACE_PROVISIONING,
-        Status::Online => events::WORKSPACE_ONLINE,
-        Status::Offline => events::WORKSPACE_OFFLINE,
-        Status::Degraded => events::WORKSPACE_DEGRADED,
-        Status::Failed => events::WORKSPACE_PROVISION_FAILED,
-        Status::Paused => events::WORKSPACE_PAUSED,
-        Status::AwaitingAgent => events::WORKSPACE_AWAITING_AGENT,
-        Status::Removed => events::WORKSPACE_REMOVED,
-    }
-}
-
 /// The one place a workspace's status is written (besides insert). Refuses transitions the
-/// status machine forbids and a `failed` without a reason, and records the matching event
-/// in the same transaction. The caller holds the row lock (`ws` came from [`lock`]).
+/// status machine forbids and a `failed` without a reason. The caller holds the row lock
+/// (`ws` came from [`lock`]) and records the matching event (see `crate::events`).
 pub async fn set_status(
     conn: &mut PgConnection,
     ws: &Workspace,
     to: Status,
     reason: Option<&str>,
-    mut payload: Value,
 ) -> Result<Workspace> {
-    let from = ws.status();
+    let from = ws.status;
     if !from.can_become(to) {
-        return Err(Error::Conflict(format!("workspace {} is {from} and cannot become {to}", ws.id)));
+        return Err(Error::Transition { id: ws.id, from, to });
     }
-    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
     if to == Status::Failed && reason.is_none() {
-        return Err(Error::Invalid("a workspace can only be marked failed with a reason".into()));
+        return Err(Error::Internal(format!("workspace {} was to be marked failed without a reason", ws.id)));
     }
     // A fresh start or an agent coming online supersedes an earlier failure reason; other
     // transitions keep whatever the agent last reported.
     let clear_error = matches!(to, Status::Provisioning | Status::Online);
-    let updated = sqlx::query_as::<_, Workspace>(
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
         "UPDATE workspaces
             SET status = $2,
                 last_sample_error = CASE WHEN $3::text IS NOT NULL THEN $3 WHEN $4 THEN NULL ELSE last_sample_error END,
                 url = CASE WHEN $2 IN ('provisioning', 'paused', 'removed', 'offline') THEN NULL ELSE url END,
                 status_changed_at = CASE WHEN status <> $2 OR $2 = 'provisioning' THEN now() ELSE status_changed_at END,
                 updated_at = now()
-          WHERE id = $1 RETURNING *",
-    )
+          WHERE id = $1 RETURNING ",
+        columns!()
+    ))
     .bind(ws.id)
-    .bind(to.as_str())
+    .bind(to)
     .bind(reason)
     .bind(clear_error)
-    .fetch_one(&mut *conn)
-    .await?;
-    if let (Some(r), Value::Object(map)) = (reason, &mut payload) {
-        map.entry("error").or_insert_with(|| Value::String(r.to_string()));
-    }
-    if let Value::Object(map) = &mut payload {
-        map.entry("name").or_insert_with(|| Value::String(ws.name.clone()));
-        map.insert("from".into(), Value::String(from.as_str().into()));
-    }
-    events::record(conn, event_for(to), Some(ws.id), payload).await?;
-    Ok(updated)
+    .fetch_one(conn)
+    .await?)
 }
 
-pub async fn record_instance(conn: &mut PgConnection, id: Uuid, backend: &str, instance_ref: &str) -> Result<()> {
+pub async fn record_instance(
+    conn: &mut PgConnection,
+    id: Uuid,
+    backend: BackendKind,
+    instance_ref: &str,
+) -> Result<()> {
     sqlx::query("UPDATE workspaces SET backend = $2, instance_ref = $3, updated_at = now() WHERE id = $1")
         .bind(id)
         .bind(backend)
@@ -192,4 +172,110 @@ pub async fn clear_instance(conn: &mut PgConnection, id: Uuid) -> Result<()> {
         .execute(conn)
         .await?;
     Ok(())
+}
+
+pub async fn patch(conn: &mut PgConnection, id: Uuid, p: Patch) -> Result<Workspace> {
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
+        "UPDATE workspaces SET
+            name = coalesce($2, name),
+            role = CASE WHEN $3 THEN $4 ELSE role END,
+            tier = coalesce($5, tier),
+            parent_id = CASE WHEN $6 THEN $7 ELSE parent_id END,
+            collapsed = coalesce($8, collapsed),
+            updated_at = now()
+          WHERE id = $1 RETURNING ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(p.name)
+    .bind(p.role.is_some())
+    .bind(p.role.flatten())
+    .bind(p.tier)
+    .bind(p.parent_id.is_some())
+    .bind(p.parent_id.flatten())
+    .bind(p.collapsed)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Register's bookkeeping: the agent card, delivery mode and heartbeat clock.
+pub async fn record_registration(
+    conn: &mut PgConnection,
+    id: Uuid,
+    agent_card: Option<&Value>,
+    delivery_mode: Option<DeliveryMode>,
+) -> Result<Workspace> {
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
+        "UPDATE workspaces SET agent_card = coalesce($2, agent_card), delivery_mode = coalesce($3, delivery_mode),
+                last_heartbeat_at = now(), updated_at = now()
+          WHERE id = $1 RETURNING ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(agent_card)
+    .bind(delivery_mode)
+    .fetch_one(conn)
+    .await?)
+}
+
+pub async fn set_url(conn: &mut PgConnection, id: Uuid, url: Option<&AgentUrl>) -> Result<()> {
+    sqlx::query("UPDATE workspaces SET url = $2 WHERE id = $1")
+        .bind(id)
+        .bind(url.map(AgentUrl::as_str))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a heartbeat. `sample_error` replaces the stored one only when `reports_health`:
+/// while a workspace is failed, the failure reason belongs to the platform.
+pub async fn record_heartbeat(
+    conn: &mut PgConnection,
+    id: Uuid,
+    h: &Heartbeat,
+    reports_health: bool,
+) -> Result<Workspace> {
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
+        "UPDATE workspaces SET last_heartbeat_at = now(),
+                last_error_rate = coalesce($2, last_error_rate),
+                last_sample_error = CASE WHEN $7 THEN $3 ELSE last_sample_error END,
+                active_tasks = coalesce($4, active_tasks),
+                uptime_seconds = coalesce($5, uptime_seconds),
+                current_task = coalesce($6, current_task),
+                updated_at = now()
+          WHERE id = $1 RETURNING ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(h.error_rate)
+    .bind(&h.sample_error)
+    .bind(h.active_tasks)
+    .bind(h.uptime_seconds)
+    .bind(&h.current_task)
+    .bind(reports_health && h.sample_error.is_some())
+    .fetch_one(conn)
+    .await?)
+}
+
+/// `(id, runtime, status_changed_at)` of every workspace in `provisioning`.
+pub async fn provisioning<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(Uuid, String, DateTime<Utc>)>> {
+    Ok(sqlx::query_as("SELECT id, runtime, status_changed_at FROM workspaces WHERE status = 'provisioning'")
+        .fetch_all(db)
+        .await?)
+}
+
+/// Online or degraded workspaces whose last sign of life is older than `stale_after_ms`.
+pub async fn silent_since<'e>(db: impl PgExecutor<'e>, stale_after_ms: f64) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM workspaces WHERE status IN ('online', 'degraded')
+            AND coalesce(last_heartbeat_at, status_changed_at) < now() - $1 * interval '1 millisecond'",
+    )
+    .bind(stale_after_ms)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Every workspace id, removed ones included (test clean-up needs them all).
+pub async fn all_ids<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar("SELECT id FROM workspaces").fetch_all(db).await?)
 }

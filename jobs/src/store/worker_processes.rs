@@ -38,3 +38,11 @@ pub async fn any_live_backend<'e>(db: impl PgExecutor<'e>) -> Result<Option<bool
     .await?;
     Ok(if row.0 == 0 { None } else { Some(row.1 > 0) })
 }
+
+/// Forgets processes silent for an hour.
+pub async fn purge_dead<'e>(db: impl PgExecutor<'e>) -> Result<u64> {
+    Ok(sqlx::query("DELETE FROM worker_processes WHERE last_seen < now() - interval '1 hour'")
+        .execute(db)
+        .await?
+        .rows_affected())
+}

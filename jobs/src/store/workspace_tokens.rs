@@ -1,7 +1,10 @@
+use std::time::Duration;
+
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::Result;
+use crate::backend::BackendKind;
 use crate::tokens;
 
 /// Mints a token and returns the plaintext: the only moment it exists outside the agent.
@@ -44,5 +47,29 @@ pub async fn validate<'e>(db: impl PgExecutor<'e>, plaintext: &str) -> Result<Op
     )
     .bind(tokens::hash(plaintext))
     .fetch_optional(db)
+    .await?)
+}
+
+/// Revokes live tokens unused for `unused_for` of live, non-external workspaces recorded on
+/// one of `backends` whose id is not in `running`; returns their workspaces.
+pub async fn revoke_unused<'e>(
+    db: impl PgExecutor<'e>,
+    backends: &[BackendKind],
+    running: &[Uuid],
+    unused_for: Duration,
+) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE workspace_tokens t SET revoked_at = now()
+           FROM workspaces w
+          WHERE t.workspace_id = w.id AND t.revoked_at IS NULL
+            AND w.status NOT IN ('removed', 'provisioning') AND NOT w.external
+            AND w.backend = ANY($1) AND NOT (w.id = ANY($2))
+            AND coalesce(t.last_used_at, t.created_at) < now() - $3 * interval '1 millisecond'
+          RETURNING t.workspace_id",
+    )
+    .bind(backends)
+    .bind(running)
+    .bind(unused_for.as_millis() as f64)
+    .fetch_all(db)
     .await?)
 }

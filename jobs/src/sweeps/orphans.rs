@@ -14,28 +14,48 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Result;
-use crate::backend::{Backend, ManagedInstance};
+use crate::backend::{Backend, BackendKind, Backends, ManagedInstance};
+use crate::config::Env;
+use crate::domain::{OpKind, Status};
 use crate::events;
-use crate::kinds::Runtime;
-use crate::ops::{self, OpKind};
-use crate::store::workspaces;
-use crate::workspace::Status;
+use crate::ops;
+use crate::store::{workspace_ops, workspace_tokens, workspaces};
 
-pub async fn run(rt: &Runtime) -> Result<String> {
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `SWEEP_ORPHANS_SECONDS`; the sweep also runs at every worker start.
+    pub every: Duration,
+    /// `STALE_TOKEN_AFTER_SECONDS`: a live token of a workspace with no running instance is
+    /// revoked after this long unused.
+    pub stale_token_after: Duration,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Settings> {
+        Ok(Settings {
+            every: env.secs("SWEEP_ORPHANS_SECONDS", 60)?,
+            stale_token_after: env.secs("STALE_TOKEN_AFTER_SECONDS", 300)?,
+        })
+    }
+}
+
+pub async fn run(pool: &PgPool, backends: &Backends, settings: &Settings) -> Result<String> {
     let mut running_workspaces: HashSet<Uuid> = HashSet::new();
-    let mut inventoried: Vec<&'static str> = vec![];
+    let mut inventoried: Vec<BackendKind> = vec![];
     let (mut reaped, mut stop_ops, mut failures) = (0, 0, 0);
-    for backend in rt.backends.all() {
-        let kind = backend.kind().as_str();
+    for backend in backends.all() {
+        let kind = backend.kind();
         let instances = match backend.list_managed().await {
             Ok(list) => list,
             Err(e) => {
-                tracing::warn!(backend = kind, error = %e, "orphans: inventory failed; this backend is skipped this period");
+                tracing::warn!(backend = kind.as_str(), error = %e, "orphans: inventory failed; this backend is skipped this period");
                 failures += 1;
                 continue;
             }
@@ -47,18 +67,18 @@ pub async fn run(rt: &Runtime) -> Result<String> {
             {
                 running_workspaces.insert(id);
             }
-            match judge(rt, backend, &inst).await {
+            match judge(pool, backend, &inst).await {
                 Ok(Verdict::Keep) => {}
                 Ok(Verdict::Reaped) => reaped += 1,
                 Ok(Verdict::StopQueued) => stop_ops += 1,
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(backend = kind, instance = %inst.instance_ref, error = %e, "orphans: could not handle instance");
+                    tracing::warn!(backend = kind.as_str(), instance = %inst.instance_ref, error = %e, "orphans: could not handle instance");
                 }
             }
         }
     }
-    let revoked = revoke_stale_tokens(rt, &inventoried, &running_workspaces).await?;
+    let revoked = revoke_stale_tokens(pool, settings, &inventoried, &running_workspaces).await?;
     Ok(format!(
         "{reaped} reaped, {stop_ops} stop op(s) queued, {revoked} stale token(s) revoked, {failures} failure(s)"
     ))
@@ -70,38 +90,30 @@ enum Verdict {
     StopQueued,
 }
 
-async fn judge(rt: &Runtime, backend: &Arc<dyn Backend>, inst: &ManagedInstance) -> Result<Verdict> {
-    let kind = backend.kind().as_str();
+async fn judge(pool: &PgPool, backend: &Arc<dyn Backend>, inst: &ManagedInstance) -> Result<Verdict> {
+    let kind = backend.kind();
     let ws = match inst.workspace_id {
-        Some(id) => workspaces::get(&rt.pool, id).await?,
+        Some(id) => workspaces::get(pool, id).await?,
         None => None,
     };
     let Some(ws) = ws else {
-        return reap(rt, backend, inst, "no workspace row", true).await;
+        return reap(pool, backend, inst, "no workspace row", true).await;
     };
-    let unfinished = ops::has_unfinished(&rt.pool, ws.id).await?;
-    let on_recorded_backend = ws.backend.as_deref() == Some(kind);
-    match ws.status() {
+    let unfinished = workspace_ops::has_unfinished(pool, ws.id).await?;
+    let on_recorded_backend = ws.backend == Some(kind);
+    match ws.status {
         Status::Removed | Status::Paused if on_recorded_backend => {
-            if unfinished || (ws.status() == Status::Paused && !inst.running) {
+            if unfinished || (ws.status == Status::Paused && !inst.running) {
                 return Ok(Verdict::Keep);
             }
-            let mut tx = rt.pool.begin().await?;
+            let mut tx = pool.begin().await?;
             let Some(locked) = workspaces::lock(&mut tx, ws.id).await? else { return Ok(Verdict::Keep) };
             // Re-check under the lock: a resume since the scan must not be undone.
-            let still_unfinished = ops::has_unfinished(&mut *tx, ws.id).await?;
-            if locked.status() != ws.status() || still_unfinished {
+            let still_unfinished = workspace_ops::has_unfinished(&mut *tx, ws.id).await?;
+            if locked.status != ws.status || still_unfinished {
                 return Ok(Verdict::Keep);
             }
-            let (op, new) = ops::request(
-                &mut tx,
-                &locked,
-                OpKind::Stop,
-                "orphan",
-                "sweep:orphans",
-                rt.config.policies().for_kind(OpKind::Stop),
-            )
-            .await?;
+            let (op, new) = ops::request(&mut tx, &locked, OpKind::Stop, "orphan", "sweep:orphans").await?;
             events::record(
                 &mut tx,
                 events::ORPHAN_FOUND,
@@ -110,18 +122,18 @@ async fn judge(rt: &Runtime, backend: &Arc<dyn Backend>, inst: &ManagedInstance)
             )
             .await?;
             tx.commit().await?;
-            tracing::warn!(workspace_id = %ws.id, backend = kind, instance = %inst.instance_ref, op_id = %op.id, new,
+            tracing::warn!(workspace_id = %ws.id, backend = kind.as_str(), instance = %inst.instance_ref, op_id = %op.id, new,
                 "orphans: instance of a {} workspace is still there; stop queued", ws.status);
             Ok(Verdict::StopQueued)
         }
-        Status::Removed => reap(rt, backend, inst, "workspace removed and recorded on another backend", true).await,
+        Status::Removed => reap(pool, backend, inst, "workspace removed and recorded on another backend", true).await,
         _ if !on_recorded_backend && !unfinished => {
-            reap(rt, backend, inst, "workspace runs on another backend", true).await
+            reap(pool, backend, inst, "workspace runs on another backend", true).await
         }
         // A live workspace's instance that is not the recorded one (a restart whose stop of
         // the old instance gave up), with nothing in flight that could still record it.
         _ if !unfinished && ws.instance_ref.as_deref().is_some_and(|r| !r.is_empty() && r != inst.instance_ref) => {
-            reap(rt, backend, inst, "not the workspace's recorded instance", false).await
+            reap(pool, backend, inst, "not the workspace's recorded instance", false).await
         }
         _ => Ok(Verdict::Keep),
     }
@@ -130,17 +142,17 @@ async fn judge(rt: &Runtime, backend: &Arc<dyn Backend>, inst: &ManagedInstance)
 /// Stops the instance; with `whole_workspace`, every instance of its workspace on this
 /// backend (a stop given the nil id touches only the instance named).
 async fn reap(
-    rt: &Runtime,
+    pool: &PgPool,
     backend: &Arc<dyn Backend>,
     inst: &ManagedInstance,
     why: &str,
     whole_workspace: bool,
 ) -> Result<Verdict> {
-    let kind = backend.kind().as_str();
+    let kind = backend.kind();
     let ws_id = inst.workspace_id.unwrap_or(Uuid::nil());
     backend.stop(if whole_workspace { ws_id } else { Uuid::nil() }, &inst.instance_ref).await?;
-    tracing::warn!(workspace_id = %ws_id, backend = kind, instance = %inst.instance_ref, reason = why, "orphans: reaped instance");
-    let mut tx = rt.pool.begin().await?;
+    tracing::warn!(workspace_id = %ws_id, backend = kind.as_str(), instance = %inst.instance_ref, reason = why, "orphans: reaped instance");
+    let mut tx = pool.begin().await?;
     events::record(
         &mut tx,
         events::ORPHAN_REAPED,
@@ -153,28 +165,19 @@ async fn reap(
 }
 
 /// Only workspaces recorded on a backend whose inventory we just read are judged.
-async fn revoke_stale_tokens(rt: &Runtime, inventoried: &[&str], running: &HashSet<Uuid>) -> Result<u64> {
+async fn revoke_stale_tokens(
+    pool: &PgPool,
+    settings: &Settings,
+    inventoried: &[BackendKind],
+    running: &HashSet<Uuid>,
+) -> Result<u64> {
     if inventoried.is_empty() {
         return Ok(0);
     }
     let running: Vec<Uuid> = running.iter().copied().collect();
-    let backends: Vec<String> = inventoried.iter().map(|s| s.to_string()).collect();
-    let revoked: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE workspace_tokens t SET revoked_at = now()
-           FROM workspaces w
-          WHERE t.workspace_id = w.id AND t.revoked_at IS NULL
-            AND w.status NOT IN ('removed', 'provisioning') AND NOT w.external
-            AND w.backend = ANY($1) AND NOT (w.id = ANY($2))
-            AND coalesce(t.last_used_at, t.created_at) < now() - $3 * interval '1 millisecond'
-          RETURNING t.workspace_id",
-    )
-    .bind(&backends)
-    .bind(&running)
-    .bind(rt.config.stale_token_after.as_millis() as f64)
-    .fetch_all(&rt.pool)
-    .await?;
+    let revoked = workspace_tokens::revoke_unused(pool, inventoried, &running, settings.stale_token_after).await?;
     if !revoked.is_empty() {
-        let mut tx = rt.pool.begin().await?;
+        let mut tx = pool.begin().await?;
         for id in &revoked {
             events::record(&mut tx, events::TOKENS_REVOKED, Some(*id), json!({"reason": "no running instance"}))
                 .await?;

@@ -1,0 +1,109 @@
+//! Recording how an attempt ended: success, a durable retry, or the final failure and what
+//! it means for the workspace.
+
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{Claim, advance, announce, deliver};
+use crate::Result;
+use crate::domain::{Op, OpKind, OpStatus, Status, Workspace};
+use crate::events;
+use crate::retry::RetryPolicy;
+use crate::store::workspace_ops;
+use crate::transition;
+
+/// How a job ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Succeeded(String),
+    /// The current state made the work moot (e.g. a provision for a removed workspace).
+    Skipped(String),
+    /// Worth another attempt, if the policy has one left.
+    Retry(String),
+    /// Final, whatever the attempts left.
+    Failed(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Finished {
+    Recorded,
+    Fenced,
+}
+
+/// Records the outcome, schedules a durable retry or applies the final-failure rule, and
+/// hands the workspace's next op its task, all in one transaction.
+pub async fn finish(pool: &PgPool, claim: &Claim, outcome: Outcome, policy: RetryPolicy) -> Result<Finished> {
+    let mut tx = pool.begin().await?;
+    let ws = match claim.fence(&mut tx).await? {
+        Ok(ws) => ws,
+        Err(_) => return Ok(Finished::Fenced),
+    };
+    let op = &claim.op;
+    let attempts = op.attempts;
+    let updated: Op = match &outcome {
+        Outcome::Succeeded(result) => workspace_ops::mark_final(&mut tx, op.id, OpStatus::Succeeded, result).await?,
+        Outcome::Skipped(why) => {
+            workspace_ops::mark_final(&mut tx, op.id, OpStatus::Canceled, &format!("skipped: {why}")).await?
+        }
+        Outcome::Retry(err) if attempts < op.max_attempts => {
+            let delay = policy.delay_after(attempts);
+            tracing::warn!(op_id = %op.id, attempts, delay_ms = delay.as_millis() as u64, error = %err, "op attempt failed; retrying");
+            let mut retrying = workspace_ops::mark_retrying(&mut tx, op.id, err, delay).await?;
+            retrying.task_id = Some(deliver(&mut tx, op.id, Some(delay)).await?);
+            retrying
+        }
+        Outcome::Retry(err) | Outcome::Failed(err) => {
+            let err = if matches!(outcome, Outcome::Retry(_)) {
+                format!("{err} (gave up after {attempts} attempts)")
+            } else {
+                err.clone()
+            };
+            let failed = workspace_ops::mark_final(&mut tx, op.id, OpStatus::Failed, &err).await?;
+            on_final_failure(&mut tx, &ws, &failed, &err).await?;
+            failed
+        }
+    };
+    announce(&mut tx, &updated).await?;
+    advance(&mut tx, ws.id).await?;
+    tx.commit().await?;
+    Ok(Finished::Recorded)
+}
+
+async fn on_final_failure(conn: &mut PgConnection, ws: &Workspace, op: &Op, err: &str) -> Result<()> {
+    match op.kind {
+        OpKind::Provision | OpKind::Restart => {
+            // Only a workspace still waiting for this start is failed; a paused or removed
+            // one has moved on.
+            if matches!(ws.status, Status::Provisioning | Status::Failed) {
+                transition::set_status(conn, ws, Status::Failed, Some(err), json!({"op_id": op.id, "source": op.kind}))
+                    .await?;
+            }
+        }
+        OpKind::Stop => report_leak_suspect(conn, ws, op.id, err, "stop gave up").await?,
+    }
+    Ok(())
+}
+
+/// A stop that could not be done: the `LEAK-SUSPECT` log line operators grep for and the
+/// `LEAK_SUSPECT` event they list. The orphans sweep reaps the instance later.
+pub async fn report_leak_suspect(
+    conn: &mut PgConnection,
+    ws: &Workspace,
+    op_id: Uuid,
+    err: &str,
+    what: &str,
+) -> Result<()> {
+    tracing::error!(
+        workspace_id = %ws.id, %op_id, backend = ?ws.backend, instance_ref = ?ws.instance_ref, last_err = %err,
+        "LEAK-SUSPECT {what}; the instance may still be running"
+    );
+    events::record(
+        conn,
+        events::LEAK_SUSPECT,
+        Some(ws.id),
+        json!({"op_id": op_id, "backend": ws.backend, "instance_ref": ws.instance_ref, "error": err}),
+    )
+    .await?;
+    Ok(())
+}

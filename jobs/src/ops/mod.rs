@@ -1,0 +1,46 @@
+//! Lifecycle operations: the rules that sequence, claim and finish `workspace_ops` rows.
+//!
+//! - One at a time per workspace, in creation order: only the oldest unfinished op (the
+//!   head) has an apalis task; the transaction that finishes an op gives the next one its
+//!   task. Decisions are serialised by the workspace row lock (ADR 0002).
+//! - A restart asked for while a start (provision or restart) is still queued returns that op.
+//! - Every write of a claimed op is fenced on its lease, so a worker presumed dead cannot
+//!   overwrite the result of the worker that replaced it (ADR 0003).
+
+mod claim;
+mod finish;
+mod redelivery;
+mod sequencing;
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+pub use claim::{Claim, ClaimResult, Fenced, claim};
+pub use finish::{Finished, Outcome, finish, report_leak_suspect};
+pub use redelivery::redeliver_stranded;
+pub use sequencing::{advance, cancel_queued_starts, request};
+
+use crate::domain::Op;
+use crate::notify::OPS_CHANNEL;
+use crate::queue::{self, LIFECYCLE_QUEUE, OpTask};
+use crate::store::{self, workspace_ops};
+use crate::{Error, Result};
+
+pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Op> {
+    workspace_ops::get(db, id).await?.ok_or_else(|| Error::op_not_found(id))
+}
+
+/// Gives the op a new apalis task, due after `delay`, and records it as the op's deliverer:
+/// any earlier task of the op is stale from here on.
+async fn deliver(conn: &mut PgConnection, op_id: Uuid, delay: Option<Duration>) -> Result<String> {
+    let task = queue::enqueue(conn, LIFECYCLE_QUEUE, &OpTask { v: 1, op_id }, delay).await?;
+    workspace_ops::set_task(conn, op_id, Some(&task)).await?;
+    Ok(task)
+}
+
+/// Wakes `?wait=` callers; delivered at commit.
+async fn announce(conn: &mut PgConnection, op: &Op) -> Result<()> {
+    store::notify(conn, OPS_CHANNEL, &format!("{} {}", op.id, op.workspace_id)).await
+}

@@ -1,0 +1,61 @@
+//! Adding ops, canceling queued ones, and handing the head op its task.
+
+use chrono::Utc;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{announce, deliver};
+use crate::Result;
+use crate::domain::{Op, OpKind, OpStatus, Workspace};
+use crate::retry;
+use crate::store::{apalis, workspace_ops};
+
+/// Adds an op for a workspace whose row the caller has locked, and returns it with whether
+/// it is new (false: a queued start absorbed a restart request).
+pub async fn request(
+    conn: &mut PgConnection,
+    ws: &Workspace,
+    kind: OpKind,
+    reason: &str,
+    requested_by: &str,
+) -> Result<(Op, bool)> {
+    if kind == OpKind::Restart
+        && let Some(queued) = workspace_ops::queued_start(conn, ws.id).await?
+    {
+        // A queued provision or restart will start a fresh instance anyway.
+        return Ok((queued, false));
+    }
+    let max_attempts = retry::default_policy(kind).max_attempts;
+    let mut op = workspace_ops::insert(conn, ws.id, kind, reason, max_attempts, requested_by).await?;
+    announce(conn, &op).await?;
+    if let Some((head, task)) = advance(conn, ws.id).await?
+        && head == op.id
+    {
+        op.task_id = Some(task);
+    }
+    Ok((op, true))
+}
+
+/// Cancels the workspace's queued starts (delete and pause supersede them).
+pub async fn cancel_queued_starts(conn: &mut PgConnection, workspace_id: Uuid, why: &str) -> Result<Vec<Op>> {
+    let canceled = workspace_ops::cancel_queued_starts(conn, workspace_id, why).await?;
+    for op in &canceled {
+        if let Some(task) = &op.task_id {
+            apalis::kill_task(conn, task).await?;
+        }
+        announce(conn, op).await?;
+    }
+    Ok(canceled)
+}
+
+/// Gives the workspace's head op an apalis task if it has none, and returns (op, task) when
+/// it did. Called in every transaction that adds or finishes an op, under the row lock.
+pub async fn advance(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<(Uuid, String)>> {
+    let Some(op) = workspace_ops::head(conn, workspace_id).await? else { return Ok(None) };
+    if op.status != OpStatus::Queued || op.task_id.is_some() {
+        return Ok(None);
+    }
+    let delay = op.next_attempt_at.map(|t| (t - Utc::now()).to_std().unwrap_or_default());
+    let task = deliver(conn, op.id, delay).await?;
+    Ok(Some((op.id, task)))
+}

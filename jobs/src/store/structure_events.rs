@@ -1,0 +1,65 @@
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::Result;
+use crate::events::Event;
+
+pub async fn insert(
+    conn: &mut PgConnection,
+    event_type: &str,
+    workspace_id: Option<Uuid>,
+    payload: &Value,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO structure_events (event_type, workspace_id, payload) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(event_type)
+    .bind(workspace_id)
+    .bind(payload)
+    .fetch_one(conn)
+    .await?)
+}
+
+pub async fn get<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<Event>> {
+    Ok(sqlx::query_as::<_, Event>(
+        "SELECT id, event_type, workspace_id, payload, created_at FROM structure_events WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Newest first.
+pub async fn list<'e>(
+    db: impl PgExecutor<'e>,
+    workspace_id: Option<Uuid>,
+    event_type: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Event>> {
+    Ok(sqlx::query_as::<_, Event>(
+        "SELECT id, event_type, workspace_id, payload, created_at FROM structure_events
+          WHERE ($1::uuid IS NULL OR workspace_id = $1) AND ($2::text IS NULL OR event_type = $2)
+          ORDER BY id DESC LIMIT $3",
+    )
+    .bind(workspace_id)
+    .bind(event_type)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Deletes up to `batch` events older than `older_than`; returns how many.
+pub async fn purge_older<'e>(db: impl PgExecutor<'e>, older_than: Duration, batch: i64) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM structure_events WHERE id IN (
+             SELECT id FROM structure_events WHERE created_at < now() - $1 * interval '1 millisecond' LIMIT $2)",
+    )
+    .bind(older_than.as_millis() as f64)
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
+}

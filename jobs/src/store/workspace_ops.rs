@@ -1,0 +1,217 @@
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::domain::{Op, OpKind, OpStatus};
+use crate::{Error, Result};
+
+/// The columns of [`Op`], unqualified.
+macro_rules! columns {
+    () => {
+        "id, seq, workspace_id, kind, reason, status, attempts, max_attempts, last_error, result, requested_by, \
+         lease, task_id, next_attempt_at, created_at, started_at, finished_at, updated_at"
+    };
+}
+
+pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Op>> {
+    Ok(sqlx::query_as::<_, Op>(concat!("SELECT ", columns!(), " FROM workspace_ops WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?)
+}
+
+pub async fn list_for_workspace<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid, limit: i64) -> Result<Vec<Op>> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM workspace_ops WHERE workspace_id = $1 ORDER BY seq DESC LIMIT $2"
+    ))
+    .bind(workspace_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Whether any op of the workspace is still queued or running.
+pub async fn has_unfinished<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM workspace_ops WHERE workspace_id = $1 AND status IN ('queued', 'running'))",
+    )
+    .bind(workspace_id)
+    .fetch_one(db)
+    .await?)
+}
+
+/// The workspace's oldest unfinished op: the only one allowed a task.
+pub async fn head(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<Op>> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM workspace_ops WHERE workspace_id = $1 AND status IN ('queued', 'running') ORDER BY seq LIMIT 1"
+    ))
+    .bind(workspace_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// The newest queued provision or restart of the workspace, which a restart request joins.
+pub async fn queued_start(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<Op>> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM workspace_ops
+          WHERE workspace_id = $1 AND status = 'queued' AND kind IN ('provision', 'restart')
+          ORDER BY seq DESC LIMIT 1"
+    ))
+    .bind(workspace_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn insert(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    kind: OpKind,
+    reason: &str,
+    max_attempts: i32,
+    requested_by: &str,
+) -> Result<Op> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "INSERT INTO workspace_ops (id, workspace_id, kind, reason, status, max_attempts, requested_by)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6) RETURNING ",
+        columns!()
+    ))
+    .bind(Uuid::new_v4())
+    .bind(workspace_id)
+    .bind(kind)
+    .bind(reason)
+    .bind(max_attempts)
+    .bind(requested_by)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Cancels the workspace's queued provisions and restarts, returning them.
+pub async fn cancel_queued_starts(conn: &mut PgConnection, workspace_id: Uuid, why: &str) -> Result<Vec<Op>> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "UPDATE workspace_ops SET status = 'canceled', last_error = $2, finished_at = now(), updated_at = now()
+          WHERE workspace_id = $1 AND status = 'queued' AND kind IN ('provision', 'restart')
+          RETURNING ",
+        columns!()
+    ))
+    .bind(workspace_id)
+    .bind(why)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Names the apalis task that delivers the op (`None`: no task delivers it).
+pub async fn set_task(conn: &mut PgConnection, id: Uuid, task_id: Option<&str>) -> Result<()> {
+    sqlx::query("UPDATE workspace_ops SET task_id = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(task_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn workspace_of<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Uuid>> {
+    Ok(sqlx::query_scalar("SELECT workspace_id FROM workspace_ops WHERE id = $1").bind(id).fetch_optional(db).await?)
+}
+
+pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Op>> {
+    Ok(sqlx::query_as::<_, Op>(concat!("SELECT ", columns!(), " FROM workspace_ops WHERE id = $1 FOR UPDATE"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// A claim: the op runs, with one more attempt and a new lease.
+pub async fn mark_running(conn: &mut PgConnection, id: Uuid) -> Result<Op> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "UPDATE workspace_ops
+            SET status = 'running', attempts = attempts + 1, lease = lease + 1,
+                started_at = coalesce(started_at, now()), next_attempt_at = NULL, updated_at = now()
+          WHERE id = $1 RETURNING ",
+        columns!()
+    ))
+    .bind(id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Locks the op if `lease` still owns it: running, and not claimed again since.
+pub async fn lock_owned(conn: &mut PgConnection, id: Uuid, lease: i64) -> Result<bool> {
+    let owned: Option<i64> = sqlx::query_scalar(
+        "SELECT lease FROM workspace_ops WHERE id = $1 AND lease = $2 AND status = 'running' FOR UPDATE",
+    )
+    .bind(id)
+    .bind(lease)
+    .fetch_optional(conn)
+    .await?;
+    Ok(owned.is_some())
+}
+
+/// Ends the op with a final `status`: `succeeded` stores `text` as its result, `failed` and
+/// `canceled` as its error.
+pub async fn mark_final(conn: &mut PgConnection, id: Uuid, status: OpStatus, text: &str) -> Result<Op> {
+    if !status.is_final() {
+        return Err(Error::Internal(format!("op {id} cannot end as {status}")));
+    }
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "UPDATE workspace_ops
+            SET status = $2,
+                result = CASE WHEN $2 = 'succeeded' THEN $3 ELSE result END,
+                last_error = CASE WHEN $2 = 'succeeded' THEN last_error ELSE $3 END,
+                finished_at = now(), updated_at = now()
+          WHERE id = $1 RETURNING ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(status)
+    .bind(text)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Back to `queued` after a failed attempt, to run again after `delay`. The caller gives
+/// it the task that delivers that attempt.
+pub async fn mark_retrying(conn: &mut PgConnection, id: Uuid, error: &str, delay: Duration) -> Result<Op> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "UPDATE workspace_ops
+            SET status = 'queued', last_error = $2, task_id = NULL,
+                next_attempt_at = now() + $3 * interval '1 millisecond', updated_at = now()
+          WHERE id = $1 RETURNING ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(error)
+    .bind(delay.as_millis() as f64)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The error of the workspace's newest unfinished start that has failed an attempt.
+pub async fn last_start_error(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT last_error FROM workspace_ops WHERE workspace_id = $1 AND status IN ('queued', 'running')
+            AND kind IN ('provision', 'restart') AND last_error IS NOT NULL ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(workspace_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Deletes up to `batch` ops finished more than `older_than` ago; returns how many.
+pub async fn purge_finished<'e>(db: impl PgExecutor<'e>, older_than: Duration, batch: i64) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM workspace_ops WHERE id IN (
+             SELECT id FROM workspace_ops WHERE finished_at < now() - $1 * interval '1 millisecond' LIMIT $2)",
+    )
+    .bind(older_than.as_millis() as f64)
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
+}

@@ -1,0 +1,71 @@
+//! Online workspaces whose heartbeat went stale go `offline` and get a (coalesced) restart;
+//! external ones go back to `awaiting_agent`. Also re-delivers stranded ops, so no request
+//! waits for ever on a task that vanished.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::Result;
+use crate::config::Env;
+use crate::domain::Status;
+use crate::lifecycle::{self, Restarted};
+use crate::ops;
+use crate::store::workspaces;
+use crate::transition;
+
+/// Ops whose task has been gone this long are re-delivered; younger ones may be in flight.
+const STRANDED_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `SWEEP_LIVENESS_SECONDS`.
+    pub every: Duration,
+    /// `HEARTBEAT_STALE_AFTER_SECONDS`: agents are told to heartbeat every third of it.
+    pub stale_after: Duration,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Settings> {
+        Ok(Settings {
+            every: env.secs("SWEEP_LIVENESS_SECONDS", 15)?,
+            stale_after: env.secs("HEARTBEAT_STALE_AFTER_SECONDS", 90)?,
+        })
+    }
+}
+
+pub async fn run(pool: &PgPool, settings: &Settings) -> Result<String> {
+    let stale = settings.stale_after;
+    let ids = workspaces::silent_since(pool, stale.as_millis() as f64).await?;
+    let mut restarted = 0;
+    for id in &ids {
+        let mut tx = pool.begin().await?;
+        let Some(ws) = workspaces::lock(&mut tx, *id).await? else { continue };
+        // Re-check under the lock: a heartbeat may have arrived since the scan.
+        let fresh = ws.last_heartbeat_at.unwrap_or(ws.status_changed_at);
+        if !matches!(ws.status, Status::Online | Status::Degraded)
+            || (Utc::now() - fresh).to_std().unwrap_or_default() < stale
+        {
+            continue;
+        }
+        let payload = json!({"last_heartbeat_at": ws.last_heartbeat_at, "source": "liveness_sweep"});
+        if ws.external {
+            transition::set_status(&mut tx, &ws, Status::AwaitingAgent, None, payload).await?;
+        } else {
+            let ws = transition::set_status(&mut tx, &ws, Status::Offline, None, payload).await?;
+            if let Restarted::Queued { .. } =
+                lifecycle::request_restart(&mut tx, &ws, "liveness", "sweep:liveness").await?
+            {
+                restarted += 1;
+            }
+        }
+        tx.commit().await?;
+    }
+    let redelivered = ops::redeliver_stranded(pool, STRANDED_AFTER).await?;
+    if !redelivered.is_empty() {
+        tracing::warn!(ops = ?redelivered, "re-delivered ops whose task had vanished");
+    }
+    Ok(format!("{} stale, {restarted} restart(s) queued, {} op(s) re-delivered", ids.len(), redelivered.len()))
+}

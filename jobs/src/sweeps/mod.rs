@@ -1,0 +1,127 @@
+//! Periodic maintenance, one unit per file, each with its own settings: provision-timeout,
+//! liveness, orphans and retention (ADR 0004).
+//!
+//! Every worker ticks (see the worker's scheduler); a sweep's period is claimed by
+//! inserting its `(sweep, period_start)` row in the transaction that enqueues its task, so
+//! each period runs once however many workers there are. Runs of one sweep never overlap: a
+//! period whose predecessor is still running is recorded as skipped (a retention pass over
+//! a large backlog can outlast a short period). A sweep has no retries: the next period
+//! runs it again.
+
+pub mod liveness;
+pub mod orphans;
+pub mod provision_timeout;
+pub mod retention;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::Result;
+use crate::config::Env;
+use crate::kinds::JobContext;
+use crate::queue::{self, SWEEP_QUEUE, SweepTask};
+use crate::store::sweep_runs;
+
+/// The settings of every sweep, read from the environment.
+#[derive(Debug, Clone)]
+pub struct SweepSettings {
+    pub provision_timeout: provision_timeout::Settings,
+    pub liveness: liveness::Settings,
+    pub orphans: orphans::Settings,
+    pub retention: retention::Settings,
+}
+
+impl SweepSettings {
+    pub fn from_env(env: &Env) -> Result<SweepSettings> {
+        Ok(SweepSettings {
+            provision_timeout: provision_timeout::Settings::from_env(env)?,
+            liveness: liveness::Settings::from_env(env)?,
+            orphans: orphans::Settings::from_env(env)?,
+            retention: retention::Settings::from_env(env)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepKind {
+    ProvisionTimeout,
+    Liveness,
+    Orphans,
+    Retention,
+}
+
+impl SweepKind {
+    pub const ALL: [SweepKind; 4] =
+        [SweepKind::ProvisionTimeout, SweepKind::Liveness, SweepKind::Orphans, SweepKind::Retention];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SweepKind::ProvisionTimeout => "provision-timeout",
+            SweepKind::Liveness => "liveness",
+            SweepKind::Orphans => "orphans",
+            SweepKind::Retention => "retention",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SweepKind> {
+        SweepKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    pub fn period(self, settings: &SweepSettings) -> Duration {
+        match self {
+            SweepKind::ProvisionTimeout => settings.provision_timeout.every,
+            SweepKind::Liveness => settings.liveness.every,
+            SweepKind::Orphans => settings.orphans.every,
+            SweepKind::Retention => settings.retention.every,
+        }
+    }
+}
+
+/// Claims the current period of `kind` and enqueues its task. Returns whether this caller
+/// won the period; a loser writes nothing.
+pub async fn claim_period(pool: &PgPool, kind: SweepKind, period: Duration) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    let Some(period_start) = sweep_runs::claim(&mut tx, kind.name(), period).await? else {
+        return Ok(false);
+    };
+    let task = SweepTask { v: 1, sweep: kind.name().to_string(), period_start };
+    let task_id = queue::enqueue(&mut tx, SWEEP_QUEUE, &task, None).await?;
+    sweep_runs::set_task(&mut tx, kind.name(), period_start, &task_id).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Runs the sweep a task names and records its outcome on its period's row.
+pub async fn run(ctx: &JobContext, task: &SweepTask) -> Result<()> {
+    let Some(kind) = SweepKind::parse(&task.sweep) else {
+        tracing::warn!(sweep = %task.sweep, "unknown sweep kind; ignoring");
+        return Ok(());
+    };
+    // Held (one idle connection) for the whole run; the sweep's own statements use others.
+    let mut guard = ctx.pool.begin().await?;
+    if !sweep_runs::try_lock(&mut guard, kind.name()).await? {
+        let text = "skipped: the previous run of this sweep is still going";
+        tracing::info!(sweep = kind.name(), "{text}");
+        sweep_runs::mark_finished(&ctx.pool, kind.name(), task.period_start, text).await?;
+        return Ok(());
+    }
+    sweep_runs::mark_started(&ctx.pool, kind.name(), task.period_start).await?;
+    let settings = &ctx.config.sweeps;
+    let outcome = match kind {
+        SweepKind::ProvisionTimeout => {
+            provision_timeout::run(&ctx.pool, &settings.provision_timeout, &ctx.config.platform_url).await
+        }
+        SweepKind::Liveness => liveness::run(&ctx.pool, &settings.liveness).await,
+        SweepKind::Orphans => orphans::run(&ctx.pool, &ctx.backends, &settings.orphans).await,
+        SweepKind::Retention => retention::run(&ctx.pool, &settings.retention).await.map(|p| p.to_string()),
+    };
+    let text = match &outcome {
+        Ok(s) => s.clone(),
+        Err(e) => format!("error: {e}"),
+    };
+    tracing::info!(sweep = kind.name(), outcome = %text, "sweep finished");
+    sweep_runs::mark_finished(&ctx.pool, kind.name(), task.period_start, &text).await?;
+    guard.commit().await?;
+    Ok(())
+}
