@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use jobs::backend::docker::CONTAINER_PREFIX;
+use jobs::backend::ec2::{TAG_MANAGED, TAG_PLATFORM, TAG_WORKSPACE_ID};
+use jobs::backend::{LABEL_MANAGED, LABEL_PLATFORM, LABEL_WORKSPACE_ID};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -344,16 +347,30 @@ impl Drop for Stack {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async {
                 let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&url).await else { return };
-                let ids: Vec<Uuid> =
-                    sqlx::query_scalar("SELECT id FROM workspaces").fetch_all(&pool).await.unwrap_or_default();
+                let ids = jobs::store::workspaces::all_ids(&pool).await.unwrap_or_default();
                 pool.close().await;
                 for id in ids {
-                    let _ = Command::new("docker").args(["rm", "-f", &format!("ws-{id}")]).output();
+                    let _ = Command::new("docker").args(["rm", "-f", &container_name(&id.to_string())]).output();
                 }
             });
         })
         .join();
     }
+}
+
+/// The name of the workspace's container, as the Docker backend gives it.
+pub fn container_name(workspace_id: &str) -> String {
+    format!("{CONTAINER_PREFIX}{workspace_id}")
+}
+
+/// `key=value` of a label on our containers, for `docker --filter label=...` and `--label`.
+pub fn label(key: &str, value: &str) -> String {
+    format!("{key}={value}")
+}
+
+/// The labels the Docker backend puts on a container of `platform` for `workspace_id`.
+pub fn our_labels(workspace_id: &str, platform: &str) -> [String; 3] {
+    [label(LABEL_WORKSPACE_ID, workspace_id), label(LABEL_MANAGED, "true"), label(LABEL_PLATFORM, platform)]
 }
 
 /// Names of the containers (running or not) labelled with this workspace id.
@@ -363,7 +380,7 @@ pub fn containers_of(workspace_id: &str) -> Vec<String> {
             "ps",
             "-a",
             "--filter",
-            &format!("label=molecule.workspace_id={workspace_id}"),
+            &format!("label={}", label(LABEL_WORKSPACE_ID, workspace_id)),
             "--format",
             "{{.Names}}",
         ])
@@ -424,7 +441,9 @@ pub async fn instances_of(workspace_id: &str) -> Vec<Instance> {
     let resp = ec2_client()
         .await
         .describe_instances()
-        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:molecule:workspace_id").values(workspace_id).build())
+        .filters(
+            aws_sdk_ec2::types::Filter::builder().name(format!("tag:{TAG_WORKSPACE_ID}")).values(workspace_id).build(),
+        )
         .send()
         .await
         .expect("describe instances");
@@ -452,7 +471,7 @@ pub async fn live_instances_of(workspace_id: &str) -> Vec<Instance> {
 /// `workspace_id`; returns its id.
 pub async fn run_tagged_instance(workspace_id: &str, platform: &str) -> String {
     let tags: Vec<aws_sdk_ec2::types::Tag> =
-        [("molecule:workspace_id", workspace_id), ("molecule:managed", "true"), ("molecule:platform", platform)]
+        [(TAG_WORKSPACE_ID, workspace_id), (TAG_MANAGED, "true"), (TAG_PLATFORM, platform)]
             .iter()
             .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
             .collect();

@@ -40,7 +40,7 @@ async fn a_worker_killed_mid_provision_is_replaced_and_one_container_remains() {
     assert_eq!(op["attempts"], 2, "{op}");
     stack.wait_status(&id, "online", LONG).await;
     assert_eq!(containers_of(&id).len(), 1, "exactly one container after the rescue");
-    let env = tests::docker(&["inspect", "-f", "{{json .Config.Env}}", &format!("ws-{id}")]);
+    let env = tests::docker(&["inspect", "-f", "{{json .Config.Env}}", &tests::container_name(&id)]);
     assert!(env.contains(&format!("PLATFORM_URL={}", stack.url)), "the surviving container is the rescuer's: {env}");
 }
 
@@ -121,7 +121,7 @@ async fn a_workspace_whose_heartbeats_stop_goes_offline_and_is_restarted() {
     assert_eq!(r.body["status"], "online", "{}", r.body);
     let id = r.body["id"].as_str().unwrap().to_string();
     // Freeze the agent: its heartbeats stop.
-    tests::docker(&["pause", &format!("ws-{id}")]);
+    tests::docker(&["pause", &tests::container_name(&id)]);
     eventually(LONG, "a liveness restart to bring the workspace back", || async {
         let ops = stack.ops(&id).await;
         let restarted =

@@ -22,7 +22,7 @@ async fn workspace_goes_online_restarts_pauses_resumes_and_is_deleted_without_le
     assert_eq!(r.body["backend"], "docker");
 
     // The container is ours: named, labelled, given its env and the live token.
-    let name = format!("ws-{id}");
+    let name = tests::container_name(&id);
     assert_eq!(containers_of(&id), vec![name.clone()]);
     let labels = docker(&["inspect", "-f", "{{json .Config.Labels}}", &name]);
     assert!(labels.contains("\"molecule.platform.managed\":\"true\""), "{labels}");

@@ -20,6 +20,7 @@ async fn instances_and_containers_made_behind_our_back_are_reaped() {
 
     // A container with our labels whose workspace never existed.
     let name = format!("ghost-{}", &ghost[..8]);
+    let [ws_label, managed_label, platform_label] = tests::our_labels(&ghost, &platform);
     docker(&[
         "run",
         "-d",
@@ -28,11 +29,11 @@ async fn instances_and_containers_made_behind_our_back_are_reaped() {
         "--network",
         "host",
         "--label",
-        &format!("molecule.workspace_id={ghost}"),
+        &ws_label,
         "--label",
-        "molecule.platform.managed=true",
+        &managed_label,
         "--label",
-        &format!("molecule.platform.id={platform}"),
+        &platform_label,
         "-e",
         &format!("WORKSPACE_ID={ghost}"),
         "-e",
@@ -177,9 +178,9 @@ async fn the_token_of_a_workspace_whose_instance_is_gone_is_revoked() {
     let r = stack.post("/workspaces?wait=60", json!({"name": "vanishing"})).await;
     assert_eq!(r.body["status"], "online", "{}", r.body);
     let id = r.body["id"].as_str().unwrap().to_string();
-    let token = docker(&["exec", &format!("ws-{id}"), "cat", "/configs/.auth_token"]);
+    let token = docker(&["exec", &tests::container_name(&id), "cat", "/configs/.auth_token"]);
     // The container disappears behind the platform's back; its token must not outlive it.
-    docker(&["rm", "-f", &format!("ws-{id}")]);
+    docker(&["rm", "-f", &tests::container_name(&id)]);
     // Waiting with the admin token: using the workspace token would keep it fresh.
     eventually(LONG, "the stale token to be revoked", || async {
         let events = stack.get(&format!("/events?workspace_id={id}&type=TOKENS_REVOKED")).await;

@@ -1,0 +1,417 @@
+//! The queue's invariants at the database level: the `jobs` library against a fresh,
+//! migrated database, with no process, no backend and no Docker. Each test runs in well
+//! under a second and pins one rule of `docs/adr/0002` and `0003` or one sweep.
+
+use std::time::Duration;
+
+use jobs::domain::{CreateRequest, DeliveryMode, Op, OpKind, OpStatus, Status};
+use jobs::lifecycle::{self, Created, Deleted, Restarted};
+use jobs::ops::{self, Claim, ClaimResult, Finished, Outcome};
+use jobs::retry::{RetryPolicies, RetryPolicy};
+use jobs::store::{workspace_ops, workspaces};
+use jobs::sweeps::{self, SweepKind, liveness, provision_timeout, retention};
+use sqlx::PgPool;
+use tests::TestDb;
+use uuid::Uuid;
+
+/// A fresh database with apalis' schema and ours. The `TestDb` drops it when the test ends.
+async fn database() -> (TestDb, PgPool) {
+    let db = TestDb::create().await;
+    let pool = jobs::db::connect(&db.url, 5).await.expect("connect");
+    jobs::db::migrate(&pool).await.expect("migrate");
+    (db, pool)
+}
+
+fn request(name: &str) -> CreateRequest {
+    CreateRequest {
+        name: name.into(),
+        role: None,
+        runtime: "langgraph".into(),
+        tier: 1,
+        model: "m".into(),
+        parent_id: None,
+        external: false,
+        url: None,
+        delivery_mode: DeliveryMode::Push,
+        max_concurrent_tasks: 1,
+        canvas: None,
+    }
+}
+
+/// Creates a workspace; returns its id and its provision op.
+async fn create(pool: &PgPool, name: &str) -> (Uuid, Op) {
+    match lifecycle::create(pool, request(name), "test").await.expect("create") {
+        Created::Provisioning { workspace, op } => (workspace.id, *op),
+        Created::External { .. } => panic!("a langgraph workspace is not external"),
+    }
+}
+
+async fn op(pool: &PgPool, id: Uuid) -> Op {
+    ops::get(pool, id).await.expect("op")
+}
+
+/// `(status, run_at is in the future)` of an apalis task.
+async fn task(pool: &PgPool, task_id: &str) -> (String, bool) {
+    sqlx::query_as("SELECT status, run_at > now() FROM apalis.jobs WHERE id = $1")
+        .bind(task_id)
+        .fetch_one(pool)
+        .await
+        .expect("task row")
+}
+
+/// Claims the op for the delivery of its current task.
+async fn claim(pool: &PgPool, op_id: Uuid) -> Claim {
+    let task = op(pool, op_id).await.task_id.expect("the op has a task");
+    match ops::claim(pool, op_id, &task).await.expect("claim") {
+        ClaimResult::Claimed(c) => *c,
+        ClaimResult::Skip(why) => panic!("claim of {op_id} skipped: {why}"),
+    }
+}
+
+fn fast() -> RetryPolicies {
+    RetryPolicies::scaled(0.001)
+}
+
+fn policy(kind: OpKind) -> RetryPolicy {
+    fast().for_kind(kind)
+}
+
+async fn finish(pool: &PgPool, claim: &Claim, outcome: Outcome) -> Finished {
+    ops::finish(pool, claim, outcome, policy(claim.op.kind)).await.expect("finish")
+}
+
+async fn event_count(pool: &PgPool, workspace_id: Uuid, event: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM structure_events WHERE workspace_id = $1 AND event_type = $2")
+        .bind(workspace_id)
+        .bind(event)
+        .fetch_one(pool)
+        .await
+        .expect("count events")
+}
+
+#[tokio::test]
+async fn only_the_head_op_has_a_task_and_finishing_it_hands_the_next_one_its_task() {
+    let (_db, pool) = database().await;
+    let (id, provision) = create(&pool, "seq").await;
+    assert_eq!(provision.status, OpStatus::Queued);
+    assert!(provision.task_id.is_some(), "the first op is the head and is delivered at once");
+
+    let Restarted::Queued { op: restart, new } = lifecycle::restart(&pool, id, "restart", "test").await.unwrap() else {
+        panic!("not a noop")
+    };
+    assert!(!new && restart.id == provision.id, "a restart joins the queued provision");
+
+    let stop = lifecycle::pause(&pool, id, "test").await.unwrap().op_ids[0];
+    // The provision was canceled by the pause, so the stop is the head now.
+    assert_eq!(op(&pool, provision.id).await.status, OpStatus::Canceled);
+    let stop_op = op(&pool, stop).await;
+    assert!(stop_op.task_id.is_some());
+
+    // Resume adds a provision behind the running stop: it waits for its turn, with no task.
+    let stop_claim = claim(&pool, stop).await;
+    let resumed = lifecycle::resume(&pool, id, "test").await.unwrap().op_ids[0];
+    assert_eq!(op(&pool, resumed).await.task_id, None, "an op behind the head has no task");
+
+    assert_eq!(finish(&pool, &stop_claim, Outcome::Succeeded("stopped".into())).await, Finished::Recorded);
+    let resumed = op(&pool, resumed).await;
+    let task_id = resumed.task_id.clone().expect("finishing the head gave the next op its task");
+    assert_eq!(task(&pool, &task_id).await, ("Pending".to_string(), false), "due at once");
+}
+
+#[tokio::test]
+async fn concurrent_restarts_while_a_start_is_queued_all_join_it() {
+    let (_db, pool) = database().await;
+    let (id, provision) = create(&pool, "coalesce").await;
+    let calls = (0..20).map(|_| lifecycle::restart(&pool, id, "restart", "test"));
+    for result in futures::future::join_all(calls).await {
+        match result.expect("restart") {
+            Restarted::Queued { op, new } => assert!(!new && op.id == provision.id, "joined {}", op.id),
+            Restarted::Noop => panic!("not external"),
+        }
+    }
+    assert_eq!(workspace_ops::list_for_workspace(&pool, id, 100).await.unwrap().len(), 1);
+
+    // Once the start runs, the next restart is new, and the ones after it join that one.
+    let _running = claim(&pool, provision.id).await;
+    let mut restart_ids = vec![];
+    for _ in 0..5 {
+        if let Restarted::Queued { op, .. } = lifecycle::restart(&pool, id, "restart", "test").await.unwrap() {
+            restart_ids.push(op.id);
+        }
+    }
+    restart_ids.dedup();
+    assert_eq!(restart_ids.len(), 1, "one restart queued behind the running start: {restart_ids:?}");
+}
+
+#[tokio::test]
+async fn delete_cancels_queued_starts_kills_their_tasks_and_queues_a_stop() {
+    let (_db, pool) = database().await;
+    let (id, provision) = create(&pool, "supersede").await;
+    let task_id = provision.task_id.clone().unwrap();
+    let Deleted::Removed { op_ids, .. } = lifecycle::delete(&pool, id, false, "test").await.unwrap() else {
+        panic!("no children, no confirmation needed")
+    };
+    let canceled = op(&pool, provision.id).await;
+    assert_eq!(canceled.status, OpStatus::Canceled);
+    assert_eq!(canceled.last_error.as_deref(), Some("superseded by delete"));
+    assert!(canceled.finished_at.is_some());
+    assert_eq!(task(&pool, &task_id).await.0, "Killed", "the canceled op's task will not be fetched");
+    let stop = op(&pool, op_ids[0]).await;
+    assert_eq!((stop.kind, stop.status), (OpKind::Stop, OpStatus::Queued));
+    assert!(stop.task_id.is_some());
+    let ws = workspaces::get(&pool, id).await.unwrap().unwrap();
+    assert_eq!(ws.status, Status::Removed);
+    // A late claim of the canceled op's task does nothing.
+    match ops::claim(&pool, provision.id, &task_id).await.unwrap() {
+        ClaimResult::Skip(why) => assert!(why.contains("canceled"), "{why}"),
+        ClaimResult::Claimed(_) => panic!("a canceled op was claimed"),
+    }
+}
+
+#[tokio::test]
+async fn a_stale_claim_is_fenced_out_and_its_successor_records_the_outcome() {
+    let (_db, pool) = database().await;
+    let (id, provision) = create(&pool, "fence").await;
+    let first = claim(&pool, provision.id).await;
+    // The worker holding `first` is presumed dead; apalis re-delivers the same task.
+    let second = claim(&pool, provision.id).await;
+    assert_eq!((first.lease, second.lease), (1, 2));
+    assert_eq!(op(&pool, provision.id).await.attempts, 2);
+
+    let mut tx = pool.begin().await.unwrap();
+    assert!(first.fence(&mut tx).await.unwrap().is_err(), "the old lease no longer owns the op");
+    tx.rollback().await.unwrap();
+    assert_eq!(finish(&pool, &first, Outcome::Failed("stale worker".into())).await, Finished::Fenced);
+    let after_stale = op(&pool, provision.id).await;
+    assert_eq!((after_stale.status, after_stale.last_error), (OpStatus::Running, None), "nothing was written");
+
+    assert_eq!(finish(&pool, &second, Outcome::Succeeded("started".into())).await, Finished::Recorded);
+    let done = op(&pool, provision.id).await;
+    assert_eq!((done.status, done.result.as_deref()), (OpStatus::Succeeded, Some("started")));
+    assert_eq!(workspaces::get(&pool, id).await.unwrap().unwrap().status, Status::Provisioning);
+
+    // A delivery whose task is not the op's current one is stale too.
+    match ops::claim(&pool, provision.id, "01JUNKTASK0000000000000000").await.unwrap() {
+        ClaimResult::Skip(_) => {}
+        ClaimResult::Claimed(_) => panic!("a finished op was claimed again"),
+    }
+}
+
+#[tokio::test]
+async fn a_failed_attempt_is_retried_by_a_delayed_task_until_the_last_one_fails_the_workspace() {
+    let (_db, pool) = database().await;
+    let (id, provision) = create(&pool, "retry").await;
+    for attempt in 1..provision.max_attempts {
+        let c = claim(&pool, provision.id).await;
+        assert_eq!(c.op.attempts, attempt);
+        let old_task = c.op.task_id.clone().unwrap();
+        assert_eq!(finish(&pool, &c, Outcome::Retry("engine unreachable".into())).await, Finished::Recorded);
+        let queued = op(&pool, provision.id).await;
+        assert_eq!(queued.status, OpStatus::Queued);
+        assert_eq!(queued.last_error.as_deref(), Some("engine unreachable"));
+        assert!(queued.next_attempt_at.is_some());
+        let new_task = queued.task_id.expect("a delayed copy delivers the retry");
+        assert_ne!(new_task, old_task);
+        assert_eq!(task(&pool, &new_task).await.0, "Pending");
+    }
+    let last = claim(&pool, provision.id).await;
+    finish(&pool, &last, Outcome::Retry("engine unreachable".into())).await;
+    let failed = op(&pool, provision.id).await;
+    assert_eq!(failed.status, OpStatus::Failed);
+    let reason = failed.last_error.unwrap();
+    assert!(reason.contains("gave up after 5 attempts"), "{reason}");
+    let ws = workspaces::get(&pool, id).await.unwrap().unwrap();
+    assert_eq!(ws.status, Status::Failed);
+    assert_eq!(ws.last_sample_error.as_deref(), Some(reason.as_str()), "the workspace says why it failed");
+    assert_eq!(event_count(&pool, id, "WORKSPACE_PROVISION_FAILED").await, 1);
+}
+
+#[tokio::test]
+async fn a_stop_that_gives_up_is_reported_as_a_leak_suspect() {
+    let (_db, pool) = database().await;
+    let (id, provision) = create(&pool, "leak").await;
+    let c = claim(&pool, provision.id).await;
+    finish(&pool, &c, Outcome::Succeeded("started".into())).await;
+    let stop = lifecycle::pause(&pool, id, "test").await.unwrap().op_ids[0];
+    let c = claim(&pool, stop).await;
+    finish(&pool, &c, Outcome::Failed("engine refused".into())).await;
+    assert_eq!(op(&pool, stop).await.status, OpStatus::Failed);
+    assert_eq!(event_count(&pool, id, "LEAK_SUSPECT").await, 1);
+    assert_eq!(workspaces::get(&pool, id).await.unwrap().unwrap().status, Status::Paused, "pause stands");
+}
+
+#[tokio::test]
+async fn a_head_op_whose_task_vanished_is_redelivered_and_a_delivered_one_is_not() {
+    let (_db, pool) = database().await;
+    let (_, stranded) = create(&pool, "stranded").await;
+    let (_, delivered) = create(&pool, "delivered").await;
+    sqlx::query("DELETE FROM apalis.jobs WHERE id = $1").bind(&stranded.task_id).execute(&pool).await.unwrap();
+
+    let redelivered = ops::redeliver_stranded(&pool, Duration::ZERO).await.unwrap();
+    assert_eq!(redelivered, vec![stranded.id]);
+    let new_task = op(&pool, stranded.id).await.task_id.unwrap();
+    assert_ne!(Some(new_task.clone()), stranded.task_id);
+    assert_eq!(task(&pool, &new_task).await.0, "Pending");
+    assert_eq!(op(&pool, delivered.id).await.task_id, delivered.task_id, "a live task is left alone");
+
+    // The old delivery, should it still arrive, is stale; the new one claims.
+    match ops::claim(&pool, stranded.id, stranded.task_id.as_deref().unwrap()).await.unwrap() {
+        ClaimResult::Skip(why) => assert!(why.contains("stale"), "{why}"),
+        ClaimResult::Claimed(_) => panic!("the vanished task's delivery claimed the op"),
+    }
+    assert_eq!(claim(&pool, stranded.id).await.lease, 1);
+    assert!(ops::redeliver_stranded(&pool, Duration::ZERO).await.unwrap().is_empty(), "nothing left stranded");
+}
+
+#[tokio::test]
+async fn an_unknown_value_in_a_typed_column_is_an_error_not_a_default() {
+    let (_db, pool) = database().await;
+    let (id, _) = create(&pool, "typed").await;
+    // Only a hand edit (or a newer server's migration) can put an unknown status there.
+    sqlx::query("ALTER TABLE workspaces DROP CONSTRAINT workspaces_status_check").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE workspaces SET status = 'hibernating' WHERE id = $1").bind(id).execute(&pool).await.unwrap();
+    let err = workspaces::get(&pool, id).await.expect_err("an unknown status must not decode");
+    assert!(matches!(err, jobs::Error::Db(_)), "{err:?}");
+    assert!(err.to_string().contains("hibernating"), "{err}");
+}
+
+#[tokio::test]
+async fn provisioning_past_its_timeout_fails_with_the_reason() {
+    let (_db, pool) = database().await;
+    let (slow, _) = create(&pool, "slow").await;
+    let (fresh, _) = create(&pool, "fresh").await;
+    sqlx::query("UPDATE workspaces SET status_changed_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(slow)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let settings = provision_timeout::Settings { every: Duration::from_secs(30), timeout_override: None };
+    let outcome = provision_timeout::run(&pool, &settings, "http://platform.test").await.unwrap();
+    assert_eq!(outcome, "1 workspace(s) failed by timeout");
+    let ws = workspaces::get(&pool, slow).await.unwrap().unwrap();
+    assert_eq!(ws.status, Status::Failed);
+    let reason = ws.last_sample_error.unwrap();
+    assert!(reason.contains("timed out after 600s") && reason.contains("http://platform.test"), "{reason}");
+    assert_eq!(workspaces::get(&pool, fresh).await.unwrap().unwrap().status, Status::Provisioning);
+}
+
+#[tokio::test]
+async fn a_silent_online_workspace_goes_offline_and_gets_one_restart() {
+    let (_db, pool) = database().await;
+    let (id, provision) = create(&pool, "silent").await;
+    let c = claim(&pool, provision.id).await;
+    finish(&pool, &c, Outcome::Succeeded("started".into())).await;
+    jobs::registry::register(
+        &pool,
+        id,
+        jobs::domain::Registration { url: None, agent_card: None, delivery_mode: None },
+    )
+    .await
+    .unwrap();
+    sqlx::query("UPDATE workspaces SET last_heartbeat_at = now() - interval '10 minutes' WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let settings = liveness::Settings { every: Duration::from_secs(15), stale_after: Duration::from_secs(90) };
+    let outcome = liveness::run(&pool, &settings).await.unwrap();
+    assert!(outcome.starts_with("1 stale, 1 restart(s) queued"), "{outcome}");
+    // The restart moved it on to provisioning, through offline.
+    assert_eq!(workspaces::get(&pool, id).await.unwrap().unwrap().status, Status::Provisioning);
+    assert_eq!(event_count(&pool, id, "WORKSPACE_OFFLINE").await, 1);
+    let ops = workspace_ops::list_for_workspace(&pool, id, 10).await.unwrap();
+    assert_eq!((ops[0].kind, ops[0].status, ops[0].reason.as_str()), (OpKind::Restart, OpStatus::Queued, "liveness"));
+    // A second pass finds nothing new to do.
+    assert!(liveness::run(&pool, &settings).await.unwrap().starts_with("0 stale"));
+}
+
+#[tokio::test]
+async fn retention_deletes_old_finished_rows_in_batches_and_keeps_the_rest() {
+    let (_db, pool) = database().await;
+    let mut old_ops = vec![];
+    for i in 0..5 {
+        let (_, provision) = create(&pool, &format!("old{i}")).await;
+        let c = claim(&pool, provision.id).await;
+        finish(&pool, &c, Outcome::Succeeded("started".into())).await;
+        old_ops.push(provision.id);
+    }
+    let (_, unfinished) = create(&pool, "queued").await;
+    sqlx::query("UPDATE workspace_ops SET finished_at = now() - interval '2 days' WHERE finished_at IS NOT NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE structure_events SET created_at = now() - interval '2 days'").execute(&pool).await.unwrap();
+    sqlx::query("UPDATE apalis.jobs SET status = 'Done', done_at = now() - interval '2 days' WHERE id <> $1")
+        .bind(&unfinished.task_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    let settings = retention::Settings { every: day, jobs: day, ops: day, events: day, batch: 2 };
+    let purged = retention::run(&pool, &settings).await.unwrap();
+    assert_eq!((purged.ops, purged.jobs), (5, 5));
+    assert_eq!(purged.batches, 3, "5 tasks in batches of 2");
+    assert!(purged.events >= 6, "{}", purged.events);
+    for id in old_ops {
+        assert!(workspace_ops::get(&pool, id).await.unwrap().is_none());
+    }
+    let kept = op(&pool, unfinished.id).await;
+    assert_eq!(kept.status, OpStatus::Queued);
+    assert_eq!(task(&pool, &kept.task_id.unwrap()).await.0, "Pending", "a live task is never purged");
+}
+
+#[tokio::test]
+async fn a_sweep_period_is_won_by_exactly_one_of_many_claimants() {
+    let (_db, pool) = database().await;
+    let period = Duration::from_secs(3600);
+    let claims = (0..12).map(|_| sweeps::claim_period(&pool, SweepKind::Retention, period));
+    let won = futures::future::join_all(claims).await.into_iter().map(|r| r.unwrap()).filter(|w| *w).count();
+    assert_eq!(won, 1);
+    let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = 'sweeps'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tasks, 1, "losers enqueue nothing");
+}
+
+#[tokio::test]
+async fn a_sweep_run_is_skipped_while_the_previous_run_of_that_sweep_still_goes() {
+    let (_db, pool) = database().await;
+    let config = jobs::config::Config::read(&jobs::config::Env::from_pairs([("DATABASE_URL", "unused")])).unwrap();
+    let ctx = jobs::kinds::JobContext::new(pool.clone(), std::sync::Arc::new(config), Default::default());
+    let outcome_of = |period_start| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT outcome FROM sweep_runs WHERE sweep = 'retention' AND period_start = $1",
+            )
+            .bind(period_start)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let task = |minutes_ago: i64| jobs::queue::SweepTask {
+        v: 1,
+        sweep: "retention".into(),
+        period_start: chrono::Utc::now() - chrono::Duration::minutes(minutes_ago),
+    };
+    let (earlier, later) = (task(2), task(1));
+    for t in [&earlier, &later] {
+        sqlx::query("INSERT INTO sweep_runs (sweep, period_start) VALUES ('retention', $1)")
+            .bind(t.period_start)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    // The earlier period's run is still going: it holds the sweep's lock.
+    let mut running = pool.begin().await.unwrap();
+    assert!(jobs::store::sweep_runs::try_lock(&mut running, "retention").await.unwrap());
+    sweeps::run(&ctx, &later).await.unwrap();
+    assert_eq!(outcome_of(later.period_start).await, "skipped: the previous run of this sweep is still going");
+    running.commit().await.unwrap();
+
+    sweeps::run(&ctx, &earlier).await.unwrap();
+    assert!(outcome_of(earlier.period_start).await.starts_with("deleted "), "runs once the lock is free");
+}

@@ -1,0 +1,20 @@
+//! Every test of the project that needs more than one crate's unit tests, in one binary
+//! (linking is most of a warm run on two cores, so one link instead of many):
+//!
+//! - `core`: the queue's invariants at the database level (sequencing, coalescing,
+//!   supersession, lease fencing, redelivery, sweeps), with no process and no Docker;
+//! - `docker_backend`, `ec2_backend`: each backend against the real Docker engine and the
+//!   EC2 emulator;
+//! - the rest: end to end, with real `api` and `worker` processes.
+//!
+//! Run them with `./dev/test`, which starts what they need.
+
+mod api_input;
+mod core;
+mod docker_backend;
+mod ec2;
+mod ec2_backend;
+mod faults;
+mod leaks;
+mod lifecycle;
+mod wait_and_events;
