@@ -22,7 +22,8 @@ impl AgentUrl {
         let host = url.host().ok_or_else(|| bad("no host"))?;
         let ip = match host {
             url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
-            url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+            // `::ffff:a.b.c.d` reaches the IPv4 address: judge it as one.
+            url::Host::Ipv6(v6) => Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)),
             url::Host::Domain(d) => {
                 let d = d.to_ascii_lowercase();
                 if d == "metadata.google.internal" || d.ends_with(".metadata.google.internal") {
@@ -61,6 +62,10 @@ mod tests {
         assert!(AgentUrl::parse("http://169.254.169.254/latest").is_err());
         assert!(AgentUrl::parse("http://[fe80::1]:80/").is_err());
         assert!(AgentUrl::parse("http://[fd00:ec2::254]/").is_err());
+        assert!(AgentUrl::parse("http://[::ffff:169.254.169.254]/").is_err(), "IPv4-mapped metadata address");
+        assert!(AgentUrl::parse("http://[::ffff:a9fe:a9fe]/latest").is_err(), "the same, in hex");
+        assert!(AgentUrl::parse("http://[::ffff:0.0.0.0]/").is_err());
+        assert!(AgentUrl::parse("http://[::ffff:127.0.0.1]:8000/").is_ok());
         assert!(AgentUrl::parse("ftp://example.com").is_err());
         assert!(AgentUrl::parse("http://127.0.0.1:8000").is_ok());
         assert!(AgentUrl::parse("https://agent.example.com/a2a").is_ok());
