@@ -175,6 +175,8 @@ pub async fn pause(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Paused
 pub struct Resumed {
     pub resumed: Vec<Uuid>,
     pub op_ids: Vec<Uuid>,
+    /// The provision op of the workspace resume was asked of; none when it is external.
+    pub root_op: Option<Uuid>,
 }
 
 pub async fn resume(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Resumed> {
@@ -184,12 +186,21 @@ pub async fn resume(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Resum
         return Err(Error::NotPaused { id, status: root.status });
     }
     refuse_paused_ancestor(&mut tx, &root).await?;
-    let mut out = Resumed { resumed: vec![], op_ids: vec![] };
+    let mut out = Resumed { resumed: vec![], op_ids: vec![], root_op: None };
     for ws in lock_subtree(&mut tx, id).await? {
         if ws.status != Status::Paused {
             continue;
         }
+        if ws.external {
+            // Its owner runs the agent: nothing to start, it waits for the agent again.
+            transition::set_status(&mut tx, &ws, Status::AwaitingAgent, None, json!({"reason": "resume"})).await?;
+            out.resumed.push(ws.id);
+            continue;
+        }
         let (op, _) = ops::request(&mut tx, &ws, OpKind::Provision, "resume", requested_by).await?;
+        if ws.id == id {
+            out.root_op = Some(op.id);
+        }
         transition::set_status(&mut tx, &ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": "resume"}))
             .await?;
         out.resumed.push(ws.id);

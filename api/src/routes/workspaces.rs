@@ -271,7 +271,7 @@ pub async fn resume(
     let wait = q.duration()?;
     require_backend(&state).await?;
     let r = lifecycle::resume(&state.pool, id, &admin.label()).await?;
-    match (wait, r.op_ids.first().copied()) {
+    match (wait, r.root_op) {
         (Some(d), Some(op_id)) => wait::answer(&state, id, op_id, d, StatusCode::OK).await,
         _ => Ok(Json(json!({"status": "provisioning", "resumed_count": r.resumed.len(), "resumed": r.resumed,
             "op_ids": r.op_ids}))

@@ -45,14 +45,15 @@ impl Status {
         Status::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
-    /// `removed` is final; `paused` only leaves through resume (provisioning) or delete;
-    /// only an agent brings a workspace `online`, which the callers of `Online` guarantee.
+    /// `removed` is final; `paused` only leaves through resume (provisioning, or
+    /// awaiting_agent for an external workspace, which is never started) or delete; only an
+    /// agent brings a workspace `online`, which the callers of `Online` guarantee.
     pub fn can_become(self, to: Status) -> bool {
         use Status::*;
         match (self, to) {
             (Removed, _) => false,
             (_, Removed) => true,
-            (Paused, Provisioning) => true,
+            (Paused, Provisioning | AwaitingAgent) => true,
             (Paused, _) => false,
             (_, Paused) => true,
             (AwaitingAgent, Provisioning) => false,
@@ -87,6 +88,7 @@ mod tests {
             assert!(!Status::Removed.can_become(s));
         }
         assert!(Status::Paused.can_become(Status::Provisioning));
+        assert!(Status::Paused.can_become(Status::AwaitingAgent));
         assert!(!Status::Paused.can_become(Status::Online));
         assert!(Status::Online.can_become(Status::Paused));
     }

@@ -80,34 +80,38 @@ pub async fn list<'e>(
     .await?)
 }
 
-/// Self and every non-removed descendant, parents before children.
+/// Self and every non-removed descendant, parents before children, however deep. The
+/// `CYCLE` clause ends a walk that comes back to a workspace it has seen, so a cycle in
+/// the rows cannot make the query run for ever.
 pub async fn subtree(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace>> {
     Ok(sqlx::query_as::<_, Workspace>(concat!(
-        "WITH RECURSIVE t AS (
-             SELECT id, 0 AS depth FROM workspaces WHERE id = $1
+        "WITH RECURSIVE t (id, depth) AS (
+             SELECT id, 0 FROM workspaces WHERE id = $1
              UNION ALL
              SELECT w.id, t.depth + 1 FROM workspaces w JOIN t ON w.parent_id = t.id
-              WHERE w.status <> 'removed' AND t.depth < 64)
+              WHERE w.status <> 'removed'
+         ) CYCLE id SET is_cycle USING walk
          SELECT ",
         columns!(),
-        " FROM workspaces JOIN t USING (id) ORDER BY t.depth, created_at"
+        " FROM workspaces JOIN t USING (id) WHERE NOT t.is_cycle ORDER BY t.depth, created_at"
     ))
     .bind(id)
     .fetch_all(conn)
     .await?)
 }
 
-/// Ancestors, nearest first.
+/// Ancestors, nearest first, however many; a cycle ends the walk (see [`subtree`]).
 pub async fn ancestors(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace>> {
     Ok(sqlx::query_as::<_, Workspace>(concat!(
-        "WITH RECURSIVE a AS (
-             SELECT parent_id AS id, 1 AS depth FROM workspaces WHERE id = $1
+        "WITH RECURSIVE a (id, depth) AS (
+             SELECT parent_id, 1 FROM workspaces WHERE id = $1
              UNION ALL
              SELECT w.parent_id, a.depth + 1 FROM workspaces w JOIN a ON w.id = a.id
-              WHERE w.parent_id IS NOT NULL AND a.depth < 64)
+              WHERE w.parent_id IS NOT NULL
+         ) CYCLE id SET is_cycle USING walk
          SELECT ",
         columns!(),
-        " FROM workspaces JOIN a USING (id) ORDER BY a.depth"
+        " FROM workspaces JOIN a USING (id) WHERE NOT a.is_cycle ORDER BY a.depth"
     ))
     .bind(id)
     .fetch_all(conn)

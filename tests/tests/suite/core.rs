@@ -415,3 +415,54 @@ async fn a_sweep_run_is_skipped_while_the_previous_run_of_that_sweep_still_goes(
     sweeps::run(&ctx, &earlier).await.unwrap();
     assert!(outcome_of(earlier.period_start).await.starts_with("deleted "), "runs once the lock is free");
 }
+
+#[tokio::test]
+async fn pause_and_delete_reach_descendants_deeper_than_64_and_a_long_cycle_is_refused() {
+    let (_db, pool) = database().await;
+    let mut chain: Vec<Uuid> = vec![];
+    for i in 0..70 {
+        let mut req = request(&format!("level{i}"));
+        req.parent_id = chain.last().copied();
+        match lifecycle::create(&pool, req, "test").await.unwrap() {
+            Created::Provisioning { workspace, .. } => chain.push(workspace.id),
+            Created::External { .. } => panic!("not external"),
+        }
+    }
+    let (root, deepest) = (chain[0], chain[69]);
+    let cycle = jobs::domain::Patch { parent_id: Some(Some(deepest)), ..Default::default() };
+    let err = lifecycle::patch(&pool, root, cycle).await.expect_err("a 70-long cycle");
+    assert!(matches!(err, jobs::Error::Invalid { field: "parent_id", .. }), "{err}");
+
+    assert_eq!(lifecycle::pause(&pool, root, "test").await.unwrap().paused.len(), 70);
+    let Deleted::Removed { removed, op_ids } = lifecycle::delete(&pool, root, true, "test").await.unwrap() else {
+        panic!("confirmed")
+    };
+    assert_eq!((removed.len(), op_ids.len()), (70, 70));
+    let deepest = workspaces::get(&pool, deepest).await.unwrap().unwrap();
+    assert_eq!(deepest.status, Status::Removed, "the 70th level is removed too");
+}
+
+#[tokio::test]
+async fn resuming_an_external_workspace_waits_for_its_agent_and_starts_nothing() {
+    let (_db, pool) = database().await;
+    let mut req = request("ext");
+    req.runtime = "external".into();
+    req.external = true;
+    req.delivery_mode = DeliveryMode::Poll;
+    let Created::External { workspace, token } = lifecycle::create(&pool, req, "test").await.unwrap() else {
+        panic!("external")
+    };
+    let (id, token) = (workspace.id, token.expect("shown once at create"));
+    lifecycle::pause(&pool, id, "test").await.unwrap();
+    let resumed = lifecycle::resume(&pool, id, "test").await.unwrap();
+    assert_eq!((resumed.resumed, resumed.op_ids.len()), (vec![id], 0));
+    assert_eq!(workspaces::get(&pool, id).await.unwrap().unwrap().status, Status::AwaitingAgent);
+    let kinds: Vec<OpKind> =
+        workspace_ops::list_for_workspace(&pool, id, 10).await.unwrap().into_iter().map(|o| o.kind).collect();
+    assert!(!kinds.contains(&OpKind::Provision), "nothing is started for an external workspace: {kinds:?}");
+    assert_eq!(
+        jobs::store::workspace_tokens::validate(&pool, &token).await.unwrap(),
+        Some(id),
+        "its agent's token still works"
+    );
+}
