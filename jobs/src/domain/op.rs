@@ -22,12 +22,6 @@ impl OpKind {
             OpKind::Restart => "restart",
         }
     }
-
-    /// Kinds that start a fresh instance: a restart asked for while one is queued joins it,
-    /// and pause and delete cancel them.
-    pub fn starts_instance(self) -> bool {
-        matches!(self, OpKind::Provision | OpKind::Restart)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]

@@ -65,11 +65,6 @@ impl Status {
             _ => false,
         }
     }
-
-    /// Statuses whose workspace should have a running instance.
-    pub fn wants_instance(self) -> bool {
-        matches!(self, Status::Provisioning | Status::Online | Status::Offline | Status::Degraded)
-    }
 }
 
 impl std::fmt::Display for Status {
