@@ -347,7 +347,9 @@ impl Drop for Stack {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async {
                 let Ok(pool) = PgPoolOptions::new().max_connections(1).connect(&url).await else { return };
-                let ids = jobs::store::workspaces::all_ids(&pool).await.unwrap_or_default();
+                // Removed workspaces too: a stop that gave up may have left a container.
+                let ids: Vec<Uuid> =
+                    sqlx::query_scalar("SELECT id FROM workspaces").fetch_all(&pool).await.unwrap_or_default();
                 pool.close().await;
                 for id in ids {
                     let _ = Command::new("docker").args(["rm", "-f", &container_name(&id.to_string())]).output();

@@ -57,13 +57,9 @@ impl Env {
     }
 
     pub fn flag(&self, k: &str, default: bool) -> Result<bool> {
-        match self.get(k).map(|v| v.trim().to_ascii_lowercase()) {
+        match self.get(k) {
             None => Ok(default),
-            Some(v) => match v.as_str() {
-                "true" | "1" | "yes" | "on" => Ok(true),
-                "false" | "0" | "no" | "off" => Ok(false),
-                other => Err(Error::Config(format!("{k}={other:?} must be true or false"))),
-            },
+            Some(v) => parse_bool(&v).ok_or_else(|| Error::Config(format!("{k}={v:?} must be true or false"))),
         }
     }
 
@@ -73,6 +69,15 @@ impl Env {
             .iter()
             .filter(|(_, v)| !v.trim().is_empty())
             .filter_map(move |(k, v)| Some((k.strip_prefix(prefix)?, v.as_str())))
+    }
+}
+
+/// The words a boolean variable may be set to, in any case.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 

@@ -160,11 +160,15 @@ impl WorkerConfig {
 
 impl DockerConfig {
     fn read(env: &Env) -> Result<DockerConfig> {
-        let mode = match env.string("DOCKER_ENABLED", "auto").to_ascii_lowercase().as_str() {
-            "auto" => DockerMode::Auto,
-            "true" | "1" | "yes" | "on" => DockerMode::On,
-            "false" | "0" | "no" | "off" => DockerMode::Off,
-            other => return Err(Error::Config(format!("DOCKER_ENABLED={other:?} must be auto, true or false"))),
+        let raw = env.string("DOCKER_ENABLED", "auto");
+        let mode = if raw.trim().eq_ignore_ascii_case("auto") {
+            DockerMode::Auto
+        } else {
+            match env::parse_bool(&raw) {
+                Some(true) => DockerMode::On,
+                Some(false) => DockerMode::Off,
+                None => return Err(Error::Config(format!("DOCKER_ENABLED={raw:?} must be auto, true or false"))),
+            }
         };
         let images = env
             .with_prefix("WORKSPACE_IMAGE_")
@@ -234,6 +238,16 @@ mod tests {
         assert_eq!(c.sweeps.retention.batch, 50);
         assert_eq!(c.sweeps.liveness.stale_after, Duration::from_secs(90));
         assert!(!c.ec2_reachable());
+    }
+
+    #[test]
+    fn docker_and_ec2_switches_take_the_same_words() {
+        let mode = |v: &str| Config::read(&Env::from_pairs([("DOCKER_ENABLED", v)])).unwrap().docker.mode;
+        assert_eq!(mode("AUTO"), DockerMode::Auto);
+        assert_eq!(mode("yes"), DockerMode::On);
+        assert_eq!(mode("off"), DockerMode::Off);
+        let ec2 = |v: &str| Config::read(&Env::from_pairs([("EC2_ENABLED", v)])).unwrap().ec2.enabled;
+        assert!(ec2("on") && !ec2("0"));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Claim, advance, announce, deliver};
+use super::{Claim, advance, announce, new_task};
 use crate::Result;
 use crate::domain::{Op, OpKind, OpStatus, Status, Workspace};
 use crate::events;
@@ -49,9 +49,8 @@ pub async fn finish(pool: &PgPool, claim: &Claim, outcome: Outcome, policy: Retr
         Outcome::Retry(err) if attempts < op.max_attempts => {
             let delay = policy.delay_after(attempts);
             tracing::warn!(op_id = %op.id, attempts, delay_ms = delay.as_millis() as u64, error = %err, "op attempt failed; retrying");
-            let mut retrying = workspace_ops::mark_retrying(&mut tx, op.id, err, delay).await?;
-            retrying.task_id = Some(deliver(&mut tx, op.id, Some(delay)).await?);
-            retrying
+            let task = new_task(&mut tx, op.id, Some(delay)).await?;
+            workspace_ops::mark_retrying(&mut tx, op.id, err, delay, &task).await?
         }
         Outcome::Retry(err) | Outcome::Failed(err) => {
             let err = if matches!(outcome, Outcome::Retry(_)) {

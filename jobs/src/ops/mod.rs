@@ -32,10 +32,16 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Op> {
     workspace_ops::get(db, id).await?.ok_or_else(|| Error::op_not_found(id))
 }
 
-/// Gives the op a new apalis task, due after `delay`, and records it as the op's deliverer:
-/// any earlier task of the op is stale from here on.
+/// Enqueues a task for the op, due after `delay`. It delivers the op only once the op's row
+/// names it (see [`deliver`]); the retry path names it in the same update as its status.
+async fn new_task(conn: &mut PgConnection, op_id: Uuid, delay: Option<Duration>) -> Result<String> {
+    queue::enqueue(conn, LIFECYCLE_QUEUE, &OpTask { v: 1, op_id }, delay).await
+}
+
+/// Gives the op a new task and records it as the op's deliverer: any earlier task of the
+/// op is stale from here on.
 async fn deliver(conn: &mut PgConnection, op_id: Uuid, delay: Option<Duration>) -> Result<String> {
-    let task = queue::enqueue(conn, LIFECYCLE_QUEUE, &OpTask { v: 1, op_id }, delay).await?;
+    let task = new_task(conn, op_id, delay).await?;
     workspace_ops::set_task(conn, op_id, Some(&task)).await?;
     Ok(task)
 }

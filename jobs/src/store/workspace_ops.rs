@@ -175,12 +175,18 @@ pub async fn mark_final(conn: &mut PgConnection, id: Uuid, status: OpStatus, tex
     .await?)
 }
 
-/// Back to `queued` after a failed attempt, to run again after `delay`. The caller gives
-/// it the task that delivers that attempt.
-pub async fn mark_retrying(conn: &mut PgConnection, id: Uuid, error: &str, delay: Duration) -> Result<Op> {
+/// Back to `queued` after a failed attempt, to run again after `delay`, delivered by the
+/// (delayed) task `task_id`.
+pub async fn mark_retrying(
+    conn: &mut PgConnection,
+    id: Uuid,
+    error: &str,
+    delay: Duration,
+    task_id: &str,
+) -> Result<Op> {
     Ok(sqlx::query_as::<_, Op>(concat!(
         "UPDATE workspace_ops
-            SET status = 'queued', last_error = $2, task_id = NULL,
+            SET status = 'queued', last_error = $2, task_id = $4,
                 next_attempt_at = now() + $3 * interval '1 millisecond', updated_at = now()
           WHERE id = $1 RETURNING ",
         columns!()
@@ -188,6 +194,7 @@ pub async fn mark_retrying(conn: &mut PgConnection, id: Uuid, error: &str, delay
     .bind(id)
     .bind(error)
     .bind(delay.as_millis() as f64)
+    .bind(task_id)
     .fetch_one(conn)
     .await?)
 }

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
@@ -268,18 +270,13 @@ pub async fn provisioning<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(Uuid, Stri
         .await?)
 }
 
-/// Online or degraded workspaces whose last sign of life is older than `stale_after_ms`.
-pub async fn silent_since<'e>(db: impl PgExecutor<'e>, stale_after_ms: f64) -> Result<Vec<Uuid>> {
+/// Online or degraded workspaces whose last sign of life is older than `stale_after`.
+pub async fn silent_since<'e>(db: impl PgExecutor<'e>, stale_after: Duration) -> Result<Vec<Uuid>> {
     Ok(sqlx::query_scalar(
         "SELECT id FROM workspaces WHERE status IN ('online', 'degraded')
             AND coalesce(last_heartbeat_at, status_changed_at) < now() - $1 * interval '1 millisecond'",
     )
-    .bind(stale_after_ms)
+    .bind(stale_after.as_millis() as f64)
     .fetch_all(db)
     .await?)
-}
-
-/// Every workspace id, removed ones included (test clean-up needs them all).
-pub async fn all_ids<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Uuid>> {
-    Ok(sqlx::query_scalar("SELECT id FROM workspaces").fetch_all(db).await?)
 }

@@ -38,7 +38,7 @@ impl Settings {
 
 pub async fn run(pool: &PgPool, settings: &Settings) -> Result<String> {
     let stale = settings.stale_after;
-    let ids = workspaces::silent_since(pool, stale.as_millis() as f64).await?;
+    let ids = workspaces::silent_since(pool, stale).await?;
     let mut restarted = 0;
     for id in &ids {
         let mut tx = pool.begin().await?;
