@@ -4,12 +4,13 @@
 //! - [`Admin`]: the admin token (operators, the canvas).
 //! - [`AdminOrWorkspace`]: the admin, or the token of the workspace named in the path.
 //! - [`Caller`]: any valid token; the handler decides what it may see.
-//! - [`Agent`]: register and heartbeat, which name their workspace in the body and may
-//!   bootstrap without a token (see [`Agent::authorize`]).
+//! - [`Agent`]: register and heartbeat, which name their workspace in the body; a register
+//!   may instead present the instance's single-use bootstrap secret.
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use jobs::registry::Credential;
 use jobs::store::workspace_tokens;
 use jobs::tokens::constant_time_eq;
 use uuid::Uuid;
@@ -104,8 +105,9 @@ impl FromRequestParts<AppState> for AdminOrWorkspace {
 /// An agent's credential, resolved but not yet checked: the workspace it must match is in
 /// the request body, which is read after every other extractor.
 pub struct Agent {
-    /// `None`: no bearer token was sent; `Some(None)`: one was sent and is not valid.
-    presented: Option<Option<Caller>>,
+    /// The bearer token sent, and whom it identifies (`None`: no admin or live workspace
+    /// token; for a register it may still be a bootstrap secret).
+    presented: Option<(String, Option<Caller>)>,
 }
 
 impl FromRequestParts<AppState> for Agent {
@@ -113,7 +115,7 @@ impl FromRequestParts<AppState> for Agent {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let presented = match bearer(&parts.headers) {
-            Some(token) => Some(identify(state, token).await?),
+            Some(token) => Some((token.to_string(), identify(state, token).await?)),
             None => None,
         };
         Ok(Agent { presented })
@@ -121,20 +123,28 @@ impl FromRequestParts<AppState> for Agent {
 }
 
 impl Agent {
-    /// The admin or `workspace_id`'s own token; without any token, only a workspace that
-    /// has no live token may call (first boot, or an agent that bootstraps its token).
-    pub async fn authorize(&self, state: &AppState, workspace_id: Uuid) -> ApiResult<()> {
-        match self.presented {
-            Some(Some(Caller::Admin)) => Ok(()),
-            Some(Some(Caller::Workspace(id))) if id == workspace_id => Ok(()),
-            Some(Some(Caller::Workspace(_))) => {
+    /// Heartbeats: the admin or `workspace_id`'s own token.
+    pub fn authorize(&self, workspace_id: Uuid) -> ApiResult<()> {
+        match self.register_credential(workspace_id)? {
+            Credential::Verified => Ok(()),
+            Credential::Secret(_) => Err(invalid_token()),
+        }
+    }
+
+    /// Registers: the admin or `workspace_id`'s own token, or a secret the registry checks
+    /// against the workspace's bootstrap secret. Nothing at all is refused here.
+    pub fn register_credential(&self, workspace_id: Uuid) -> ApiResult<Credential> {
+        match &self.presented {
+            Some((_, Some(Caller::Admin))) => Ok(Credential::Verified),
+            Some((_, Some(Caller::Workspace(id)))) if *id == workspace_id => Ok(Credential::Verified),
+            Some((_, Some(Caller::Workspace(_)))) => {
                 Err(ApiError::Forbidden("this token belongs to another workspace".into()))
             }
-            Some(None) => Err(invalid_token()),
-            None if workspace_tokens::has_live(&state.pool, workspace_id).await? => {
-                Err(ApiError::Unauthorized("this workspace has a token; send it as a bearer token".into()))
-            }
-            None => Ok(()),
+            Some((secret, None)) => Ok(Credential::Secret(secret.clone())),
+            None => Err(ApiError::Unauthorized(
+                "missing bearer token: send the workspace token, or the bootstrap secret delivered to the instance"
+                    .into(),
+            )),
         }
     }
 }

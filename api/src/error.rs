@@ -1,7 +1,14 @@
+use std::time::Duration;
+
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use sqlx::postgres::{PgDatabaseError, PgSeverity};
+
+/// What a client is told to wait before retrying while the database is unreachable.
+const DATABASE_RETRY_AFTER: Duration = Duration::from_secs(2);
+const DATABASE_UNAVAILABLE: &str = "the database is unavailable; retry shortly";
 
 /// The api's one error type, mapped to HTTP here and nowhere else. Client mistakes are 4xx
 /// with a message naming the problem; internal failures are logged and answered with a
@@ -25,6 +32,13 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The database cannot be reached for now: a 503 with `Retry-After`, not a 500, since
+    /// the request itself is fine and will succeed once the database is back.
+    #[error("{}", DATABASE_UNAVAILABLE)]
+    DatabaseUnavailable(#[source] jobs::Error),
+    /// A 429 with `Retry-After`.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: Duration },
     #[error(transparent)]
     Internal(jobs::Error),
 }
@@ -36,6 +50,7 @@ impl From<jobs::Error> for ApiError {
         use jobs::Error as E;
         match e {
             E::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            E::Unauthorized(m) => ApiError::Unauthorized(m),
             E::Invalid { .. } => ApiError::BadRequest(e.to_string()),
             E::Transition { .. }
             | E::Paused { .. }
@@ -51,9 +66,37 @@ impl From<jobs::Error> for ApiError {
             jobs::Error::Db(sqlx::Error::Database(db)) if matches!(db.code().as_deref(), Some("22021" | "22P05")) => {
                 ApiError::BadRequest(format!("the request holds text that cannot be stored: {}", db.message()))
             }
+            jobs::Error::Db(ref db) if database_unavailable(db) => ApiError::DatabaseUnavailable(e),
             other => ApiError::Internal(other),
         }
     }
+}
+
+/// Errors that say the database cannot be reached now, rather than that the request or the
+/// server is wrong: no connection to be had in time, a broken or refused session, a server
+/// shutting down, starting up or full. FATAL is the severity of every error that ends (or
+/// refuses) a session, whatever its code, such as a database not accepting connections.
+fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or_default();
+            code.starts_with("08")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+                || db
+                    .try_downcast_ref::<PgDatabaseError>()
+                    .is_some_and(|pg| matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic))
+        }
+        _ => false,
+    }
+}
+
+/// `Retry-After` takes whole seconds: rounded up, and at least one.
+fn with_retry_after(status: StatusCode, body: Value, wait: Duration) -> Response {
+    let mut r = (status, Json(body)).into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64));
+    r
 }
 
 impl IntoResponse for ApiError {
@@ -73,6 +116,14 @@ impl IntoResponse for ApiError {
             }
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": m})),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": m})),
+            ApiError::DatabaseUnavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                let body = json!({"error": DATABASE_UNAVAILABLE});
+                return with_retry_after(StatusCode::SERVICE_UNAVAILABLE, body, DATABASE_RETRY_AFTER);
+            }
+            ApiError::TooManyRequests { message, retry_after } => {
+                return with_retry_after(StatusCode::TOO_MANY_REQUESTS, json!({"error": message}), retry_after);
+            }
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "internal error; see the server log"}))

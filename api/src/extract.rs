@@ -80,15 +80,19 @@ impl<S: Send + Sync, K: IdKind> FromRequestParts<S> for PathId<K> {
     }
 }
 
-/// A list's `limit`: 1 to 1000, 100 when absent.
+/// A list's `limit`: 1 to 1000 (or a route's own maximum), 100 when absent.
 #[derive(Debug, Clone, Copy)]
 pub struct Limit(pub i64);
 
 impl Limit {
     pub fn parse(raw: Option<i64>) -> Result<Limit, ApiError> {
+        Limit::parse_up_to(raw, 1000)
+    }
+
+    pub fn parse_up_to(raw: Option<i64>, max: i64) -> Result<Limit, ApiError> {
         match raw.unwrap_or(100) {
-            n @ 1..=1000 => Ok(Limit(n)),
-            _ => Err(ApiError::BadRequest("limit must be between 1 and 1000".into())),
+            n if (1..=max).contains(&n) => Ok(Limit(n)),
+            _ => Err(ApiError::BadRequest(format!("limit must be between 1 and {max}"))),
         }
     }
 }

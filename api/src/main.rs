@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod extract;
+mod rate_limit;
 mod routes;
 mod state;
 mod wait;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use jobs::config::Config;
+use rate_limit::RateLimiter;
 use state::AppState;
 
 #[tokio::main]
@@ -23,8 +25,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // There is no safe default for the operators' credential, and a generated one would
+    // have to be shown somewhere: refuse to start instead. `./dev/up` makes one.
+    let Some(admin_token) = config.admin_token.clone() else {
+        eprintln!("api: ADMIN_TOKEN is not set; set it to the bearer token operators and the canvas will use");
+        return ExitCode::from(2);
+    };
     jobs::telemetry::init(config.log_format);
-    match run(config).await {
+    match run(config, admin_token).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "api stopped");
@@ -33,20 +41,13 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> jobs::Result<()> {
-    let admin_token = match &config.admin_token {
-        Some(t) => t.clone(),
-        None => {
-            let t = jobs::tokens::generate().plaintext;
-            // There is no safe default for the admin credential: make one and say so once.
-            tracing::warn!(admin_token = %t, "ADMIN_TOKEN is not set; generated one for this run");
-            t
-        }
-    };
+async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
     let pool = jobs::db::connect(&config.database_url, config.database_max_connections).await?;
     jobs::db::migrate(&pool).await?;
     let notices = jobs::notify::spawn_listener(pool.clone());
-    let state = AppState { pool, config: Arc::new(config.clone()), admin_token: Arc::new(admin_token), notices };
+    let registry_rate = Arc::new(RateLimiter::new(config.api.registry_burst, config.api.registry_per_second));
+    let state =
+        AppState { pool, config: Arc::new(config.clone()), admin_token: Arc::new(admin_token), notices, registry_rate };
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .map_err(|e| jobs::Error::Config(format!("cannot listen on API_ADDR={}: {e}", config.api_addr)))?;

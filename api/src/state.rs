@@ -5,10 +5,14 @@ use jobs::notify::Notice;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
 
+use crate::rate_limit::RateLimiter;
+
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub admin_token: Arc<String>,
     pub notices: broadcast::Sender<Notice>,
+    /// Register and heartbeat, per workspace.
+    pub registry_rate: Arc<RateLimiter>,
 }

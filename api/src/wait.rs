@@ -1,5 +1,7 @@
 //! `?wait=SECONDS`: hold the request until the op is final and the workspace has left
-//! `provisioning`, woken by LISTEN/NOTIFY through the process-wide listener (no polling).
+//! `provisioning`, woken by LISTEN/NOTIFY through the process-wide listener. A notice can
+//! still be lost (between a listener's death and its rebuild), so the wait also re-reads on
+//! a slow timer: a lost notice costs seconds, not the whole wait.
 
 use std::time::Duration;
 
@@ -20,6 +22,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 pub const MAX_WAIT_SECS: f64 = 300.0;
+
+/// The backstop re-read, whatever the notices say.
+const REREAD_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,10 +84,14 @@ async fn until_settled(state: &AppState, ws_id: Uuid, op_id: Uuid, timeout: Dura
         if op.is_final() && ws.status != Status::Provisioning {
             return Ok(Waited::Settled(ws));
         }
-        // Sleep until something about this workspace changes.
+        // Sleep until something about this workspace changes, or the backstop is due.
+        let reread_at = (Instant::now() + REREAD_EVERY).min(deadline);
         loop {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Err(_) => return Ok(Waited::TimedOut(ops::get(&state.pool, op_id).await?)),
+            match tokio::time::timeout_at(reread_at, rx.recv()).await {
+                Err(_) if Instant::now() >= deadline => {
+                    return Ok(Waited::TimedOut(ops::get(&state.pool, op_id).await?));
+                }
+                Err(_) => break,
                 Ok(Ok(Notice::Resync)) | Ok(Err(RecvError::Lagged(_))) => break,
                 Ok(Ok(n)) if n.workspace_id() == Some(ws_id) => break,
                 Ok(Ok(_)) => continue,

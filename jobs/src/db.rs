@@ -1,15 +1,28 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::Result;
 
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    connect_with(url, max_connections, None).await
+}
+
+/// With `idle_in_transaction`, the server ends any session of this pool that sits in an open
+/// transaction for longer: a worker frozen (SIGSTOP, a stalled VM) while it holds a workspace
+/// row lock would otherwise keep every other worker off that workspace, lease or no lease.
+/// Transactions that may legitimately wait on something else lift the limit for themselves
+/// ([`crate::store::allow_idle`]).
+pub async fn connect_with(url: &str, max_connections: u32, idle_in_transaction: Option<Duration>) -> Result<PgPool> {
+    let mut options: PgConnectOptions = url.parse()?;
+    if let Some(limit) = idle_in_transaction {
+        options = options.options([("idle_in_transaction_session_timeout", format!("{}ms", limit.as_millis()))]);
+    }
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
+        .connect_with(options)
         .await?)
 }
 

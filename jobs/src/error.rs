@@ -28,6 +28,9 @@ pub enum Error {
     #[error("ancestor workspace {name:?} ({id}) is paused; resume it first")]
     AncestorPaused { id: Uuid, name: String },
 
+    /// A credential was missing, wrong, used up or expired; the text says which.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("migration failed: {0}")]

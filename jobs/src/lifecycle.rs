@@ -20,10 +20,11 @@ pub enum Created {
         workspace: Box<Workspace>,
         op: Box<Op>,
     },
-    /// External workspaces have no op; the token is shown once when there is no URL yet.
+    /// External workspaces have no op; their agent's token is shown once, here (and again
+    /// only through [`rotate_token`]).
     External {
         workspace: Box<Workspace>,
-        token: Option<String>,
+        token: String,
     },
 }
 
@@ -52,10 +53,7 @@ pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str) -> Re
     )
     .await?;
     let created = if external {
-        let token = match status {
-            Status::AwaitingAgent => Some(workspace_tokens::mint(&mut tx, workspace.id).await?),
-            _ => None,
-        };
+        let token = workspace_tokens::mint(&mut tx, workspace.id).await?;
         Created::External { workspace: Box::new(workspace), token }
     } else {
         let (op, _) = ops::request(&mut tx, &workspace, OpKind::Provision, "create", requested_by).await?;
@@ -300,4 +298,23 @@ pub async fn patch(pool: &PgPool, id: Uuid, p: Patch) -> Result<Workspace> {
     let updated = workspaces::patch(&mut tx, ws.id, p).await?;
     tx.commit().await?;
     Ok(updated)
+}
+
+/// Replaces an external workspace's token: the old one stops working at once and the new
+/// one is returned, once. Workspaces the platform runs get theirs from their instance.
+pub async fn rotate_token(pool: &PgPool, id: Uuid) -> Result<String> {
+    let mut tx = pool.begin().await?;
+    let ws = lock_live(&mut tx, id).await?;
+    if !ws.external {
+        return Err(Error::Invalid {
+            field: "workspace",
+            problem: "is run by the platform; its instance receives its credentials at start (restart it for new ones)"
+                .into(),
+        });
+    }
+    workspace_tokens::revoke_all(&mut tx, id).await?;
+    let token = workspace_tokens::mint(&mut tx, id).await?;
+    events::record(&mut tx, events::TOKENS_REVOKED, Some(id), json!({"reason": "rotated"})).await?;
+    tx.commit().await?;
+    Ok(token)
 }

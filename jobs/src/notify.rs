@@ -1,22 +1,45 @@
 //! LISTEN/NOTIFY plumbing. Writers notify inside their transaction (delivered at commit);
 //! one listener per process turns notifications into an in-process broadcast that
 //! WebSocket clients and `?wait=` callers subscribe to.
+//!
+//! A listener can go deaf without an error: sqlx's `PgListener` reconnects silently and
+//! drops whatever was sent meanwhile, and a half-open socket blocks a read for ever. So the
+//! listener proves it still hears: every [`KEEPALIVE_EVERY`] it sends itself a notice through
+//! the pool, and when that notice does not come back within [`KEEPALIVE_DEADLINE`] the
+//! listener is thrown away and rebuilt. Every (re)build broadcasts [`Notice::Resync`], so
+//! subscribers re-read what they follow instead of trusting notices they may have missed.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
-use tokio::sync::broadcast;
+use sqlx::postgres::{PgListener, PgNotification, PgPoolOptions};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::events::Envelope;
 use crate::retry;
 use crate::store::structure_events;
+use crate::{Error, Result};
 
 /// Payload: the event id.
 pub const EVENTS_CHANNEL: &str = "ws_events";
 /// Payload: `<op id> <workspace id>`.
 pub const OPS_CHANNEL: &str = "ws_ops";
+/// Payload: `<listener nonce> <sequence>`; each listener only answers to its own.
+pub const KEEPALIVE_CHANNEL: &str = "ws_keepalive";
+/// The listener's session name in `pg_stat_activity`, so operators (and tests) can find it.
+pub const LISTENER_APPLICATION_NAME: &str = "workspace-server-listener";
+
+/// How often the listener checks that it still hears.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
+/// How long its own notice may take to come back before the listener counts as deaf.
+pub const KEEPALIVE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A listener that ran this long was healthy: the next failure starts the backoff afresh.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub enum Notice {
@@ -25,7 +48,7 @@ pub enum Notice {
         op_id: Uuid,
         workspace_id: Uuid,
     },
-    /// The listener reconnected: notifications may have been missed, so waiters re-read.
+    /// The listener was (re)built: notifications may have been missed, so subscribers re-read.
     Resync,
 }
 
@@ -40,48 +63,135 @@ impl Notice {
 }
 
 /// Starts the process-wide listener and returns the sender that subscribers clone from.
-/// The task reconnects with backoff for as long as the process lives.
+/// The task rebuilds the listener with backoff for as long as the process lives.
 pub fn spawn_listener(pool: PgPool) -> broadcast::Sender<Notice> {
     let (tx, _) = broadcast::channel(4096);
     let sender = tx.clone();
     tokio::spawn(async move {
-        for delay in retry::forever(Duration::from_millis(200), Duration::from_secs(5)) {
-            if let Err(e) = listen(&pool, &sender).await {
-                tracing::warn!(error = %e, "event listener lost its connection; reconnecting");
-            }
+        let backoff = || retry::forever(Duration::from_millis(200), Duration::from_secs(5));
+        let mut delays = backoff();
+        loop {
+            let started = Instant::now();
+            let Err(e) = listen(&pool, &sender).await;
+            tracing::warn!(error = %e, "event listener lost; rebuilding it");
+            // Waiters re-read now rather than on their own slow timer.
             let _ = sender.send(Notice::Resync);
-            tokio::time::sleep(delay).await;
+            if started.elapsed() >= HEALTHY_RUN {
+                delays = backoff();
+            }
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
         }
     });
     tx
 }
 
-async fn listen(pool: &PgPool, sender: &broadcast::Sender<Notice>) -> crate::Result<()> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen_all([EVENTS_CHANNEL, OPS_CHANNEL]).await?;
-    // Anything committed while we were not listening is re-read by waiters.
+/// Aborts the task when dropped, so a rebuilt listener never leaves its reader behind.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type Received = std::result::Result<Option<PgNotification>, sqlx::Error>;
+
+/// Runs one listener until it fails or goes deaf; it never returns otherwise.
+async fn listen(pool: &PgPool, sender: &broadcast::Sender<Notice>) -> Result<Infallible> {
+    let listener = tokio::time::timeout(KEEPALIVE_DEADLINE, subscribe(pool))
+        .await
+        .map_err(|_| Error::Internal(format!("the event listener did not connect within {KEEPALIVE_DEADLINE:?}")))??;
+    // Anything committed while we were not listening is re-read by subscribers.
     let _ = sender.send(Notice::Resync);
+
+    // The reader owns the listener, so the keepalive's timer never interrupts a read.
+    let (tx, mut rx) = mpsc::channel::<Received>(256);
+    let _reader = AbortOnDrop(tokio::spawn(read(listener, tx)));
+
+    let nonce = Uuid::new_v4();
+    let mut sequence: u64 = 0;
+    // The keepalive payload in flight, and when it must have come back.
+    let mut awaited: Option<(String, Instant)> = None;
+    let mut next_ping = Instant::now() + KEEPALIVE_EVERY;
     loop {
-        let n = listener.recv().await?;
-        let notice = match n.channel() {
-            EVENTS_CHANNEL => {
-                let Ok(id) = n.payload().parse::<i64>() else { continue };
-                match structure_events::get(pool, id).await? {
-                    Some(e) => Notice::Event(Box::new(e.into())),
-                    None => continue,
+        let wake = awaited.as_ref().map_or(next_ping, |(_, by)| *by);
+        tokio::select! {
+            received = rx.recv() => {
+                let n = match received {
+                    Some(Ok(Some(n))) => n,
+                    Some(Ok(None)) | None => return Err(Error::Internal("the event listener's connection was lost".into())),
+                    Some(Err(e)) => return Err(e.into()),
+                };
+                if n.channel() == KEEPALIVE_CHANNEL {
+                    if awaited.as_ref().is_some_and(|(payload, _)| payload == n.payload()) {
+                        awaited = None;
+                        next_ping = Instant::now() + KEEPALIVE_EVERY;
+                    }
+                    continue;
+                }
+                if let Some(notice) = decode(pool, &n).await? {
+                    let _ = sender.send(notice);
                 }
             }
-            OPS_CHANNEL => {
-                let mut parts = n.payload().split(' ');
-                let (Some(Ok(op_id)), Some(Ok(workspace_id))) =
-                    (parts.next().map(Uuid::parse_str), parts.next().map(Uuid::parse_str))
-                else {
-                    continue;
-                };
-                Notice::Op { op_id, workspace_id }
+            _ = tokio::time::sleep_until(wake) => {
+                if awaited.is_some() {
+                    return Err(Error::Internal(format!(
+                        "the event listener did not hear its own keepalive within {KEEPALIVE_DEADLINE:?}"
+                    )));
+                }
+                sequence += 1;
+                let payload = format!("{nonce} {sequence}");
+                let sent = sqlx::query("SELECT pg_notify($1, $2)").bind(KEEPALIVE_CHANNEL).bind(&payload).execute(pool);
+                tokio::time::timeout(KEEPALIVE_DEADLINE, sent)
+                    .await
+                    .map_err(|_| Error::Internal("the keepalive notice could not be sent in time".into()))??;
+                awaited = Some((payload, Instant::now() + KEEPALIVE_DEADLINE));
             }
-            _ => continue,
-        };
-        let _ = sender.send(notice);
+        }
     }
+}
+
+/// A listener on a session of its own: named, so it can be found in `pg_stat_activity`;
+/// never lent to a request; and thrown away whole, pool and all, when it goes deaf.
+async fn subscribe(pool: &PgPool) -> Result<PgListener> {
+    let options = pool.connect_options().as_ref().clone().application_name(LISTENER_APPLICATION_NAME);
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(KEEPALIVE_DEADLINE)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with(options);
+    let mut listener = PgListener::connect_with(&own).await?;
+    // A lost connection must end this listener (and be announced as a resync), not be
+    // replaced behind our back with the notices sent meanwhile gone.
+    listener.eager_reconnect(false);
+    listener.listen_all([EVENTS_CHANNEL, OPS_CHANNEL, KEEPALIVE_CHANNEL]).await?;
+    Ok(listener)
+}
+
+async fn read(mut listener: PgListener, tx: mpsc::Sender<Received>) {
+    loop {
+        let received = listener.try_recv().await;
+        let last = !matches!(received, Ok(Some(_)));
+        if tx.send(received).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+async fn decode(pool: &PgPool, n: &PgNotification) -> Result<Option<Notice>> {
+    Ok(match n.channel() {
+        EVENTS_CHANNEL => {
+            let Ok(id) = n.payload().parse::<i64>() else { return Ok(None) };
+            structure_events::get(pool, id).await?.map(|e| Notice::Event(Box::new(e.into())))
+        }
+        OPS_CHANNEL => {
+            let mut parts = n.payload().split(' ');
+            match (parts.next().map(Uuid::parse_str), parts.next().map(Uuid::parse_str)) {
+                (Some(Ok(op_id)), Some(Ok(workspace_id))) => Some(Notice::Op { op_id, workspace_id }),
+                _ => None,
+            }
+        }
+        _ => None,
+    })
 }

@@ -2,6 +2,10 @@
 //! on the PostgreSQL server named by `TEST_DATABASE_URL`, and starts the real `api` and
 //! `worker` binaries against it; workspaces run in the real Docker engine from the agent
 //! stub image named by `AGENT_STUB_IMAGE` (both set by `dev/test`).
+//!
+//! [`chaos`] holds what the chaos suites share (`tests/tests/chaos/`).
+
+pub mod chaos;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -59,8 +63,14 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A fresh database on the server named by `TEST_DATABASE_URL`.
     pub async fn create() -> TestDb {
-        let server_url = required_env("TEST_DATABASE_URL");
+        TestDb::create_on(&required_env("TEST_DATABASE_URL")).await
+    }
+
+    /// A fresh database on the server at `server_url` (a URL naming any existing database).
+    pub async fn create_on(server_url: &str) -> TestDb {
+        let server_url = server_url.to_string();
         let name = format!("t_{}", Uuid::new_v4().simple());
         let admin =
             PgPoolOptions::new().max_connections(1).connect(&server_url).await.expect("connect TEST_DATABASE_URL");
@@ -117,6 +127,11 @@ impl Proc {
         self.child.id()
     }
 
+    /// The exit status when the process has exited (it is reaped then), else `None`.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -157,6 +172,7 @@ pub struct StackBuilder {
     env: Vec<(String, String)>,
     worker_env: Vec<(String, String)>,
     workers: usize,
+    database_server: Option<String>,
 }
 
 impl StackBuilder {
@@ -177,8 +193,18 @@ impl StackBuilder {
         self
     }
 
+    /// The test database is made on this PostgreSQL server instead of `TEST_DATABASE_URL`'s
+    /// (the chaos suites restart their own server).
+    pub fn database_server(mut self, url: &str) -> Self {
+        self.database_server = Some(url.into());
+        self
+    }
+
     pub async fn start(self) -> Stack {
-        let db = TestDb::create().await;
+        let db = match &self.database_server {
+            Some(url) => TestDb::create_on(url).await,
+            None => TestDb::create().await,
+        };
         let mut base: Vec<(String, String)> = vec![
             ("DATABASE_URL".into(), db.url.clone()),
             ("ADMIN_TOKEN".into(), ADMIN.into()),
@@ -191,6 +217,8 @@ impl StackBuilder {
             // Tests share the Docker engine and the EC2 emulator; the platform id keeps each
             // test's orphan sweep to its own instances.
             ("PLATFORM_ID".into(), db.name.clone()),
+            // Orphan reaps wait for nothing unless a test asks for the production grace.
+            ("ORPHANS_START_GRACE_SECONDS".into(), "0".into()),
         ];
         if let Ok(img) = std::env::var("AGENT_STUB_IMAGE") {
             base.push(("WORKSPACE_IMAGE_DEFAULT".into(), img));
@@ -248,7 +276,7 @@ impl Resp {
 
 impl Stack {
     pub fn builder() -> StackBuilder {
-        StackBuilder { env: vec![], worker_env: vec![], workers: 1 }
+        StackBuilder { env: vec![], worker_env: vec![], workers: 1, database_server: None }
     }
 
     /// Starts one more worker; `env` adds to (and overrides) the stack's worker environment.
@@ -332,6 +360,19 @@ impl Stack {
         .await
     }
 
+    /// The token the agent in the workspace's container keeps: the start delivered a
+    /// single-use bootstrap secret there, which the agent replaces with the token it gets
+    /// back from its register.
+    pub async fn agent_token(&self, id: &str) -> String {
+        let name = container_name(id);
+        eventually(Duration::from_secs(15), "the agent to keep its token", || async {
+            let token = docker(&["exec", &name, "cat", "/configs/.auth_token"]);
+            let me = self.raw("GET", &format!("/workspaces/{id}"), Some(&token), None).await;
+            (me.status == StatusCode::OK).then_some(token)
+        })
+        .await
+    }
+
     pub async fn create(&self, body: Value) -> String {
         let r = self.post("/workspaces", body).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -343,6 +384,7 @@ impl Drop for Stack {
     fn drop(&mut self) {
         // Containers of this test's workspaces go with it.
         let url = self.db.url.clone();
+        let platform = self.db.name.clone();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
             rt.block_on(async {
@@ -353,6 +395,15 @@ impl Drop for Stack {
                 pool.close().await;
                 for id in ids {
                     let _ = Command::new("docker").args(["rm", "-f", &container_name(&id.to_string())]).output();
+                }
+                // And whatever a test started behind the platform's back with its labels.
+                let labelled = Command::new("docker")
+                    .args(["ps", "-aq", "--filter", &format!("label={}", label(LABEL_PLATFORM, &platform))])
+                    .output();
+                if let Ok(out) = labelled {
+                    for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                        let _ = Command::new("docker").args(["rm", "-f", id]).output();
+                    }
                 }
             });
         })
@@ -390,6 +441,33 @@ pub fn containers_of(workspace_id: &str) -> Vec<String> {
         .expect("docker ps");
     assert!(out.status.success(), "docker ps failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).filter(|l| !l.is_empty()).collect()
+}
+
+/// Starts a container of `image` behind the platform's back, labelled as one of
+/// `platform`'s for `workspace_id`; returns its name.
+pub fn run_labelled_container(workspace_id: &str, platform: &str, image: &str) -> String {
+    let name = format!("ghost-{}", Uuid::new_v4().simple());
+    let [ws_label, managed_label, platform_label] = our_labels(workspace_id, platform);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "host",
+        "--label",
+        &ws_label,
+        "--label",
+        &managed_label,
+        "--label",
+        &platform_label,
+        "-e",
+        &format!("WORKSPACE_ID={workspace_id}"),
+        "-e",
+        "PLATFORM_URL=http://127.0.0.1:9",
+        image,
+    ]);
+    name
 }
 
 pub fn docker(args: &[&str]) -> String {
@@ -438,45 +516,67 @@ pub struct Instance {
     pub tags: Vec<(String, String)>,
 }
 
+impl Instance {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self.state.as_str(), "pending" | "running")
+    }
+}
+
 /// Every instance (any state) tagged with this workspace id.
 pub async fn instances_of(workspace_id: &str) -> Vec<Instance> {
-    let resp = ec2_client()
-        .await
-        .describe_instances()
-        .filters(
-            aws_sdk_ec2::types::Filter::builder().name(format!("tag:{TAG_WORKSPACE_ID}")).values(workspace_id).build(),
-        )
-        .send()
-        .await
-        .expect("describe instances");
-    resp.reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .map(|i| Instance {
-            id: i.instance_id().unwrap_or_default().into(),
-            state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
-            instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
-            tags: i
-                .tags()
-                .iter()
-                .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
-                .collect(),
-        })
-        .collect()
+    instances_tagged(TAG_WORKSPACE_ID, workspace_id).await
+}
+
+/// Every instance (any state) whose tag `key` is `value`, across every page.
+pub async fn instances_tagged(key: &str, value: &str) -> Vec<Instance> {
+    let client = ec2_client().await;
+    let mut out = vec![];
+    let mut next: Option<String> = None;
+    loop {
+        let resp = client
+            .describe_instances()
+            .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{key}")).values(value).build())
+            .set_next_token(next.take())
+            .send()
+            .await
+            .expect("describe instances");
+        out.extend(resp.reservations().iter().flat_map(|r| r.instances()).map(|i| {
+            Instance {
+                id: i.instance_id().unwrap_or_default().into(),
+                state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                instance_type: i.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
+                tags: i
+                    .tags()
+                    .iter()
+                    .map(|t| (t.key().unwrap_or_default().into(), t.value().unwrap_or_default().into()))
+                    .collect(),
+            }
+        }));
+        match resp.next_token() {
+            Some(t) if !t.is_empty() => next = Some(t.to_string()),
+            _ => return out,
+        }
+    }
 }
 
 pub async fn live_instances_of(workspace_id: &str) -> Vec<Instance> {
-    instances_of(workspace_id).await.into_iter().filter(|i| matches!(i.state.as_str(), "pending" | "running")).collect()
+    instances_of(workspace_id).await.into_iter().filter(Instance::is_live).collect()
 }
 
 /// Starts an instance behind the platform's back, tagged as one of `platform`'s for
 /// `workspace_id`; returns its id.
 pub async fn run_tagged_instance(workspace_id: &str, platform: &str) -> String {
+    run_instance_tagged(&[(TAG_WORKSPACE_ID, workspace_id), (TAG_MANAGED, "true"), (TAG_PLATFORM, platform)]).await
+}
+
+/// Starts an instance with exactly these tags; returns its id.
+pub async fn run_instance_tagged(tags: &[(&str, &str)]) -> String {
     let tags: Vec<aws_sdk_ec2::types::Tag> =
-        [(TAG_WORKSPACE_ID, workspace_id), (TAG_MANAGED, "true"), (TAG_PLATFORM, platform)]
-            .iter()
-            .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build())
-            .collect();
+        tags.iter().map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build()).collect();
     let resp = ec2_client()
         .await
         .run_instances()
@@ -493,4 +593,26 @@ pub async fn run_tagged_instance(workspace_id: &str, platform: &str) -> String {
         .await
         .expect("run instance");
     resp.instances().first().and_then(|i| i.instance_id()).expect("instance id").to_string()
+}
+
+/// The bootstrap secret a start delivered to an EC2 instance, read back from its user data
+/// the way the instance's own boot script would find it.
+pub async fn bootstrap_secret_of(instance_id: &str) -> String {
+    use base64::Engine;
+    let resp = ec2_client()
+        .await
+        .describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .expect("describe the instance's user data");
+    let encoded = resp.user_data().and_then(|u| u.value()).expect("the instance has user data");
+    let script = base64::engine::general_purpose::STANDARD.decode(encoded).expect("user data is base64");
+    let script = String::from_utf8(script).expect("user data is text");
+    script
+        .lines()
+        .find_map(|l| l.split("printf '%s\\n' '").nth(1).and_then(|rest| rest.split('\'').next()))
+        .unwrap_or_else(|| panic!("no bootstrap secret in the user data:\n{script}"))
+        .to_string()
 }

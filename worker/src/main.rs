@@ -4,6 +4,7 @@
 //! applies migrations and exits (the Procfile's `release`).
 
 mod bench;
+mod probe;
 mod runners;
 mod scheduler;
 
@@ -12,11 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobs::backend::Backends;
-use jobs::backend::docker::{DockerBackend, DockerSettings};
 use jobs::backend::ec2::Ec2Backend;
 use jobs::config::{Config, DockerMode};
 use jobs::kinds::JobContext;
-use jobs::store::worker_processes;
+use jobs::store::{platform, worker_processes};
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -57,28 +57,18 @@ async fn migrate(config: &Config) -> jobs::Result<()> {
     Ok(())
 }
 
-async fn connect_backends(config: &Config) -> jobs::Result<Backends> {
+async fn connect_backends(config: &Config, platform_id: &str) -> jobs::Result<Backends> {
     let mut backends = Backends::default();
-    let docker = &config.docker;
-    if docker.mode != DockerMode::Off {
-        let settings = DockerSettings {
-            images: docker.images.clone(),
-            default_image: docker.default_image.clone(),
-            network: docker.network.clone(),
-            tiers: docker.tiers,
-            call_timeout: docker.call_timeout,
-            platform_id: config.platform_id.clone(),
-        };
-        match DockerBackend::connect(settings).await {
-            Ok(d) => backends.docker = Some(Arc::new(d)),
-            Err(e) if docker.mode == DockerMode::Auto => {
-                tracing::info!(error = %e, "no Docker engine reachable; the Docker backend is off")
-            }
-            Err(e) => return Err(jobs::Error::Config(format!("DOCKER_ENABLED=true but {e}"))),
-        }
+    if config.docker.mode != DockerMode::Off && !probe::once(&backends, &probe::settings(config, platform_id)).await {
+        // Not fatal, even when Docker is required: the engine is probed again on a schedule.
+        let level = if config.docker.mode == DockerMode::On { "DOCKER_ENABLED=true but " } else { "" };
+        tracing::warn!(
+            every_secs = config.docker.probe_every.as_secs_f64(),
+            "{level}no Docker engine answers now; probing again until one does"
+        );
     }
     if config.ec2_reachable() {
-        backends.ec2 = Some(Arc::new(Ec2Backend::connect(config.ec2.clone(), config.platform_id.clone()).await));
+        backends.ec2 = Some(Arc::new(Ec2Backend::connect(config.ec2.clone(), platform_id.to_string()).await));
         backends.ec2_for_new = config.ec2.enabled;
     }
     Ok(backends)
@@ -86,27 +76,39 @@ async fn connect_backends(config: &Config) -> jobs::Result<Backends> {
 
 async fn run(config: Config) -> jobs::Result<()> {
     let config = Arc::new(config);
-    let pool = jobs::db::connect(&config.database_url, config.database_max_connections).await?;
+    let pool =
+        jobs::db::connect_with(&config.database_url, config.database_max_connections, Some(config.worker.op_lease))
+            .await?;
     jobs::db::migrate(&pool).await?;
-    let backends = connect_backends(&config).await?;
-    tracing::info!(backends = ?backends.names(), "worker starting");
-    let ctx = Arc::new(JobContext::new(pool.clone(), config.clone(), backends));
-
+    let platform_id = match &config.platform_id {
+        Some(id) => id.clone(),
+        None => platform::id(&pool).await?,
+    };
+    let backends = connect_backends(&config, &platform_id).await?;
+    tracing::info!(backends = ?backends.names(), platform_id, "worker starting");
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "host".into());
     let process_id = format!("{hostname}-{}-{}", std::process::id(), ulid::Ulid::new());
+    let ctx = Arc::new(JobContext::new(pool.clone(), config.clone(), backends, process_id.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(runners::supervise_lifecycle(ctx.clone(), process_id.clone(), stop_rx.clone()));
     tasks.spawn(runners::supervise_sweeps(ctx.clone(), process_id.clone(), stop_rx.clone()));
     tasks.spawn(scheduler::run(ctx.clone(), stop_rx.clone()));
-    // The orphans sweep also runs once at start: a worker that comes up after an outage
-    // reaps what was left without waiting for the next period.
+    // The orphans sweep also runs once its start grace is over: a worker that comes up
+    // after an outage reaps what was left without waiting for the next period.
     tasks.spawn({
         let ctx = ctx.clone();
+        let mut stop = stop_rx.clone();
         async move {
+            let grace = ctx.config.sweeps.orphans.start_grace;
+            tracing::info!(grace_secs = grace.as_secs_f64(), "orphans sweep at start waits for the grace period");
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = stop.changed() => return,
+            }
             match jobs::sweeps::orphans::run(&ctx.pool, &ctx.backends, &ctx.config.sweeps.orphans).await {
                 Ok(outcome) => tracing::info!(%outcome, "orphans sweep at start"),
                 Err(e) => tracing::warn!(error = %e, "orphans sweep at start failed"),
@@ -114,6 +116,12 @@ async fn run(config: Config) -> jobs::Result<()> {
         }
     });
     tasks.spawn(announce(ctx.clone(), process_id.clone(), hostname, stop_rx.clone()));
+    tasks.spawn(probe::run(
+        config.clone(),
+        ctx.backends.clone(),
+        probe::settings(&config, &platform_id),
+        stop_rx.clone(),
+    ));
 
     jobs::shutdown::signal().await;
     tracing::info!(
@@ -132,8 +140,9 @@ async fn run(config: Config) -> jobs::Result<()> {
 
 /// Keeps this process's row in `worker_processes` fresh.
 async fn announce(ctx: Arc<JobContext>, id: String, hostname: String, mut stop: watch::Receiver<bool>) {
-    let names = ctx.backends.names();
     loop {
+        // Read every time: the Docker probe changes what this process reaches.
+        let names = ctx.backends.names();
         if let Err(e) = worker_processes::heartbeat(&ctx.pool, &id, &hostname, std::process::id(), &names).await {
             tracing::warn!(error = %e, "could not record worker heartbeat");
         }

@@ -7,6 +7,7 @@ use jobs::events::Envelope;
 use jobs::notify::Notice;
 use jobs::store::structure_events;
 use serde::Deserialize;
+use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
@@ -63,20 +64,42 @@ pub async fn websocket(
     Ok(upgrade.on_upgrade(move |socket| forward(socket, rx)))
 }
 
+/// The frame that tells a client it may have missed events, shaped like an event.
+pub const RESYNC: &str = "RESYNC";
+
+fn resync_frame(reason: &str) -> Option<String> {
+    let frame = json!({
+        "id": null,
+        "event": RESYNC,
+        "workspace_id": null,
+        "timestamp": chrono::Utc::now(),
+        "payload": {"reason": reason},
+    });
+    serde_json::to_string(&frame).ok()
+}
+
 async fn forward(mut socket: WebSocket, mut rx: tokio::sync::broadcast::Receiver<Notice>) {
     loop {
         tokio::select! {
-            n = rx.recv() => match n {
-                Ok(Notice::Event(e)) => {
-                    let Ok(text) = serde_json::to_string(&*e) else { continue };
-                    if socket.send(Message::Text(text.into())).await.is_err() {
-                        return;
+            n = rx.recv() => {
+                let text = match n {
+                    Ok(Notice::Event(e)) => serde_json::to_string(&*e).ok(),
+                    Ok(Notice::Resync) => {
+                        resync_frame("the server's event listener reconnected; events may have been missed")
                     }
+                    Ok(Notice::Op { .. }) => None,
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "websocket client too slow; events dropped");
+                        resync_frame(&format!("this client fell behind and missed {n} notifications"))
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if let Some(text) = text
+                    && socket.send(Message::Text(text.into())).await.is_err()
+                {
+                    return;
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "websocket client too slow; events dropped"),
-                Err(RecvError::Closed) => return,
-            },
+            }
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => {}

@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workspaces/{id}/pause", post(workspaces::pause))
         .route("/workspaces/{id}/resume", post(workspaces::resume))
         .route("/workspaces/{id}/collapse", post(workspaces::collapse))
+        .route("/workspaces/{id}/token", post(workspaces::rotate_token))
         .route("/workspaces/{id}/ops", get(ops::list_for_workspace))
         .route("/ops/{id}", get(ops::get))
         .route("/registry/register", post(registry::register))
@@ -34,6 +35,10 @@ pub fn router(state: AppState) -> Router {
             (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"error": "method not allowed"})))
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {
+            // The path without the query: a query can carry a credential (`/ws?token=`),
+            // and spans end up in the logs.
+            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+        }))
         .with_state(state)
 }

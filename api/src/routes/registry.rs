@@ -1,6 +1,6 @@
 use axum::Json;
 use axum::extract::State;
-use jobs::domain::{AgentUrl, DeliveryMode, Heartbeat, Registration};
+use jobs::domain::{AgentUrl, DeliveryMode, Heartbeat, Registration, workspace};
 use jobs::registry;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,7 +28,7 @@ impl TryFrom<RegisterBody> for Registration {
     fn try_from(b: RegisterBody) -> jobs::Result<Registration> {
         Ok(Registration {
             url: b.url.as_deref().map(AgentUrl::parse).transpose()?,
-            agent_card: b.agent_card,
+            agent_card: b.agent_card.map(workspace::parse_agent_card).transpose()?,
             delivery_mode: b.delivery_mode.as_deref().map(DeliveryMode::parse).transpose()?,
         })
     }
@@ -39,9 +39,12 @@ pub async fn register(
     agent: Agent,
     ApiJson(b): ApiJson<RegisterBody>,
 ) -> ApiResult<Json<Value>> {
-    agent.authorize(&state, b.id).await?;
+    let credential = agent.register_credential(b.id)?;
+    state.registry_rate.check(b.id)?;
     let id = b.id;
-    let token = registry::register(&state.pool, id, Registration::try_from(b)?).await?;
+    let registration = Registration::try_from(b)?;
+    registration.url.as_ref().map(|u| u.check(&state.config.api.agent_urls)).transpose()?;
+    let token = registry::register(&state.pool, id, registration, credential).await?;
     let mut body = json!({"status": "registered"});
     if let Some(t) = token {
         body["auth_token"] = json!(t);
@@ -84,7 +87,8 @@ pub async fn heartbeat(
     agent: Agent,
     ApiJson(b): ApiJson<HeartbeatBody>,
 ) -> ApiResult<Json<Value>> {
-    agent.authorize(&state, b.workspace_id).await?;
+    agent.authorize(b.workspace_id)?;
+    state.registry_rate.check(b.workspace_id)?;
     let id = b.workspace_id;
     registry::heartbeat(&state.pool, id, Heartbeat::try_from(b)?).await?;
     Ok(Json(json!({"status": "ok"})))

@@ -1,8 +1,8 @@
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use jobs::domain::workspace::{self, EXTERNAL_RUNTIME, MAX_NAME_CHARS, MAX_ROLE_CHARS};
+use jobs::domain::workspace::{self, EXTERNAL_RUNTIME, ListCursor, MAX_NAME_CHARS, MAX_ROLE_CHARS};
 use jobs::domain::{AgentUrl, CreateRequest, DeliveryMode, Patch, Status, Workspace};
 use jobs::lifecycle::{self, Created, Deleted, Restarted};
 use jobs::store::{worker_processes, workspaces};
@@ -12,9 +12,12 @@ use uuid::Uuid;
 
 use crate::auth::{Admin, AdminOrWorkspace};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery, PathId, WorkspaceId};
+use crate::extract::{ApiJson, ApiQuery, Limit, PathId, WorkspaceId};
 use crate::state::AppState;
 use crate::wait::{self, WaitQuery};
+
+/// The response header of `GET /workspaces` that holds the next page's cursor.
+pub const NEXT_CURSOR: HeaderName = HeaderName::from_static("x-next-cursor");
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,12 +117,11 @@ pub async fn create(
 ) -> ApiResult<Response> {
     let wait = q.duration()?;
     let req = CreateRequest::try_from(body)?;
+    req.url.as_ref().map(|u| u.check(&state.config.api.agent_urls)).transpose()?;
     match lifecycle::create(&state.pool, req, &admin.label()).await? {
         Created::External { workspace, token } => {
-            let mut body = json!({"id": workspace.id, "external": true, "status": workspace.status});
-            if let Some(t) = token {
-                body["connection"] = connection(&state, &workspace, &t);
-            }
+            let body = json!({"id": workspace.id, "external": true, "status": workspace.status,
+                "connection": connection(&state, &workspace, &token)});
             Ok((StatusCode::CREATED, Json(body)).into_response())
         }
         Created::Provisioning { workspace, op } => match wait {
@@ -132,25 +134,39 @@ pub async fn create(
     }
 }
 
+/// The largest page `GET /workspaces` serves.
+const MAX_LIST_LIMIT: i64 = 500;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<String>,
     parent_id: Option<Uuid>,
+    limit: Option<i64>,
+    cursor: Option<String>,
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    ApiQuery(q): ApiQuery<ListQuery>,
-    _: Admin,
-) -> ApiResult<Json<Vec<Workspace>>> {
+/// The body stays a bare array, as it always was; the next page's cursor, when there may
+/// be one, comes in a header.
+pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>, _: Admin) -> ApiResult<Response> {
     let status = q
         .status
         .map(|s| {
             Status::parse(&s).ok_or_else(|| ApiError::BadRequest(format!("status {s:?} is not a workspace status")))
         })
         .transpose()?;
-    Ok(Json(workspaces::list(&state.pool, status, q.parent_id).await?))
+    let Limit(limit) = Limit::parse_up_to(q.limit, MAX_LIST_LIMIT)?;
+    let after = q.cursor.as_deref().map(ListCursor::decode).transpose()?;
+    // One row more than asked says whether another page exists.
+    let mut rows = workspaces::list_page(&state.pool, status, q.parent_id, after.as_ref(), limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = rows.last().filter(|_| more).map(|ws| ListCursor::after(ws).encode());
+    let mut response = Json(rows).into_response();
+    if let Some(cursor) = next.and_then(|c| HeaderValue::try_from(c).ok()) {
+        response.headers_mut().insert(NEXT_CURSOR, cursor);
+    }
+    Ok(response)
 }
 
 pub async fn get(State(state): State<AppState>, ws: AdminOrWorkspace) -> ApiResult<Json<Workspace>> {
@@ -231,6 +247,18 @@ async fn require_backend(state: &AppState) -> ApiResult<()> {
         return Err(ApiError::Unavailable(jobs::backend::NO_BACKEND_MESSAGE.into()));
     }
     Ok(())
+}
+
+/// `POST /workspaces/{id}/token`: a new token for an external workspace's agent; the old
+/// one stops working at once.
+pub async fn rotate_token(
+    State(state): State<AppState>,
+    _admin: Admin,
+    PathId(id, _): WorkspaceId,
+) -> ApiResult<Response> {
+    let token = lifecycle::rotate_token(&state.pool, id).await?;
+    let ws = workspaces::get(&state.pool, id).await?.ok_or_else(|| jobs::Error::workspace_not_found(id))?;
+    Ok(Json(json!({"id": id, "connection": connection(&state, &ws, &token)})).into_response())
 }
 
 pub async fn restart(

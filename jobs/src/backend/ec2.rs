@@ -1,9 +1,12 @@
 //! EC2 backend (aws-sdk-ec2). One instance per workspace start, tagged so that inventory,
 //! stop and the orphan sweep can always find it again, whatever the database says.
 //!
-//! Idempotency: before `RunInstances` we look for a live instance tagged with the op, and
-//! `RunInstances` carries a `ClientToken` derived from the op. The tag check is what makes a
-//! retried provision safe on emulators that ignore `ClientToken` (moto does).
+//! Idempotency is keyed on the op alone, never on the claim: before `RunInstances` we look
+//! for a live instance tagged with the op, and `RunInstances` carries the op id as its
+//! `ClientToken`. A rescued op therefore adopts the instance its predecessor started. Where
+//! `ClientToken` is not honoured (moto ignores it), a claim paused between its check and its
+//! `RunInstances` can still start a second instance; every start therefore checks again
+//! afterwards, and all claims keep the op's first-launched instance and terminate the rest.
 
 use std::time::Duration;
 
@@ -15,13 +18,15 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use uuid::Uuid;
 
-use super::{Backend, BackendError, BackendKind, InstanceState, ManagedInstance, StartSpec};
+use super::{Backend, BackendError, BackendKind, InstanceState, ManagedInstance, StartSpec, kept};
 use crate::config::Ec2Config;
 
 pub const TAG_WORKSPACE_ID: &str = "molecule:workspace_id";
 pub const TAG_MANAGED: &str = "molecule:managed";
 pub const TAG_PLATFORM: &str = "molecule:platform";
 pub const TAG_OP_ID: &str = "molecule:op_id";
+/// The op's sequence number: a stop keeps what its own op or a later one started.
+pub const TAG_OP_SEQ: &str = "molecule:op_seq";
 
 /// Service error codes worth retrying; everything else 4xx is a configuration problem.
 const TRANSIENT_CODES: [&str; 7] = [
@@ -45,7 +50,10 @@ pub struct Ec2Backend {
 struct Found {
     id: String,
     state: String,
+    /// (seconds, nanoseconds) since the epoch; orders the instances of one op.
+    launched: (i64, u32),
     workspace_id: Option<Uuid>,
+    op_seq: i64,
 }
 
 fn filter(name: &str, values: &[&str]) -> Filter {
@@ -114,13 +122,14 @@ impl Ec2Backend {
                 for i in r.instances() {
                     let Some(id) = i.instance_id() else { continue };
                     let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
-                    let workspace_id = i
-                        .tags()
-                        .iter()
-                        .find(|t| t.key() == Some(TAG_WORKSPACE_ID))
-                        .and_then(|t| t.value())
-                        .and_then(|v| Uuid::parse_str(v).ok());
-                    out.push(Found { id: id.to_string(), state, workspace_id });
+                    let tagged = |key: &str| i.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value());
+                    out.push(Found {
+                        id: id.to_string(),
+                        state,
+                        launched: i.launch_time().map(|t| (t.secs(), t.subsec_nanos())).unwrap_or((i64::MAX, 0)),
+                        workspace_id: tagged(TAG_WORKSPACE_ID).and_then(|v| Uuid::parse_str(v).ok()),
+                        op_seq: tagged(TAG_OP_SEQ).and_then(|v| v.parse().ok()).unwrap_or(0),
+                    });
                 }
             }
             match resp.next_token() {
@@ -128,6 +137,20 @@ impl Ec2Backend {
                 _ => return Ok(out),
             }
         }
+    }
+
+    /// The op's live instance, if it has any. Should claims of the op have started several,
+    /// every claim keeps the same one (the first launched) and terminates the rest.
+    async fn keep_one_of_op(&self, op: &str) -> Result<Option<String>, BackendError> {
+        let mut live = self.ours();
+        live.push(filter(&format!("tag:{TAG_OP_ID}"), &[op]));
+        live.push(filter("instance-state-name", &["pending", "running"]));
+        let mut found = self.find(live).await?;
+        found.sort_by(|a, b| a.launched.cmp(&b.launched).then_with(|| a.id.cmp(&b.id)));
+        let mut found = found.into_iter().map(|f| f.id);
+        let Some(kept) = found.next() else { return Ok(None) };
+        self.terminate(found.collect()).await?;
+        Ok(Some(kept))
     }
 
     fn ours(&self) -> Vec<Filter> {
@@ -138,11 +161,18 @@ impl Ec2Backend {
     }
 
     fn user_data(spec: &StartSpec) -> String {
-        // The AMI ships the runtime as a systemd unit reading this file; the token is not
-        // here: the agent obtains it through the register bootstrap.
+        // The AMI ships the runtime as a systemd unit reading this file. The bootstrap
+        // secret goes where a container's goes; it is single-use and expires with the
+        // provision timeout, so user data readable later on the instance holds nothing live.
         let script = format!(
-            "#!/bin/sh\nset -eu\ncat > /etc/molecule-workspace.env <<'EOF'\nWORKSPACE_ID={}\nPLATFORM_URL={}\nRUNTIME={}\nMODEL={}\nTIER={}\nHEARTBEAT_INTERVAL_SECONDS={}\nEOF\nsystemctl enable --now molecule-workspace.service\n",
-            spec.workspace_id, spec.platform_url, spec.runtime, spec.model, spec.tier, spec.heartbeat_interval_secs
+            "#!/bin/sh\nset -eu\ncat > /etc/molecule-workspace.env <<'EOF'\nWORKSPACE_ID={}\nPLATFORM_URL={}\nRUNTIME={}\nMODEL={}\nTIER={}\nHEARTBEAT_INTERVAL_SECONDS={}\nWORKSPACE_CONFIG_PATH=/configs\nEOF\nmkdir -p /configs\n(umask 077 && printf '%s\\n' '{}' > /configs/.auth_token)\nsystemctl enable --now molecule-workspace.service\n",
+            spec.workspace_id,
+            spec.platform_url,
+            spec.runtime,
+            spec.model,
+            spec.tier,
+            spec.heartbeat_interval_secs,
+            spec.bootstrap_secret
         );
         STANDARD.encode(script)
     }
@@ -165,18 +195,11 @@ impl Backend for Ec2Backend {
         BackendKind::Ec2
     }
 
-    fn delivers_token(&self) -> bool {
-        false
-    }
-
     async fn start(&self, spec: &StartSpec) -> Result<super::Started, BackendError> {
         let op = spec.op_id.to_string();
-        let mut live = self.ours();
-        live.push(filter(&format!("tag:{TAG_OP_ID}"), &[&op]));
-        live.push(filter("instance-state-name", &["pending", "running"]));
-        if let Some(existing) = self.find(live).await?.into_iter().next() {
-            tracing::info!(instance = %existing.id, "reusing the instance an earlier attempt of this op started");
-            return Ok(super::Started { instance_ref: existing.id });
+        if let Some(existing) = self.keep_one_of_op(&op).await? {
+            tracing::info!(instance = %existing, "reusing the instance an earlier attempt of this op started");
+            return Ok(super::Started { instance_ref: existing.clone(), made: existing });
         }
         let ami = self.config.ami_id.as_deref().ok_or_else(|| {
             BackendError::Permanent("EC2_AMI_ID is not set: configure the image EC2 workspaces boot from".into())
@@ -189,6 +212,7 @@ impl Backend for Ec2Backend {
             tag(TAG_MANAGED, "true"),
             tag(TAG_PLATFORM, &self.platform_id),
             tag(TAG_OP_ID, &op),
+            tag(TAG_OP_SEQ, &spec.op_seq.to_string()),
         ];
         let resp = self
             .client
@@ -197,7 +221,7 @@ impl Backend for Ec2Backend {
             .instance_type(InstanceType::from(self.config.instance_types[tier - 1].as_str()))
             .min_count(1)
             .max_count(1)
-            .client_token(format!("{op}-{}", spec.attempt))
+            .client_token(&op)
             .user_data(Self::user_data(spec))
             .tag_specifications(
                 TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build(),
@@ -209,29 +233,55 @@ impl Backend for Ec2Backend {
             .send()
             .await
             .map_err(|e| classify("run instance", e))?;
-        let id = resp
+        let made = resp
             .instances()
             .first()
             .and_then(|i| i.instance_id())
-            .ok_or_else(|| BackendError::Transient("run instance: the response named no instance".into()))?;
-        tracing::info!(instance = id, "started EC2 instance");
-        Ok(super::Started { instance_ref: id.to_string() })
+            .ok_or_else(|| BackendError::Transient("run instance: the response named no instance".into()))?
+            .to_string();
+        tracing::info!(instance = made, "started EC2 instance");
+        // A claim that checked before ours but launched after it (paused in between) made
+        // a second instance where ClientToken is not honoured: both claims keep the same one.
+        let kept = self.keep_one_of_op(&op).await?.unwrap_or_else(|| made.clone());
+        if kept != made {
+            tracing::warn!(
+                instance = kept,
+                terminated = made,
+                "another claim of this op started an instance first; adopting it"
+            );
+        }
+        Ok(super::Started { instance_ref: kept, made })
+    }
+
+    /// Every claim of an op shares its instance (a rescue adopts it), so a superseded claim
+    /// leaves it: the claim that superseded it records it, and an instance nobody records
+    /// is reaped by the orphans sweep.
+    async fn discard(&self, started: &super::Started) -> Result<(), BackendError> {
+        tracing::debug!(instance = %started.made, "superseded start: the instance stays with its op");
+        Ok(())
     }
 
     /// Terminates the recorded instance and any other live instance tagged with the
     /// workspace: a stop must leave nothing of it running.
-    async fn stop(&self, workspace_id: Uuid, instance_ref: &str) -> Result<(), BackendError> {
+    async fn stop(
+        &self,
+        workspace_id: Uuid,
+        instance_ref: &str,
+        keep_from_seq: Option<i64>,
+    ) -> Result<(), BackendError> {
         if workspace_id.is_nil() {
             return self.terminate(vec![instance_ref.to_string()]).await;
         }
         let mut filters = self.ours();
         filters.push(filter(&format!("tag:{TAG_WORKSPACE_ID}"), &[&workspace_id.to_string()]));
         filters.push(filter("instance-state-name", &["pending", "running", "stopping", "stopped"]));
-        let tagged: Vec<String> = self.find(filters).await?.into_iter().map(|f| f.id).collect();
-        if !instance_ref.is_empty() && !tagged.iter().any(|t| t == instance_ref) {
+        let tagged = self.find(filters).await?;
+        let recorded_tagged = tagged.iter().any(|t| t.id == instance_ref);
+        let doomed: Vec<String> = tagged.into_iter().filter(|t| !kept(t.op_seq, keep_from_seq)).map(|t| t.id).collect();
+        if !instance_ref.is_empty() && !recorded_tagged {
             self.terminate(vec![instance_ref.to_string()]).await?;
         }
-        self.terminate(tagged).await
+        self.terminate(doomed).await
     }
 
     async fn status(&self, instance_ref: &str) -> Result<InstanceState, BackendError> {
@@ -253,6 +303,17 @@ impl Backend for Ec2Backend {
             Some("stopping" | "stopped") => InstanceState::Stopped,
             _ => InstanceState::Missing,
         })
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.client
+            .describe_instances()
+            .set_filters(Some(self.ours()))
+            .max_results(5)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("describe instances", e))
     }
 
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, BackendError> {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub use env::Env;
 
+use crate::domain::AgentUrlPolicy;
 use crate::sweeps::SweepSettings;
 use crate::{Error, Result};
 
@@ -35,14 +36,27 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The URL agents are given to reach the api.
     pub platform_url: String,
-    /// This deployment's id, labelled/tagged on every instance it starts. Inventory and the
-    /// orphans sweep only look at instances of their own platform.
-    pub platform_id: String,
+    /// `PLATFORM_ID`: this deployment's id, labelled/tagged on every instance it starts.
+    /// Inventory and the orphans sweep only look at instances of their own platform. Unset:
+    /// the id created with the database (`store::platform::id`), so two deployments are
+    /// never one platform by accident.
+    pub platform_id: Option<String>,
     pub log_format: LogFormat,
+    pub api: ApiConfig,
     pub worker: WorkerConfig,
     pub docker: DockerConfig,
     pub ec2: Ec2Config,
     pub sweeps: SweepSettings,
+}
+
+/// What the api accepts from agents.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub agent_urls: AgentUrlPolicy,
+    /// Register and heartbeat calls per workspace: a bucket of `registry_burst` calls,
+    /// refilled at `registry_per_second`.
+    pub registry_burst: f64,
+    pub registry_per_second: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +67,10 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     pub missed_heartbeats: usize,
     pub poll_interval: Duration,
+    /// `OP_LEASE_SECONDS`: how long a claim owns its op without renewing; the running
+    /// handler renews it every third of this. A worker that dies is rescued after at most
+    /// this long.
+    pub op_lease: Duration,
     pub shutdown_grace: Duration,
     /// Multiplies every retry delay; below 1 shortens retries (tests), above 1 lengthens them.
     pub retry_delay_scale: f64,
@@ -72,6 +90,9 @@ pub struct DockerConfig {
     /// Per tier 1..=4: (memory bytes, CPU shares).
     pub tiers: [(i64, i64); 4],
     pub call_timeout: Duration,
+    /// `DOCKER_PROBE_SECONDS`: how often the worker checks the engine still answers (or
+    /// answers again).
+    pub probe_every: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +131,7 @@ impl Config {
             platform_url: env.string("PLATFORM_URL", "http://127.0.0.1:8080").trim_end_matches('/').to_string(),
             platform_id: platform_id(env)?,
             log_format,
+            api: ApiConfig::read(env, api_addr)?,
             worker: WorkerConfig::read(env)?,
             docker: DockerConfig::read(env)?,
             ec2: Ec2Config::read(env)?,
@@ -124,12 +146,26 @@ impl Config {
     }
 }
 
-fn platform_id(env: &Env) -> Result<String> {
-    let id = env.string("PLATFORM_ID", "default");
+fn platform_id(env: &Env) -> Result<Option<String>> {
+    let Some(id) = env.get("PLATFORM_ID") else { return Ok(None) };
     if id.len() > 63 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
         return Err(Error::Config(format!("PLATFORM_ID={id:?} must be ≤63 letters, digits, - or _")));
     }
-    Ok(id)
+    Ok(Some(id))
+}
+
+impl ApiConfig {
+    fn read(env: &Env, api_addr: SocketAddr) -> Result<ApiConfig> {
+        let registry_burst: f64 = env.num("REGISTRY_RATE_BURST", 10.0)?;
+        if !(registry_burst.is_finite() && registry_burst >= 1.0) {
+            return Err(Error::Config("REGISTRY_RATE_BURST must be at least 1".into()));
+        }
+        let registry_per_second: f64 = env.num("REGISTRY_RATE_PER_SECOND", 5.0)?;
+        if !(registry_per_second.is_finite() && registry_per_second > 0.0) {
+            return Err(Error::Config("REGISTRY_RATE_PER_SECOND must be a positive number".into()));
+        }
+        Ok(ApiConfig { agent_urls: AgentUrlPolicy::read(env, api_addr)?, registry_burst, registry_per_second })
+    }
 }
 
 impl WorkerConfig {
@@ -151,6 +187,7 @@ impl WorkerConfig {
             heartbeat: env.secs("WORKER_HEARTBEAT_SECONDS", 5)?,
             missed_heartbeats,
             poll_interval: env.secs("WORKER_POLL_INTERVAL_SECONDS", 1)?,
+            op_lease: env.secs("OP_LEASE_SECONDS", 15)?,
             shutdown_grace: env.secs("SHUTDOWN_GRACE_SECONDS", 30)?,
             retry_delay_scale,
             failpoint_after_start: env.opt_secs("FAILPOINT_AFTER_START_SECONDS")?,
@@ -193,6 +230,7 @@ impl DockerConfig {
             default_image: env.get("WORKSPACE_IMAGE_DEFAULT"),
             tiers,
             call_timeout: env.secs("DOCKER_CALL_TIMEOUT_SECONDS", 60)?,
+            probe_every: env.secs("DOCKER_PROBE_SECONDS", 10)?,
         })
     }
 }
@@ -238,6 +276,8 @@ mod tests {
         assert_eq!(c.sweeps.retention.batch, 50);
         assert_eq!(c.sweeps.liveness.stale_after, Duration::from_secs(90));
         assert!(!c.ec2_reachable());
+        assert_eq!(c.api.agent_urls, AgentUrlPolicy { allow_private: false, allow_loopback: true });
+        assert_eq!((c.api.registry_burst, c.api.registry_per_second), (10.0, 5.0));
     }
 
     #[test]
@@ -252,7 +292,14 @@ mod tests {
 
     #[test]
     fn a_malformed_value_names_its_variable() {
-        for (k, v) in [("RETENTION_BATCH", "0"), ("DOCKER_ENABLED", "maybe"), ("PLATFORM_ID", "a b")] {
+        for (k, v) in [
+            ("RETENTION_BATCH", "0"),
+            ("DOCKER_ENABLED", "maybe"),
+            ("PLATFORM_ID", "a b"),
+            ("AGENT_URL_ALLOW_PRIVATE", "perhaps"),
+            ("REGISTRY_RATE_BURST", "0"),
+            ("REGISTRY_RATE_PER_SECOND", "-1"),
+        ] {
             let err = Config::read(&Env::from_pairs([(k, v)])).unwrap_err().to_string();
             assert!(err.contains(k), "{k}={v}: {err}");
         }

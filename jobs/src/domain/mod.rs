@@ -8,7 +8,7 @@ pub mod op;
 pub mod status;
 pub mod workspace;
 
-pub use agent_url::AgentUrl;
+pub use agent_url::{AgentUrl, AgentUrlPolicy};
 pub use op::{Op, OpKind, OpStatus};
 pub use status::Status;
 pub use workspace::{CreateRequest, DeliveryMode, Heartbeat, Patch, Registration, Workspace};

@@ -73,6 +73,10 @@ pub struct Op {
     pub requested_by: String,
     #[serde(skip)]
     pub lease: i64,
+    /// Until when the current claim owns the op; the running handler keeps renewing it.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The worker process holding the current claim.
+    pub claimed_by: Option<String>,
     pub task_id: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,

@@ -1,5 +1,7 @@
 //! The workspace row, its runtimes, and the field rules every request is parsed through.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -55,6 +57,56 @@ pub fn parse_tier(t: i64) -> Result<i32> {
         Ok(t as i32)
     } else {
         Err(Error::Invalid { field: "tier", problem: format!("must be between 1 and 4, got {t}") })
+    }
+}
+
+/// An agent card is stored and served as given; bounded so that one register cannot bloat
+/// the row and every read of it.
+pub const MAX_AGENT_CARD_BYTES: usize = 64 * 1024;
+
+pub fn parse_agent_card(card: Value) -> Result<Value> {
+    let len = serde_json::to_vec(&card)?.len();
+    if len > MAX_AGENT_CARD_BYTES {
+        return Err(Error::Invalid {
+            field: "agent_card",
+            problem: format!("is {len} bytes of JSON; at most {MAX_AGENT_CARD_BYTES} (64 KiB) are accepted"),
+        });
+    }
+    Ok(card)
+}
+
+/// Where a page of the workspace list ends: the last row's place in the list's order
+/// (`created_at`, then `id`). Clients get it as an opaque string and hand it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl ListCursor {
+    pub fn after(ws: &Workspace) -> ListCursor {
+        ListCursor { created_at: ws.created_at, id: ws.id }
+    }
+
+    /// base64url of the microsecond timestamp (Postgres' precision, so it round-trips
+    /// exactly) and the id's bytes.
+    pub fn encode(&self) -> String {
+        let mut bytes = Vec::with_capacity(24);
+        bytes.extend_from_slice(&self.created_at.timestamp_micros().to_be_bytes());
+        bytes.extend_from_slice(self.id.as_bytes());
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    pub fn decode(s: &str) -> Result<ListCursor> {
+        let invalid =
+            || Error::Invalid { field: "cursor", problem: format!("{s:?} is not a cursor this server issued") };
+        let bytes = URL_SAFE_NO_PAD.decode(s).map_err(|_| invalid())?;
+        let (micros, id) = bytes.split_at_checked(8).ok_or_else(invalid)?;
+        let micros = i64::from_be_bytes(micros.try_into().map_err(|_| invalid())?);
+        Ok(ListCursor {
+            created_at: DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?,
+            id: Uuid::from_slice(id).map_err(|_| invalid())?,
+        })
     }
 }
 
@@ -170,6 +222,28 @@ mod tests {
         assert!(parse_name("name", "a\nb", 255).is_err());
         assert!(parse_name("name", "  ", 255).is_err());
         assert!(parse_name("name", &"x".repeat(256), 255).is_err());
+    }
+
+    #[test]
+    fn agent_cards_are_bounded_by_their_json_size() {
+        let fits = serde_json::json!({"skills": "x".repeat(MAX_AGENT_CARD_BYTES - 20)});
+        assert!(parse_agent_card(fits).is_ok());
+        let too_big = serde_json::json!({"skills": "x".repeat(MAX_AGENT_CARD_BYTES)});
+        let err = parse_agent_card(too_big).unwrap_err().to_string();
+        assert!(err.starts_with("agent_card is ") && err.contains("64 KiB"), "{err}");
+    }
+
+    #[test]
+    fn list_cursors_round_trip_and_refuse_anything_else() {
+        let c = ListCursor {
+            created_at: DateTime::from_timestamp_micros(1_795_000_000_123_456).unwrap(),
+            id: Uuid::new_v4(),
+        };
+        assert_eq!(ListCursor::decode(&c.encode()).unwrap(), c);
+        for bad in ["", "not base64!", "AAAA", &URL_SAFE_NO_PAD.encode([0u8; 25])] {
+            let err = ListCursor::decode(bad).unwrap_err().to_string();
+            assert!(err.starts_with("cursor "), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod stop;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::FutureExt;
 use sqlx::PgPool;
@@ -18,29 +19,46 @@ use crate::Result;
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::domain::OpKind;
-use crate::ops::{self, Claim, ClaimResult, Finished, Outcome};
+use crate::ops::{self, Claim, ClaimResult, Claimant, Finished, Outcome};
 use crate::retry::RetryPolicies;
+use crate::store::workspace_ops;
 
 /// What every job a worker process runs shares: the pool, the configuration, the backends
-/// this process reaches and the retry policies (delays already scaled).
+/// this process reaches, the retry policies (delays already scaled) and the process's id
+/// (`worker_processes.id`), which its claims are recorded under.
 pub struct JobContext {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub backends: Backends,
     pub retry: RetryPolicies,
+    pub process_id: String,
+    /// When this process started (its own clock: only its uptime is measured with it).
+    pub started: std::time::Instant,
 }
 
 impl JobContext {
-    pub fn new(pool: PgPool, config: Arc<Config>, backends: Backends) -> JobContext {
+    pub fn new(pool: PgPool, config: Arc<Config>, backends: Backends, process_id: String) -> JobContext {
         let retry = RetryPolicies::scaled(config.worker.retry_delay_scale);
-        JobContext { pool, config, backends, retry }
+        JobContext { pool, config, backends, retry, process_id, started: std::time::Instant::now() }
+    }
+
+    /// This process as a claimant, with the backends it reaches now.
+    pub fn claimant(&self) -> Claimant<'_> {
+        let reaches = self.backends.all().iter().map(|b| b.kind()).collect();
+        Claimant {
+            worker: &self.process_id,
+            lease: self.config.worker.op_lease,
+            starts: self.backends.for_new_instance().is_some(),
+            reaches,
+        }
     }
 }
 
 /// Runs the op delivered by apalis task `task_id`. Returns an error only when the database
 /// cannot be reached to record anything; every other failure is recorded on the op.
 pub async fn run_op(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> {
-    let claim = match ops::claim(&ctx.pool, op_id, task_id).await? {
+    let ttl = ctx.config.worker.op_lease;
+    let claim = match ops::claim(&ctx.pool, op_id, task_id, &ctx.claimant()).await? {
         ClaimResult::Claimed(c) => c,
         ClaimResult::Skip(why) => {
             tracing::info!(%op_id, job_id = task_id, reason = %why, "nothing to do for task");
@@ -52,7 +70,14 @@ pub async fn run_op(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> 
         kind = kind.as_str(), attempt = claim.op.attempts);
     async {
         tracing::info!(reason = %claim.op.reason, "op started");
-        let outcome = match AssertUnwindSafe(execute(ctx, &claim, kind)).catch_unwind().await {
+        let work = AssertUnwindSafe(execute(ctx, &claim, kind)).catch_unwind();
+        // The lease is renewed beside the work, not by it, so a handler blocked in a
+        // backend call still holds its op; the renewal ends with the work.
+        let outcome = tokio::select! {
+            done = work => done,
+            never = keep_lease(ctx, &claim, ttl) => match never {},
+        };
+        let outcome = match outcome {
             Ok(Ok(o)) => o,
             // Database trouble mid-job: the work is idempotent, so try again later.
             Ok(Err(e)) => Outcome::Retry(format!("internal error: {e}")),
@@ -74,6 +99,22 @@ pub async fn run_op(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> 
     }
     .instrument(span)
     .await
+}
+
+/// Renews the claim's lease every third of its length until dropped. A renewal that finds
+/// the claim superseded stops renewing; the handler's writes are fenced anyway.
+async fn keep_lease(ctx: &JobContext, claim: &Claim, ttl: Duration) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match workspace_ops::renew_lease(&ctx.pool, claim.op.id, claim.lease, ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("lease lost: the op was taken over or ended; this attempt's writes will be fenced");
+                return std::future::pending().await;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew the op's lease; trying again"),
+        }
+    }
 }
 
 async fn execute(ctx: &JobContext, claim: &Claim, kind: OpKind) -> Result<Outcome> {

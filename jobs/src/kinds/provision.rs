@@ -1,31 +1,44 @@
-//! Provision: choose the backend, record it on the workspace, rotate the token, start the
-//! instance idempotently. The workspace stays `provisioning`; its agent brings it online.
+//! Provision: choose the backend, record it on the workspace, revoke the old credentials,
+//! mint the new instance's bootstrap secret, start the instance idempotently. The workspace
+//! stays `provisioning`; its agent brings it online by registering with that secret.
 
 use serde_json::json;
 
 use crate::Result;
-use crate::backend::{NO_BACKEND_MESSAGE, StartSpec};
+use crate::backend::{BackendError, InstanceState, NO_BACKEND_MESSAGE, StartSpec};
 use crate::domain::Status;
 use crate::events;
 use crate::kinds::JobContext;
 use crate::ops::{Claim, Outcome};
-use crate::store::{worker_processes, workspace_tokens, workspaces};
+use crate::store::{worker_processes, workspace_bootstraps, workspace_tokens, workspaces};
 use crate::transition;
 
 pub async fn run(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
     if let Some(ws) = workspaces::get(&ctx.pool, claim.op.workspace_id).await?
         && matches!(ws.status, Status::Online | Status::Degraded)
+        && let (Some(kind), Some(instance)) = (ws.backend, ws.instance_ref.as_deref().filter(|r| !r.is_empty()))
+        && let Some(backend) = ctx.backends.get(kind)
     {
         // A re-delivered provision whose instance already came up (its worker died after
-        // the start): the agent registered, so the work is done.
-        return Ok(Outcome::Succeeded("the agent had already registered; nothing to start".into()));
+        // the start) is done, but only if that instance is still running: a registration
+        // alone proves nothing about what runs now.
+        match backend.status(instance).await {
+            Ok(InstanceState::Running) => {
+                return Ok(Outcome::Succeeded(format!(
+                    "{} {instance} is running and its agent registered; nothing to start",
+                    kind.as_str()
+                )));
+            }
+            Ok(state) => tracing::info!(?state, instance, "the registered instance is not running; starting anew"),
+            Err(e) => return Ok(Outcome::Retry(format!("could not check {} {instance}: {e}", kind.as_str()))),
+        }
     }
     start_instance(ctx, claim).await
 }
 
 /// Shared with restart, which stops the old instance first.
 pub async fn start_instance(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
-    let Some(backend) = ctx.backends.for_new_instance().cloned() else {
+    let Some(backend) = ctx.backends.for_new_instance() else {
         // In a mixed fleet another worker may reach a backend: leave the op to it.
         if worker_processes::any_live_backend(&ctx.pool).await? == Some(true) {
             return Ok(Outcome::Retry("this worker reaches no backend; leaving the op to one that does".into()));
@@ -50,26 +63,28 @@ pub async fn start_instance(ctx: &JobContext, claim: &Claim) -> Result<Outcome> 
     // still know where to look.
     let kind = backend.kind();
     let provisional_ref = ws.instance_ref.clone().filter(|_| ws.backend == Some(kind)).unwrap_or_default();
-    workspaces::record_instance(&mut tx, ws.id, kind, &provisional_ref).await?;
-    // Old tokens die with the old instance; backends that cannot deliver one leave the
-    // agent to bootstrap through register.
+    workspaces::mark_starting(&mut tx, ws.id, kind, &provisional_ref).await?;
+    // Old credentials die with the old instance: only the one started now can register.
     workspace_tokens::revoke_all(&mut tx, ws.id).await?;
-    let token = if backend.delivers_token() { Some(workspace_tokens::mint(&mut tx, ws.id).await?) } else { None };
+    let valid_for = ctx.config.sweeps.provision_timeout.timeout(&ws.runtime);
+    let bootstrap_secret = workspace_bootstraps::mint(&mut tx, ws.id, claim.op.id, valid_for).await?;
     tx.commit().await?;
 
     let spec = StartSpec {
         workspace_id: ws.id,
         op_id: claim.op.id,
-        attempt: claim.lease,
+        op_seq: claim.op.seq,
+        lease: claim.lease,
         runtime: ws.runtime.clone(),
         tier: ws.tier,
         model: ws.model.clone(),
         platform_url: ctx.config.platform_url.clone(),
-        token,
+        bootstrap_secret,
         heartbeat_interval_secs: (ctx.config.sweeps.liveness.stale_after.as_secs() / 3).clamp(1, 30),
     };
     let started = match backend.start(&spec).await {
         Ok(s) => s,
+        Err(BackendError::Superseded(why)) => return Ok(Outcome::Skipped(why)),
         Err(e) if e.is_transient() => return Ok(Outcome::Retry(format!("{} start failed: {e}", kind.as_str()))),
         Err(e) => return Ok(Outcome::Failed(format!("{} start failed: {e}", kind.as_str()))),
     };
@@ -80,7 +95,12 @@ pub async fn start_instance(ctx: &JobContext, claim: &Claim) -> Result<Outcome> 
     }
     let mut tx = ctx.pool.begin().await?;
     if let Err(f) = claim.fence(&mut tx).await? {
-        // The replacing worker records its own instance; ours has the same name/token scope.
+        // Superseded while starting: what this start made must not outlive it (its secret
+        // is revoked already; the claim that superseded us records its own instance).
+        drop(tx);
+        if let Err(e) = backend.discard(&started).await {
+            tracing::warn!(error = %e, made = %started.made, "could not discard a superseded start; the orphans sweep will");
+        }
         return Ok(Outcome::Skipped(f.to_string()));
     }
     workspaces::record_instance(&mut tx, ws.id, kind, &started.instance_ref).await?;

@@ -36,7 +36,8 @@ pub async fn run(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
         }
     }
     tx.commit().await?;
-    let stopped = (|| stop::stop_recorded(ctx, &ws))
+    // A retried restart keeps what its earlier attempt started, for the start to adopt.
+    let stopped = (|| stop::stop_recorded(ctx, &ws, Some(claim.op.seq)))
         .retry(ExponentialBuilder::default().with_min_delay(Duration::from_secs(1)).with_max_times(2).with_jitter())
         .when(|e| e.is_transient())
         .await;

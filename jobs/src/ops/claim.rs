@@ -1,13 +1,28 @@
 //! Claiming an op for one delivery of its task, and the lease that fences every write made
 //! on the claim's behalf.
 
+use std::time::Duration;
+
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::announce;
+use super::{announce, deliver};
 use crate::Result;
-use crate::domain::{Op, Workspace};
-use crate::store::{workspace_ops, workspaces};
+use crate::backend::BackendKind;
+use crate::domain::{Op, OpKind, Workspace};
+use crate::store::{worker_processes, workspace_ops, workspaces};
+
+/// Who claims: a worker process, what it can reach, and how long its lease lasts.
+#[derive(Debug, Clone)]
+pub struct Claimant<'a> {
+    /// `worker_processes.id`, recorded as the op's `claimed_by`.
+    pub worker: &'a str,
+    pub lease: Duration,
+    /// Whether it can start new instances at all.
+    pub starts: bool,
+    /// The backends it reaches for instances already recorded.
+    pub reaches: Vec<BackendKind>,
+}
 
 /// A claimed op: the lease fences every write made on its behalf.
 #[derive(Debug, Clone)]
@@ -23,13 +38,28 @@ pub enum ClaimResult {
     Skip(String),
 }
 
-/// Claims `op_id` for the delivery of apalis task `task_id`.
-pub async fn claim(pool: &PgPool, op_id: Uuid, task_id: &str) -> Result<ClaimResult> {
+/// A deferred redelivery lands this long after the lease it waits for would expire, so it
+/// finds the lease renewed or expired, not about to expire.
+const DEFER_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long an op left to other workers waits for its next delivery.
+const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
+
+/// Claims `op_id` for the delivery of apalis task `task_id`. Two cases give the op a new
+/// task and drop this one instead:
+/// - a running op whose lease has not expired is not taken over: its holder is alive (it
+///   renews the lease) whatever apalis concluded from its own heartbeat; the new task is
+///   due when that lease would expire;
+/// - an op needing a backend the claimant lacks, while another live worker advertises it:
+///   claiming it here would only use up an attempt.
+pub async fn claim(pool: &PgPool, op_id: Uuid, task_id: &str, claimant: &Claimant<'_>) -> Result<ClaimResult> {
     let mut tx = pool.begin().await?;
     let Some(workspace_id) = workspace_ops::workspace_of(&mut *tx, op_id).await? else {
         return Ok(ClaimResult::Skip(format!("op {op_id} does not exist")));
     };
-    workspaces::lock(&mut tx, workspace_id).await?;
+    let Some(ws) = workspaces::lock(&mut tx, workspace_id).await? else {
+        return Ok(ClaimResult::Skip(format!("workspace {workspace_id} does not exist")));
+    };
     let Some(op) = workspace_ops::lock(&mut tx, op_id).await? else {
         return Ok(ClaimResult::Skip(format!("op {op_id} does not exist")));
     };
@@ -47,10 +77,51 @@ pub async fn claim(pool: &PgPool, op_id: Uuid, task_id: &str) -> Result<ClaimRes
         tx.commit().await?;
         return Ok(ClaimResult::Skip(format!("op {} of the same workspace runs first", head.id)));
     }
-    let op = workspace_ops::mark_running(&mut tx, op_id).await?;
+    if let Some(left) = workspace_ops::lease_left(&mut tx, op.id).await? {
+        let task = deliver(&mut tx, op.id, Some(left + DEFER_MARGIN)).await?;
+        tx.commit().await?;
+        return Ok(ClaimResult::Skip(format!(
+            "op is running under a live lease held by {}; redelivery deferred by {} ms as task {task}",
+            op.claimed_by.as_deref().unwrap_or("an unknown worker"),
+            (left + DEFER_MARGIN).as_millis()
+        )));
+    }
+    if let Some(needed) = needed_elsewhere(&mut tx, &op, &ws, claimant).await? {
+        let task = deliver(&mut tx, op.id, Some(ELSEWHERE_DELAY)).await?;
+        tx.commit().await?;
+        return Ok(ClaimResult::Skip(format!(
+            "this worker cannot reach {needed} and another live worker can: left to it, redelivered as task {task}"
+        )));
+    }
+    let op = workspace_ops::mark_running(&mut tx, op_id, claimant.lease, claimant.worker).await?;
     announce(&mut tx, &op).await?;
     tx.commit().await?;
     Ok(ClaimResult::Claimed(Box::new(Claim { lease: op.lease, op })))
+}
+
+/// The backend the op needs when the claimant lacks it and another live worker advertises it.
+async fn needed_elsewhere(
+    conn: &mut PgConnection,
+    op: &Op,
+    ws: &Workspace,
+    claimant: &Claimant<'_>,
+) -> Result<Option<&'static str>> {
+    // A recorded instance needs its own backend to be stopped (stop, and restart's first half).
+    if matches!(op.kind, OpKind::Stop | OpKind::Restart)
+        && let Some(kind) = ws.backend
+        && !claimant.reaches.contains(&kind)
+        && worker_processes::others_advertise(&mut *conn, claimant.worker, Some(kind.as_str())).await?
+    {
+        return Ok(Some(kind.as_str()));
+    }
+    if matches!(op.kind, OpKind::Provision | OpKind::Restart)
+        && !ws.external
+        && !claimant.starts
+        && worker_processes::others_advertise(&mut *conn, claimant.worker, None).await?
+    {
+        return Ok(Some("any backend"));
+    }
+    Ok(None)
 }
 
 #[derive(Debug, thiserror::Error)]

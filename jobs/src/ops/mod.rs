@@ -17,7 +17,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-pub use claim::{Claim, ClaimResult, Fenced, claim};
+pub use claim::{Claim, ClaimResult, Claimant, Fenced, claim};
 pub use finish::{Finished, Outcome, finish, report_leak_suspect};
 pub use redelivery::redeliver_stranded;
 pub use sequencing::{advance, cancel_queued_starts, request};

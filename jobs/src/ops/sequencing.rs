@@ -1,6 +1,5 @@
 //! Adding ops, canceling queued ones, and handing the head op its task.
 
-use chrono::Utc;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -55,7 +54,10 @@ pub async fn advance(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Opti
     if op.status != OpStatus::Queued || op.task_id.is_some() {
         return Ok(None);
     }
-    let delay = op.next_attempt_at.map(|t| (t - Utc::now()).to_std().unwrap_or_default());
+    let delay = match op.next_attempt_at {
+        Some(_) => workspace_ops::due_in(conn, op.id).await?,
+        None => None,
+    };
     let task = deliver(conn, op.id, delay).await?;
     Ok(Some((op.id, task)))
 }

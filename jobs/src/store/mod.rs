@@ -5,9 +5,11 @@
 //! only way a status is ever written.
 
 pub mod apalis;
+pub mod platform;
 pub mod structure_events;
 pub mod sweep_runs;
 pub mod worker_processes;
+pub mod workspace_bootstraps;
 pub mod workspace_ops;
 pub mod workspace_tokens;
 pub mod workspaces;
@@ -20,6 +22,14 @@ use crate::Result;
 /// for a transaction that rolls back.
 pub async fn notify(conn: &mut PgConnection, channel: &str, payload: &str) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(conn).await?;
+    Ok(())
+}
+
+/// Lifts the pool's idle-in-transaction limit for the rest of the caller's transaction, for
+/// one that holds a lock while it waits on something other than the database (a sweep's
+/// overlap guard, an orphan reap's backend call).
+pub async fn allow_idle(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SET LOCAL idle_in_transaction_session_timeout = 0").execute(conn).await?;
     Ok(())
 }
 

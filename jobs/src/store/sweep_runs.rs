@@ -27,6 +27,8 @@ pub async fn claim(conn: &mut PgConnection, sweep: &str, period: Duration) -> Re
 /// caller's transaction lasts; `false` when another run holds it. Released at commit,
 /// rollback, or when the connection dies with its process.
 pub async fn try_lock(conn: &mut PgConnection, sweep: &str) -> Result<bool> {
+    // The guard idles for the whole run by design.
+    super::allow_idle(conn).await?;
     Ok(sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext('sweep_runs:' || $1))")
         .bind(sweep)
         .fetch_one(conn)

@@ -39,6 +39,19 @@ pub async fn any_live_backend<'e>(db: impl PgExecutor<'e>) -> Result<Option<bool
     Ok(if row.0 == 0 { None } else { Some(row.1 > 0) })
 }
 
+/// Whether a live worker other than `me` advertises `backend` (`None`: any backend).
+pub async fn others_advertise<'e>(db: impl PgExecutor<'e>, me: &str, backend: Option<&str>) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM worker_processes
+                         WHERE last_seen > now() - interval '30 seconds' AND id <> $1
+                           AND CASE WHEN $2::text IS NULL THEN cardinality(backends) > 0 ELSE $2 = ANY(backends) END)",
+    )
+    .bind(me)
+    .bind(backend)
+    .fetch_one(db)
+    .await?)
+}
+
 /// Forgets processes silent for an hour.
 pub async fn purge_dead<'e>(db: impl PgExecutor<'e>) -> Result<u64> {
     Ok(sqlx::query("DELETE FROM worker_processes WHERE last_seen < now() - interval '1 hour'")

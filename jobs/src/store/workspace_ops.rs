@@ -10,7 +10,7 @@ use crate::{Error, Result};
 macro_rules! columns {
     () => {
         "id, seq, workspace_id, kind, reason, status, attempts, max_attempts, last_error, result, requested_by, \
-         lease, task_id, next_attempt_at, created_at, started_at, finished_at, updated_at"
+         lease, lease_until, claimed_by, task_id, next_attempt_at, created_at, started_at, finished_at, updated_at"
     };
 }
 
@@ -127,18 +127,62 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Op>> {
         .await?)
 }
 
-/// A claim: the op runs, with one more attempt and a new lease.
-pub async fn mark_running(conn: &mut PgConnection, id: Uuid) -> Result<Op> {
+/// A claim: the op runs, with one more attempt and a new lease owned by `claimed_by` for `ttl`.
+pub async fn mark_running(conn: &mut PgConnection, id: Uuid, ttl: Duration, claimed_by: &str) -> Result<Op> {
     Ok(sqlx::query_as::<_, Op>(concat!(
         "UPDATE workspace_ops
             SET status = 'running', attempts = attempts + 1, lease = lease + 1,
+                lease_until = clock_timestamp() + $2 * interval '1 millisecond', claimed_by = $3,
                 started_at = coalesce(started_at, now()), next_attempt_at = NULL, updated_at = now()
           WHERE id = $1 RETURNING ",
         columns!()
     ))
     .bind(id)
+    .bind(ttl.as_millis() as f64)
+    .bind(claimed_by)
     .fetch_one(conn)
     .await?)
+}
+
+/// How long the running op's current lease still has, by the database's clock; `None` when
+/// the op is not running or its lease has expired.
+pub async fn lease_left(conn: &mut PgConnection, id: Uuid) -> Result<Option<Duration>> {
+    let ms: Option<f64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM lease_until - clock_timestamp()) * 1000)::float8 FROM workspace_ops
+          WHERE id = $1 AND status = 'running' AND lease_until > clock_timestamp()",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(ms.map(|ms| Duration::from_millis(ms.max(0.0) as u64)))
+}
+
+/// Extends the lease of claim `lease` by `ttl` from now; false when the claim no longer
+/// owns the op (it finished, or another worker took it over).
+pub async fn renew_lease<'e>(db: impl PgExecutor<'e>, id: Uuid, lease: i64, ttl: Duration) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE workspace_ops SET lease_until = clock_timestamp() + $3 * interval '1 millisecond'
+          WHERE id = $1 AND lease = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(lease)
+    .bind(ttl.as_millis() as f64)
+    .execute(db)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// How long until the op's next attempt is due, by the database's clock.
+pub async fn due_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<Duration>> {
+    let ms: Option<f64> = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM next_attempt_at - clock_timestamp()) * 1000)::float8 FROM workspace_ops
+          WHERE id = $1 AND next_attempt_at > clock_timestamp()",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(ms.map(|ms| Duration::from_millis(ms.max(0.0) as u64)))
 }
 
 /// Locks the op if `lease` still owns it: running, and not claimed again since.

@@ -28,15 +28,6 @@ pub async fn revoke_all(conn: &mut PgConnection, workspace_id: Uuid) -> Result<u
         .rows_affected())
 }
 
-pub async fn has_live<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid) -> Result<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM workspace_tokens WHERE workspace_id = $1 AND revoked_at IS NULL)",
-    )
-    .bind(workspace_id)
-    .fetch_one(db)
-    .await?)
-}
-
 /// The workspace a live token belongs to. Tokens of removed workspaces are dead too.
 pub async fn validate<'e>(db: impl PgExecutor<'e>, plaintext: &str) -> Result<Option<Uuid>> {
     Ok(sqlx::query_scalar(

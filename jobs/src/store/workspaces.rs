@@ -6,6 +6,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::backend::BackendKind;
+use crate::domain::workspace::ListCursor;
 use crate::domain::{AgentUrl, CreateRequest, DeliveryMode, Heartbeat, Patch, Status, Workspace};
 use crate::{Error, Result};
 
@@ -64,20 +65,39 @@ pub async fn lock_existing(conn: &mut PgConnection, id: Uuid) -> Result<Workspac
     lock(conn, id).await?.ok_or_else(|| Error::workspace_not_found(id))
 }
 
+/// Every workspace that is not removed, filtered, in creation order.
 pub async fn list<'e>(
     db: impl PgExecutor<'e>,
     status: Option<Status>,
     parent_id: Option<Uuid>,
+) -> Result<Vec<Workspace>> {
+    list_page(db, status, parent_id, None, i64::MAX).await
+}
+
+/// One page of [`list`]: the rows after `after` in the same order, at most `limit` of them.
+/// The order is total (`created_at`, then `id`), so a page boundary never skips or repeats
+/// a row, however many rows share a timestamp.
+pub async fn list_page<'e>(
+    db: impl PgExecutor<'e>,
+    status: Option<Status>,
+    parent_id: Option<Uuid>,
+    after: Option<&ListCursor>,
+    limit: i64,
 ) -> Result<Vec<Workspace>> {
     Ok(sqlx::query_as::<_, Workspace>(concat!(
         "SELECT ",
         columns!(),
         " FROM workspaces
           WHERE status <> 'removed' AND ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR parent_id = $2)
-          ORDER BY created_at, id"
+            AND ($3::timestamptz IS NULL OR (created_at, id) > ($3, $4::uuid))
+          ORDER BY created_at, id
+          LIMIT $5"
     ))
     .bind(status)
     .bind(parent_id)
+    .bind(after.map(|c| c.created_at))
+    .bind(after.map(|c| c.id))
+    .bind(limit)
     .fetch_all(db)
     .await?)
 }
@@ -172,6 +192,22 @@ pub async fn record_instance(
     Ok(())
 }
 
+/// Records where a start is about to run, and when it began: the provision timeout counts
+/// from here, never from time spent in the queue. `clock_timestamp()`, not `now()`: the
+/// transaction may have begun before the one that made the workspace `provisioning`.
+pub async fn mark_starting(conn: &mut PgConnection, id: Uuid, backend: BackendKind, instance_ref: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE workspaces SET backend = $2, instance_ref = $3, instance_started_at = clock_timestamp(),
+                updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .bind(backend)
+    .bind(instance_ref)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn clear_instance(conn: &mut PgConnection, id: Uuid) -> Result<()> {
     sqlx::query("UPDATE workspaces SET instance_ref = NULL, updated_at = now() WHERE id = $1")
         .bind(id)
@@ -263,11 +299,31 @@ pub async fn record_heartbeat(
     .await?)
 }
 
-/// `(id, runtime, status_changed_at)` of every workspace in `provisioning`.
-pub async fn provisioning<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(Uuid, String, DateTime<Utc>)>> {
-    Ok(sqlx::query_as("SELECT id, runtime, status_changed_at FROM workspaces WHERE status = 'provisioning'")
-        .fetch_all(db)
-        .await?)
+/// `(id, runtime, status_changed_at, running for)` of every workspace in `provisioning`
+/// whose instance was started since it became so, with how long ago that start was by
+/// the database's clock. A workspace still waiting for its start is not listed.
+pub async fn provisioning<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(Uuid, String, DateTime<Utc>, Duration)>> {
+    let rows: Vec<(Uuid, String, DateTime<Utc>, f64)> = sqlx::query_as(
+        "SELECT id, runtime, status_changed_at,
+                (extract(epoch FROM clock_timestamp() - instance_started_at) * 1000)::float8
+           FROM workspaces
+          WHERE status = 'provisioning' AND instance_started_at >= status_changed_at",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(id, rt, since, ms)| (id, rt, since, Duration::from_millis(ms.max(0.0) as u64))).collect())
+}
+
+/// How long since the workspace's last sign of life, by the database's clock.
+pub async fn silent_for(conn: &mut PgConnection, id: Uuid) -> Result<Duration> {
+    let ms: f64 = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM clock_timestamp() - coalesce(last_heartbeat_at, status_changed_at)) * 1000)::float8
+           FROM workspaces WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await?;
+    Ok(Duration::from_millis(ms.max(0.0) as u64))
 }
 
 /// Online or degraded workspaces whose last sign of life is older than `stale_after`.

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -43,10 +42,10 @@ pub async fn run(pool: &PgPool, settings: &Settings) -> Result<String> {
     for id in &ids {
         let mut tx = pool.begin().await?;
         let Some(ws) = workspaces::lock(&mut tx, *id).await? else { continue };
-        // Re-check under the lock: a heartbeat may have arrived since the scan.
-        let fresh = ws.last_heartbeat_at.unwrap_or(ws.status_changed_at);
+        // Re-check under the lock: a heartbeat may have arrived since the scan. Silence is
+        // measured by the database's clock, like the heartbeat's own timestamp.
         if !matches!(ws.status, Status::Online | Status::Degraded)
-            || (Utc::now() - fresh).to_std().unwrap_or_default() < stale
+            || workspaces::silent_for(&mut tx, ws.id).await? < stale
         {
             continue;
         }

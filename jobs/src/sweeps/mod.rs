@@ -113,6 +113,11 @@ pub async fn run(ctx: &JobContext, task: &SweepTask) -> Result<()> {
             provision_timeout::run(&ctx.pool, &settings.provision_timeout, &ctx.config.platform_url).await
         }
         SweepKind::Liveness => liveness::run(&ctx.pool, &settings.liveness).await,
+        SweepKind::Orphans if ctx.started.elapsed() < settings.orphans.start_grace => Ok(format!(
+            "skipped: this worker started {}s ago and reaps nothing before ORPHANS_START_GRACE_SECONDS={}",
+            ctx.started.elapsed().as_secs(),
+            settings.orphans.start_grace.as_secs()
+        )),
         SweepKind::Orphans => orphans::run(&ctx.pool, &ctx.backends, &settings.orphans).await,
         SweepKind::Retention => retention::run(&ctx.pool, &settings.retention).await.map(|p| p.to_string()),
     };

@@ -21,12 +21,12 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Result;
-use crate::backend::{Backend, BackendKind, Backends, ManagedInstance};
+use crate::backend::{Backend, BackendKind, Backends, InstanceState, ManagedInstance};
 use crate::config::Env;
 use crate::domain::{OpKind, Status};
 use crate::events;
 use crate::ops;
-use crate::store::{workspace_ops, workspace_tokens, workspaces};
+use crate::store::{self, workspace_ops, workspace_tokens, workspaces};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -35,13 +35,22 @@ pub struct Settings {
     /// `STALE_TOKEN_AFTER_SECONDS`: a live token of a workspace with no running instance is
     /// revoked after this long unused.
     pub stale_token_after: Duration,
+    /// `ORPHANS_START_GRACE_SECONDS` (0 allowed): a worker reaps nothing until it has run
+    /// this long, so one started by mistake against another deployment's engine or account
+    /// can be stopped before it touches anything.
+    pub start_grace: Duration,
 }
 
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Settings> {
+        let grace: f64 = env.num("ORPHANS_START_GRACE_SECONDS", 60.0)?;
+        if !(0.0..=86_400.0).contains(&grace) {
+            return Err(crate::Error::Config("ORPHANS_START_GRACE_SECONDS must be between 0 and 86400".into()));
+        }
         Ok(Settings {
             every: env.secs("SWEEP_ORPHANS_SECONDS", 60)?,
             stale_token_after: env.secs("STALE_TOKEN_AFTER_SECONDS", 300)?,
+            start_grace: Duration::from_secs_f64(grace),
         })
     }
 }
@@ -67,7 +76,7 @@ pub async fn run(pool: &PgPool, backends: &Backends, settings: &Settings) -> Res
             {
                 running_workspaces.insert(id);
             }
-            match judge(pool, backend, &inst).await {
+            match judge(pool, &backend, &inst).await {
                 Ok(Verdict::Keep) => {}
                 Ok(Verdict::Reaped) => reaped += 1,
                 Ok(Verdict::StopQueued) => stop_ops += 1,
@@ -90,30 +99,32 @@ enum Verdict {
     StopQueued,
 }
 
+/// Decides and acts under the workspace's row lock, held across the backend call: a verb, a
+/// claim or a start fence in between would otherwise slip past a decision made on a stale
+/// read. (Every start fences on this lock before it touches the backend.)
 async fn judge(pool: &PgPool, backend: &Arc<dyn Backend>, inst: &ManagedInstance) -> Result<Verdict> {
     let kind = backend.kind();
+    let mut tx = pool.begin().await?;
+    store::allow_idle(&mut tx).await?;
     let ws = match inst.workspace_id {
-        Some(id) => workspaces::get(pool, id).await?,
+        Some(id) => workspaces::lock(&mut tx, id).await?,
         None => None,
     };
+    // The inventory was read before the lock: a stop may have removed the instance since.
+    if backend.status(&inst.instance_ref).await? == InstanceState::Missing {
+        return Ok(Verdict::Keep);
+    }
     let Some(ws) = ws else {
-        return reap(pool, backend, inst, "no workspace row", true).await;
+        return reap(tx, backend, inst, "no workspace row", true).await;
     };
-    let unfinished = workspace_ops::has_unfinished(pool, ws.id).await?;
+    let unfinished = workspace_ops::has_unfinished(&mut *tx, ws.id).await?;
     let on_recorded_backend = ws.backend == Some(kind);
     match ws.status {
         Status::Removed | Status::Paused if on_recorded_backend => {
             if unfinished || (ws.status == Status::Paused && !inst.running) {
                 return Ok(Verdict::Keep);
             }
-            let mut tx = pool.begin().await?;
-            let Some(locked) = workspaces::lock(&mut tx, ws.id).await? else { return Ok(Verdict::Keep) };
-            // Re-check under the lock: a resume since the scan must not be undone.
-            let still_unfinished = workspace_ops::has_unfinished(&mut *tx, ws.id).await?;
-            if locked.status != ws.status || still_unfinished {
-                return Ok(Verdict::Keep);
-            }
-            let (op, new) = ops::request(&mut tx, &locked, OpKind::Stop, "orphan", "sweep:orphans").await?;
+            let (op, new) = ops::request(&mut tx, &ws, OpKind::Stop, "orphan", "sweep:orphans").await?;
             events::record(
                 &mut tx,
                 events::ORPHAN_FOUND,
@@ -126,23 +137,24 @@ async fn judge(pool: &PgPool, backend: &Arc<dyn Backend>, inst: &ManagedInstance
                 "orphans: instance of a {} workspace is still there; stop queued", ws.status);
             Ok(Verdict::StopQueued)
         }
-        Status::Removed => reap(pool, backend, inst, "workspace removed and recorded on another backend", true).await,
+        Status::Removed => reap(tx, backend, inst, "workspace removed and recorded on another backend", true).await,
         _ if !on_recorded_backend && !unfinished => {
-            reap(pool, backend, inst, "workspace runs on another backend", true).await
+            reap(tx, backend, inst, "workspace runs on another backend", true).await
         }
         // A live workspace's instance that is not the recorded one (a restart whose stop of
         // the old instance gave up), with nothing in flight that could still record it.
         _ if !unfinished && ws.instance_ref.as_deref().is_some_and(|r| !r.is_empty() && r != inst.instance_ref) => {
-            reap(pool, backend, inst, "not the workspace's recorded instance", false).await
+            reap(tx, backend, inst, "not the workspace's recorded instance", false).await
         }
         _ => Ok(Verdict::Keep),
     }
 }
 
 /// Stops the instance; with `whole_workspace`, every instance of its workspace on this
-/// backend (a stop given the nil id touches only the instance named).
+/// backend (a stop given the nil id touches only the instance named). The event is written
+/// in `tx`, which holds the workspace's lock until the reap is done, and committed.
 async fn reap(
-    pool: &PgPool,
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
     backend: &Arc<dyn Backend>,
     inst: &ManagedInstance,
     why: &str,
@@ -150,9 +162,8 @@ async fn reap(
 ) -> Result<Verdict> {
     let kind = backend.kind();
     let ws_id = inst.workspace_id.unwrap_or(Uuid::nil());
-    backend.stop(if whole_workspace { ws_id } else { Uuid::nil() }, &inst.instance_ref).await?;
+    backend.stop(if whole_workspace { ws_id } else { Uuid::nil() }, &inst.instance_ref, None).await?;
     tracing::warn!(workspace_id = %ws_id, backend = kind.as_str(), instance = %inst.instance_ref, reason = why, "orphans: reaped instance");
-    let mut tx = pool.begin().await?;
     events::record(
         &mut tx,
         events::ORPHAN_REAPED,

@@ -1,9 +1,9 @@
 //! Workspaces stuck in `provisioning` past their runtime's timeout become `failed`, with a
-//! reason that says what to look at.
+//! reason that says what to look at. The clock starts when the instance is started, not
+//! when the request was queued: a backlog or a worker outage fails nothing.
 
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -45,9 +45,9 @@ impl Settings {
 /// `platform_url` is named in the reason: an agent that cannot reach it never registers.
 pub async fn run(pool: &PgPool, settings: &Settings, platform_url: &str) -> Result<String> {
     let mut failed = 0;
-    for (id, runtime, since) in workspaces::provisioning(pool).await? {
+    for (id, runtime, since, started_for) in workspaces::provisioning(pool).await? {
         let timeout = settings.timeout(&runtime);
-        if (Utc::now() - since).to_std().unwrap_or_default() < timeout {
+        if started_for < timeout {
             continue;
         }
         let mut tx = pool.begin().await?;

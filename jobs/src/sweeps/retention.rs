@@ -80,7 +80,7 @@ where
 
 pub async fn run(pool: &PgPool, s: &Settings) -> Result<Purged> {
     let batch = s.batch;
-    apalis::kill_panic_residue(pool).await?;
+    apalis::kill_panic_residue(pool, crate::queue::LIFECYCLE_QUEUE).await?;
     let (jobs, batches) = in_batches(batch, || apalis::purge_finished(pool, s.jobs, batch)).await?;
     let (ops, _) = in_batches(batch, || workspace_ops::purge_finished(pool, s.ops, batch)).await?;
     let (events, _) = in_batches(batch, || structure_events::purge_older(pool, s.events, batch)).await?;

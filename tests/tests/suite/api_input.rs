@@ -161,5 +161,6 @@ async fn workspace_tokens_open_only_their_own_workspace() {
         StatusCode::UNAUTHORIZED
     );
     let hb = json!({"workspace_id": a_id}).to_string();
-    assert_eq!(stack.raw("POST", "/registry/heartbeat", None, Some(&hb)).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(stack.raw("POST", "/registry/heartbeat", None, Some(&hb)).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(stack.raw("POST", "/registry/heartbeat", Some(ADMIN), Some(&hb)).await.status, StatusCode::NOT_FOUND);
 }

@@ -62,10 +62,31 @@ async fn task(pool: &PgPool, task_id: &str) -> (String, bool) {
 /// Claims the op for the delivery of its current task.
 async fn claim(pool: &PgPool, op_id: Uuid) -> Claim {
     let task = op(pool, op_id).await.task_id.expect("the op has a task");
-    match ops::claim(pool, op_id, &task).await.expect("claim") {
+    match ops::claim(pool, op_id, &task, &claimant("test-worker")).await.expect("claim") {
         ClaimResult::Claimed(c) => *c,
         ClaimResult::Skip(why) => panic!("claim of {op_id} skipped: {why}"),
     }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// A worker that reaches every backend.
+fn claimant(worker: &str) -> ops::Claimant<'_> {
+    ops::Claimant {
+        worker,
+        lease: LEASE,
+        starts: true,
+        reaches: vec![jobs::backend::BackendKind::Docker, jobs::backend::BackendKind::Ec2],
+    }
+}
+
+/// Ends the claim's lease as if its worker had stopped renewing it long ago.
+async fn expire_lease(pool: &PgPool, op_id: Uuid) {
+    sqlx::query("UPDATE workspace_ops SET lease_until = now() - interval '1 second' WHERE id = $1")
+        .bind(op_id)
+        .execute(pool)
+        .await
+        .expect("expire the lease");
 }
 
 fn fast() -> RetryPolicies {
@@ -162,7 +183,7 @@ async fn delete_cancels_queued_starts_kills_their_tasks_and_queues_a_stop() {
     let ws = workspaces::get(&pool, id).await.unwrap().unwrap();
     assert_eq!(ws.status, Status::Removed);
     // A late claim of the canceled op's task does nothing.
-    match ops::claim(&pool, provision.id, &task_id).await.unwrap() {
+    match ops::claim(&pool, provision.id, &task_id, &claimant("test-worker")).await.unwrap() {
         ClaimResult::Skip(why) => assert!(why.contains("canceled"), "{why}"),
         ClaimResult::Claimed(_) => panic!("a canceled op was claimed"),
     }
@@ -173,7 +194,8 @@ async fn a_stale_claim_is_fenced_out_and_its_successor_records_the_outcome() {
     let (_db, pool) = database().await;
     let (id, provision) = create(&pool, "fence").await;
     let first = claim(&pool, provision.id).await;
-    // The worker holding `first` is presumed dead; apalis re-delivers the same task.
+    // The worker holding `first` stopped renewing its lease; apalis re-delivers the task.
+    expire_lease(&pool, provision.id).await;
     let second = claim(&pool, provision.id).await;
     assert_eq!((first.lease, second.lease), (1, 2));
     assert_eq!(op(&pool, provision.id).await.attempts, 2);
@@ -191,7 +213,7 @@ async fn a_stale_claim_is_fenced_out_and_its_successor_records_the_outcome() {
     assert_eq!(workspaces::get(&pool, id).await.unwrap().unwrap().status, Status::Provisioning);
 
     // A delivery whose task is not the op's current one is stale too.
-    match ops::claim(&pool, provision.id, "01JUNKTASK0000000000000000").await.unwrap() {
+    match ops::claim(&pool, provision.id, "01JUNKTASK0000000000000000", &claimant("test-worker")).await.unwrap() {
         ClaimResult::Skip(_) => {}
         ClaimResult::Claimed(_) => panic!("a finished op was claimed again"),
     }
@@ -255,7 +277,8 @@ async fn a_head_op_whose_task_vanished_is_redelivered_and_a_delivered_one_is_not
     assert_eq!(op(&pool, delivered.id).await.task_id, delivered.task_id, "a live task is left alone");
 
     // The old delivery, should it still arrive, is stale; the new one claims.
-    match ops::claim(&pool, stranded.id, stranded.task_id.as_deref().unwrap()).await.unwrap() {
+    match ops::claim(&pool, stranded.id, stranded.task_id.as_deref().unwrap(), &claimant("test-worker")).await.unwrap()
+    {
         ClaimResult::Skip(why) => assert!(why.contains("stale"), "{why}"),
         ClaimResult::Claimed(_) => panic!("the vanished task's delivery claimed the op"),
     }
@@ -280,8 +303,21 @@ async fn provisioning_past_its_timeout_fails_with_the_reason() {
     let (_db, pool) = database().await;
     let (slow, _) = create(&pool, "slow").await;
     let (fresh, _) = create(&pool, "fresh").await;
-    sqlx::query("UPDATE workspaces SET status_changed_at = now() - interval '1 hour' WHERE id = $1")
-        .bind(slow)
+    let (queued, _) = create(&pool, "queued").await;
+    // `slow` was started an hour ago; `queued` has waited two hours for a worker but was
+    // never started, so its agent has not had any time yet.
+    sqlx::query(
+        "UPDATE workspaces SET status_changed_at = now() - interval '2 hours',
+                instance_started_at = CASE WHEN id = $1 THEN now() - interval '1 hour' END
+          WHERE id IN ($1, $2)",
+    )
+    .bind(slow)
+    .bind(queued)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE workspaces SET instance_started_at = clock_timestamp() WHERE id = $1")
+        .bind(fresh)
         .execute(&pool)
         .await
         .unwrap();
@@ -293,6 +329,11 @@ async fn provisioning_past_its_timeout_fails_with_the_reason() {
     let reason = ws.last_sample_error.unwrap();
     assert!(reason.contains("timed out after 600s") && reason.contains("http://platform.test"), "{reason}");
     assert_eq!(workspaces::get(&pool, fresh).await.unwrap().unwrap().status, Status::Provisioning);
+    assert_eq!(
+        workspaces::get(&pool, queued).await.unwrap().unwrap().status,
+        Status::Provisioning,
+        "time in the queue does not count"
+    );
 }
 
 #[tokio::test]
@@ -305,6 +346,7 @@ async fn a_silent_online_workspace_goes_offline_and_gets_one_restart() {
         &pool,
         id,
         jobs::domain::Registration { url: None, agent_card: None, delivery_mode: None },
+        jobs::registry::Credential::Verified,
     )
     .await
     .unwrap();
@@ -378,7 +420,12 @@ async fn a_sweep_period_is_won_by_exactly_one_of_many_claimants() {
 async fn a_sweep_run_is_skipped_while_the_previous_run_of_that_sweep_still_goes() {
     let (_db, pool) = database().await;
     let config = jobs::config::Config::read(&jobs::config::Env::from_pairs([("DATABASE_URL", "unused")])).unwrap();
-    let ctx = jobs::kinds::JobContext::new(pool.clone(), std::sync::Arc::new(config), Default::default());
+    let ctx = jobs::kinds::JobContext::new(
+        pool.clone(),
+        std::sync::Arc::new(config),
+        Default::default(),
+        "test-worker".into(),
+    );
     let outcome_of = |period_start| {
         let pool = pool.clone();
         async move {
@@ -452,7 +499,7 @@ async fn resuming_an_external_workspace_waits_for_its_agent_and_starts_nothing()
     let Created::External { workspace, token } = lifecycle::create(&pool, req, "test").await.unwrap() else {
         panic!("external")
     };
-    let (id, token) = (workspace.id, token.expect("shown once at create"));
+    let id = workspace.id;
     lifecycle::pause(&pool, id, "test").await.unwrap();
     let resumed = lifecycle::resume(&pool, id, "test").await.unwrap();
     assert_eq!((resumed.resumed, resumed.op_ids.len()), (vec![id], 0));
@@ -465,4 +512,64 @@ async fn resuming_an_external_workspace_waits_for_its_agent_and_starts_nothing()
         Some(id),
         "its agent's token still works"
     );
+}
+
+#[tokio::test]
+async fn a_delivery_of_an_op_under_a_live_lease_defers_instead_of_taking_it_over() {
+    let (_db, pool) = database().await;
+    let (_id, provision) = create(&pool, "busy").await;
+    let first = claim(&pool, provision.id).await;
+    let running = op(&pool, provision.id).await;
+    assert_eq!(running.claimed_by.as_deref(), Some("test-worker"));
+    // apalis presumed the owner dead and delivers the task again: the owner's lease says
+    // otherwise, so the delivery becomes a task due when that lease would expire.
+    let task_id = running.task_id.clone().unwrap();
+    match ops::claim(&pool, provision.id, &task_id, &claimant("another-worker")).await.unwrap() {
+        ClaimResult::Skip(why) => assert!(why.contains("live lease held by test-worker"), "{why}"),
+        ClaimResult::Claimed(_) => panic!("a running op under a live lease was taken over"),
+    }
+    let deferred = op(&pool, provision.id).await;
+    assert_eq!((deferred.attempts, deferred.lease, deferred.status), (1, first.lease, OpStatus::Running));
+    let new_task = deferred.task_id.clone().expect("a deferred delivery");
+    assert_ne!(new_task, task_id, "the old delivery is stale from now on");
+    let (status, later) = task(&pool, &new_task).await;
+    assert_eq!(status, "Pending");
+    assert!(later, "the deferred delivery is due when the lease would expire, not now");
+    // The owner keeps renewing: still its op.
+    assert!(workspace_ops::renew_lease(&pool, provision.id, first.lease, LEASE).await.unwrap());
+
+    // The owner stops renewing; once its lease has expired the next delivery rescues the op.
+    expire_lease(&pool, provision.id).await;
+    let rescued = match ops::claim(&pool, provision.id, &new_task, &claimant("another-worker")).await.unwrap() {
+        ClaimResult::Claimed(c) => *c,
+        ClaimResult::Skip(why) => panic!("an expired lease was not taken over: {why}"),
+    };
+    assert_eq!((rescued.lease, rescued.op.attempts), (first.lease + 1, 2));
+    assert_eq!(rescued.op.claimed_by.as_deref(), Some("another-worker"));
+    assert!(
+        !workspace_ops::renew_lease(&pool, provision.id, first.lease, LEASE).await.unwrap(),
+        "the old owner's renewal finds its claim superseded"
+    );
+}
+
+#[tokio::test]
+async fn retention_kills_a_running_task_only_when_its_ops_lease_has_expired() {
+    let (_db, pool) = database().await;
+    let (_id, provision) = create(&pool, "long").await;
+    claim(&pool, provision.id).await;
+    let task_id = op(&pool, provision.id).await.task_id.unwrap();
+    // apalis re-fetched this task after an earlier run and kept that run's done_at.
+    sqlx::query("UPDATE apalis.jobs SET status = 'Running', done_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(&task_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    let settings = retention::Settings { every: day, jobs: day, ops: day, events: day, batch: 100 };
+    retention::run(&pool, &settings).await.unwrap();
+    assert_eq!(task(&pool, &task_id).await.0, "Running", "a task whose op holds a live lease is being worked on");
+
+    expire_lease(&pool, provision.id).await;
+    retention::run(&pool, &settings).await.unwrap();
+    assert_eq!(task(&pool, &task_id).await.0, "Killed", "nobody renews the lease: the row is residue");
 }

@@ -11,7 +11,10 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{ContainerInspectResponse, RestartPolicyNameEnum};
 use jobs::backend::docker::{DockerBackend, DockerSettings};
-use jobs::backend::{Backend, BackendError, BackendKind, InstanceState, LABEL_MANAGED, LABEL_WORKSPACE_ID, StartSpec};
+use jobs::backend::{
+    Backend, BackendError, BackendKind, InstanceState, LABEL_MANAGED, LABEL_OP_ID, LABEL_OP_LEASE, LABEL_OP_SEQ,
+    LABEL_WORKSPACE_ID, StartSpec,
+};
 use uuid::Uuid;
 
 const IMAGE: &str = "molecule-docker-backend-test:latest";
@@ -130,16 +133,17 @@ async fn backend() -> DockerBackend {
     backend_with(settings(Some(IMAGE))).await
 }
 
-fn spec(workspace_id: Uuid, token: Option<&str>) -> StartSpec {
+fn spec(workspace_id: Uuid, secret: &str) -> StartSpec {
     StartSpec {
         workspace_id,
         op_id: Uuid::new_v4(),
-        attempt: 1,
+        op_seq: 1,
+        lease: 1,
         runtime: "langgraph".to_owned(),
         tier: 2,
         model: "test-model".to_owned(),
         platform_url: "http://platform.test:8080".to_owned(),
-        token: token.map(str::to_owned),
+        bootstrap_secret: secret.to_owned(),
         heartbeat_interval_secs: 5,
     }
 }
@@ -200,12 +204,11 @@ async fn managed_for(backend: &DockerBackend, workspace_id: Uuid) -> Vec<(String
 async fn start_runs_one_labelled_container_holding_the_token() {
     let backend = backend().await;
     assert_eq!(backend.kind(), BackendKind::Docker);
-    assert!(backend.delivers_token());
     let id = Uuid::new_v4();
     let _cleanup = Cleanup::new(id);
     let name = format!("ws-{id}");
 
-    let started = backend.start(&spec(id, Some("token-one"))).await.expect("start");
+    let started = backend.start(&spec(id, "token-one")).await.expect("start");
     assert_eq!(started.instance_ref, name);
 
     assert_eq!(managed_for(&backend, id).await, vec![(name.clone(), true)]);
@@ -244,10 +247,10 @@ async fn second_start_replaces_the_container_with_a_fresh_token() {
     let _cleanup = Cleanup::new(id);
     let name = DockerBackend::container_name(id);
 
-    backend.start(&spec(id, Some("first"))).await.expect("first start");
+    backend.start(&spec(id, "first")).await.expect("first start");
     let first_id = inspect(&name).await.id.expect("container id");
 
-    let again = backend.start(&spec(id, Some("second"))).await.expect("second start");
+    let again = backend.start(&spec(id, "second")).await.expect("second start");
     assert_eq!(again.instance_ref, name);
     let second_id = inspect(&name).await.id.expect("container id");
 
@@ -268,7 +271,7 @@ async fn concurrent_starts_leave_exactly_one_container() {
             let backend = backend.clone();
             tokio::spawn(async move {
                 let token = format!("token-{i}");
-                let result = backend.start(&spec(id, Some(&token))).await;
+                let result = backend.start(&spec(id, &token)).await;
                 (token, result)
             })
         })
@@ -298,17 +301,17 @@ async fn stop_removes_the_container_and_is_idempotent() {
     let _cleanup = Cleanup::new(id);
     let name = DockerBackend::container_name(id);
 
-    backend.start(&spec(id, Some("t"))).await.expect("start");
-    backend.stop(id, &name).await.expect("stop");
+    backend.start(&spec(id, "t")).await.expect("start");
+    backend.stop(id, &name, None).await.expect("stop");
     assert_eq!(backend.status(&name).await.expect("status"), InstanceState::Missing);
     assert!(managed_for(&backend, id).await.is_empty());
-    backend.stop(id, &name).await.expect("second stop");
+    backend.stop(id, &name, None).await.expect("second stop");
 
     // No recorded instance: the container is found by its workspace name.
-    backend.start(&spec(id, Some("t"))).await.expect("restart");
-    backend.stop(id, "").await.expect("stop by workspace id");
+    backend.start(&spec(id, "t")).await.expect("restart");
+    backend.stop(id, "", None).await.expect("stop by workspace id");
     assert!(managed_for(&backend, id).await.is_empty());
-    backend.stop(id, "").await.expect("stop by workspace id again");
+    backend.stop(id, "", None).await.expect("stop by workspace id again");
 }
 
 #[tokio::test]
@@ -318,7 +321,7 @@ async fn stopped_container_reports_stopped_and_start_revives_it() {
     let _cleanup = Cleanup::new(id);
     let name = DockerBackend::container_name(id);
 
-    backend.start(&spec(id, Some("t"))).await.expect("start");
+    backend.start(&spec(id, "t")).await.expect("start");
     // `docker stop` is synchronous, so the state is settled when it returns.
     let (ok, _, stderr) = docker_cli(&["stop", "-t", "0", &name]);
     assert!(ok, "docker stop: {stderr}");
@@ -326,7 +329,7 @@ async fn stopped_container_reports_stopped_and_start_revives_it() {
     assert_eq!(backend.status(&name).await.expect("status"), InstanceState::Stopped);
     assert_eq!(managed_for(&backend, id).await, vec![(name.clone(), false)]);
 
-    backend.start(&spec(id, Some("t2"))).await.expect("start again");
+    backend.start(&spec(id, "t2")).await.expect("start again");
     assert_eq!(managed_for(&backend, id).await, vec![(name.clone(), true)]);
     assert_eq!(exec(&name, &["cat", "/configs/.auth_token"]), "t2");
 }
@@ -340,15 +343,57 @@ async fn status_of_unknown_container_is_missing() {
 }
 
 #[tokio::test]
-async fn start_without_token_writes_no_token_file() {
+async fn a_start_never_replaces_the_container_of_a_newer_start() {
     let backend = backend().await;
     let id = Uuid::new_v4();
     let _cleanup = Cleanup::new(id);
     let name = DockerBackend::container_name(id);
+    let op = Uuid::new_v4();
+    let claim =
+        |op_seq: i64, lease: i64| StartSpec { op_id: op, op_seq, lease, ..spec(id, &format!("secret-{lease}")) };
 
-    backend.start(&spec(id, None)).await.expect("start");
-    let (exists, _, _) = docker_cli(&["exec", &name, "test", "-e", "/configs/.auth_token"]);
-    assert!(!exists, "no token was given, yet a token file exists");
+    let rescuer = backend.start(&claim(7, 2)).await.expect("the rescuing claim starts");
+    let labels = inspect(&name).await.config.and_then(|c| c.labels).unwrap_or_default();
+    assert_eq!(labels.get(LABEL_OP_ID), Some(&op.to_string()));
+    assert_eq!(
+        (labels.get(LABEL_OP_SEQ).map(String::as_str), labels.get(LABEL_OP_LEASE).map(String::as_str)),
+        (Some("7"), Some("2"))
+    );
+
+    // The claim it superseded wakes up and starts: it must leave the newer container alone.
+    match backend.start(&claim(7, 1)).await {
+        Err(BackendError::Superseded(why)) => assert!(why.contains("newer start"), "{why}"),
+        other => panic!("a stale claim's start was not refused: {other:?}"),
+    }
+    // So must a claim of an earlier op.
+    assert!(matches!(backend.start(&claim(6, 5)).await, Err(BackendError::Superseded(_))));
+    assert_eq!(inspect(&name).await.id, Some(rescuer.made.clone()), "the newer container is untouched");
+    assert_eq!(exec(&name, &["cat", "/configs/.auth_token"]), "secret-2");
+
+    // A newer claim replaces it, and discarding what a superseded start made removes only that.
+    let newer = backend.start(&claim(8, 1)).await.expect("a later op's start replaces it");
+    assert_ne!(newer.made, rescuer.made);
+    backend.discard(&rescuer).await.expect("discarding a container that is gone already is fine");
+    assert_eq!(backend.status(&name).await.expect("status"), InstanceState::Running, "discard went by id, not name");
+    backend.discard(&newer).await.expect("discard");
+    assert_eq!(backend.status(&name).await.expect("status"), InstanceState::Missing);
+}
+
+#[tokio::test]
+async fn a_stop_keeps_what_its_own_op_or_a_later_one_started() {
+    let backend = backend().await;
+    let id = Uuid::new_v4();
+    let _cleanup = Cleanup::new(id);
+    let name = DockerBackend::container_name(id);
+    let started = backend.start(&StartSpec { op_seq: 20, ..spec(id, "t") }).await.expect("start by op 20");
+    // A stale stop of op 12 (or a retried restart, op 20 itself) leaves it alone.
+    backend.stop(id, &started.instance_ref, Some(12)).await.expect("a stale stop");
+    assert_eq!(backend.status(&name).await.expect("status"), InstanceState::Running);
+    backend.stop(id, &started.instance_ref, Some(20)).await.expect("the op's own retried stop");
+    assert_eq!(backend.status(&name).await.expect("status"), InstanceState::Running);
+    // A later op's stop removes it.
+    backend.stop(id, &started.instance_ref, Some(21)).await.expect("stop");
+    assert_eq!(backend.status(&name).await.expect("status"), InstanceState::Missing);
 }
 
 #[tokio::test]
@@ -358,7 +403,7 @@ async fn token_belongs_to_a_numeric_image_user() {
     let _cleanup = Cleanup::new(id);
     let name = DockerBackend::container_name(id);
 
-    backend.start(&spec(id, Some("uid-token"))).await.expect("start");
+    backend.start(&spec(id, "uid-token")).await.expect("start");
     assert_eq!(exec(&name, &["id", "-u"]), "1000");
     assert_eq!(exec(&name, &["cat", "/configs/.auth_token"]), "uid-token");
     assert_eq!(exec(&name, &["stat", "-c", "%a %u %g", "/configs/.auth_token"]), "600 1000 1000");
@@ -371,7 +416,7 @@ async fn token_belongs_to_a_named_image_user() {
     let _cleanup = Cleanup::new(id);
     let name = DockerBackend::container_name(id);
 
-    backend.start(&spec(id, Some("named-token"))).await.expect("start");
+    backend.start(&spec(id, "named-token")).await.expect("start");
     assert_eq!(exec(&name, &["id", "-u"]), "1001");
     assert_eq!(exec(&name, &["cat", "/configs/.auth_token"]), "named-token");
     assert_eq!(exec(&name, &["stat", "-c", "%a %u %g", "/configs/.auth_token"]), "600 1001 1002");
@@ -385,7 +430,7 @@ async fn missing_image_is_permanent_and_leaves_nothing() {
     let id = Uuid::new_v4();
     let _cleanup = Cleanup::new(id);
 
-    match backend.start(&spec(id, Some("t"))).await {
+    match backend.start(&spec(id, "t")).await {
         Err(BackendError::Permanent(message)) => {
             assert_eq!(message, format!("image {image} not found on the Docker engine"));
         }
@@ -400,7 +445,7 @@ async fn unconfigured_runtime_is_permanent() {
     let id = Uuid::new_v4();
     let _cleanup = Cleanup::new(id);
 
-    match backend.start(&spec(id, Some("t"))).await {
+    match backend.start(&spec(id, "t")).await {
         Err(BackendError::Permanent(message)) => {
             assert!(message.contains("WORKSPACE_IMAGE_LANGGRAPH"), "{message}");
             assert!(message.contains("WORKSPACE_IMAGE_DEFAULT"), "{message}");
@@ -419,7 +464,7 @@ async fn unknown_network_is_permanent_and_leaves_nothing() {
     let id = Uuid::new_v4();
     let _cleanup = Cleanup::new(id);
 
-    match backend.start(&spec(id, Some("t"))).await {
+    match backend.start(&spec(id, "t")).await {
         Err(BackendError::Permanent(message)) => {
             assert!(message.contains(&network), "{message}");
         }

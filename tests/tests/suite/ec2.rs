@@ -4,17 +4,22 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tests::{Stack, containers_of, ec2_env, instances_of, live_instances_of, require_docker_image};
+use tests::{
+    Stack, bootstrap_secret_of, containers_of, ec2_env, instances_of, live_instances_of, require_docker_image,
+};
 
 const LONG: Duration = Duration::from_secs(90);
 
-/// What an agent on the instance would do: register through the bootstrap (EC2 instances
-/// get no token file) and come online.
+/// What the agent on the workspace's live instance would do: register with the bootstrap
+/// secret its user data carries, and come online with the token it gets back.
 async fn agent_registers(stack: &Stack, id: &str) -> String {
+    let live = live_instances_of(id).await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    let secret = bootstrap_secret_of(&live[0].id).await;
     let body = json!({"id": id, "url": "http://127.0.0.1:8000"}).to_string();
-    let r = stack.raw("POST", "/registry/register", None, Some(&body)).await;
+    let r = stack.raw("POST", "/registry/register", Some(&secret), Some(&body)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    r.body["auth_token"].as_str().expect("the bootstrap hands out a token").to_string()
+    r.body["auth_token"].as_str().expect("the bootstrap secret is exchanged for a token").to_string()
 }
 
 #[tokio::test]

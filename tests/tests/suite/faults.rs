@@ -169,3 +169,45 @@ async fn each_sweep_runs_once_per_period_across_workers() {
     assert_eq!(dup, 0, "no period was enqueued twice");
     assert!(finished >= 5);
 }
+
+#[tokio::test]
+async fn a_slow_handler_keeps_renewing_its_lease_and_keeps_its_op() {
+    require_docker_image();
+    // The handler sits 6 s between start and record, three times its 2 s lease.
+    let mut stack = Stack::builder().workers(0).start().await;
+    stack.add_worker(&[("FAILPOINT_AFTER_START_SECONDS", "6"), ("OP_LEASE_SECONDS", "2")]);
+    let id = stack.create(json!({"name": "slow"})).await;
+    let lease_until = |stack: &Stack| {
+        let pool = stack.pool.clone();
+        let id = id.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<chrono::DateTime<chrono::Utc>>, i64)>(
+                "SELECT status, lease_until, lease FROM workspace_ops WHERE workspace_id = $1::uuid",
+            )
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .expect("op row")
+        }
+    };
+    let (_, first, _) = eventually(LONG, "the provision to be claimed", || async {
+        let row = lease_until(&stack).await;
+        (row.0 == "running").then_some(row)
+    })
+    .await;
+    let first = first.expect("a claim has a deadline");
+    // Another worker is there to take the op over, should the lease lapse.
+    stack.add_worker(&[("OP_LEASE_SECONDS", "2")]);
+    eventually(LONG, "the lease to be renewed past its first deadline", || async {
+        let (status, until, lease) = lease_until(&stack).await;
+        (status == "running" && lease == 1 && until.is_some_and(|u| u > first + chrono::Duration::seconds(2)))
+            .then_some(())
+    })
+    .await;
+    let op = eventually(LONG, "the provision to finish", || async {
+        let op = op_of(&stack, &id).await;
+        (op["status"] == "succeeded").then_some(op)
+    })
+    .await;
+    assert_eq!(op["attempts"], 1, "nobody took the op over from its live owner: {op}");
+}

@@ -19,27 +19,7 @@ async fn instances_and_containers_made_behind_our_back_are_reaped() {
     let ghost = uuid::Uuid::new_v4().to_string();
 
     // A container with our labels whose workspace never existed.
-    let name = format!("ghost-{}", &ghost[..8]);
-    let [ws_label, managed_label, platform_label] = tests::our_labels(&ghost, &platform);
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--network",
-        "host",
-        "--label",
-        &ws_label,
-        "--label",
-        &managed_label,
-        "--label",
-        &platform_label,
-        "-e",
-        &format!("WORKSPACE_ID={ghost}"),
-        "-e",
-        "PLATFORM_URL=http://127.0.0.1:9",
-        &image,
-    ]);
+    tests::run_labelled_container(&ghost, &platform, &image);
     // An instance with our tags, likewise.
     run_tagged_instance(&ghost, &platform).await;
     assert_eq!(containers_of(&ghost).len(), 1);
@@ -178,7 +158,7 @@ async fn the_token_of_a_workspace_whose_instance_is_gone_is_revoked() {
     let r = stack.post("/workspaces?wait=60", json!({"name": "vanishing"})).await;
     assert_eq!(r.body["status"], "online", "{}", r.body);
     let id = r.body["id"].as_str().unwrap().to_string();
-    let token = docker(&["exec", &tests::container_name(&id), "cat", "/configs/.auth_token"]);
+    let token = stack.agent_token(&id).await;
     // The container disappears behind the platform's back; its token must not outlive it.
     docker(&["rm", "-f", &tests::container_name(&id)]);
     // Waiting with the admin token: using the workspace token would keep it fresh.

@@ -31,9 +31,9 @@ async fn workspace_goes_online_restarts_pauses_resumes_and_is_deleted_without_le
         env.contains(&format!("WORKSPACE_ID={id}")) && env.contains(&format!("PLATFORM_URL={}", stack.url)),
         "{env}"
     );
-    let token = docker(&["exec", &name, "cat", "/configs/.auth_token"]);
-    let me = stack.raw("GET", &format!("/workspaces/{id}"), Some(&token), None).await;
-    assert_eq!(me.status, StatusCode::OK, "the token in the container must be the workspace's live token");
+    // The start delivered a single-use bootstrap secret there; the agent registered with it
+    // and keeps the workspace token it got back in its place.
+    let token = stack.agent_token(&id).await;
 
     // Restart: a new container, and the agent registers again.
     let old_container = docker(&["inspect", "-f", "{{.Id}}", &name]);

@@ -11,10 +11,13 @@
 
 mod api_input;
 mod core;
+mod credentials;
 mod docker_backend;
 mod ec2;
 mod ec2_backend;
 mod faults;
+mod hardening;
 mod leaks;
 mod lifecycle;
+mod platform;
 mod wait_and_events;

@@ -2,6 +2,11 @@
 //! the workspace (`ws-<uuid>`), so the name itself is the idempotency key: a retried start
 //! finds whatever an earlier attempt left behind and replaces it, and the engine's
 //! name uniqueness guarantees there are never two.
+//!
+//! The container also carries the op, its sequence number and the claim that made it. A
+//! start replaces only a container made by an older start, and removes it by id, never by
+//! name: a worker that stalled past its lease and wakes up finds the newer container (or
+//! loses the name to it) and gives up instead of replacing it.
 
 mod archive;
 mod engine;
@@ -23,8 +28,8 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::{
-    Backend, BackendError, BackendKind, InstanceState, LABEL_MANAGED, LABEL_PLATFORM, LABEL_WORKSPACE_ID,
-    ManagedInstance, StartSpec, Started,
+    Backend, BackendError, BackendKind, InstanceState, LABEL_MANAGED, LABEL_OP_ID, LABEL_OP_LEASE, LABEL_OP_SEQ,
+    LABEL_PLATFORM, LABEL_WORKSPACE_ID, ManagedInstance, StartSpec, Started, kept,
 };
 use archive::token_archive;
 use engine::{bounded, engine_error, force_remove, is_no_such_image, status_of, vanished};
@@ -34,6 +39,8 @@ use token::CONFIG_DIR;
 /// Prefix of every workspace container's name; shared so code outside this module that
 /// looks containers up by name cannot drift from the names we create.
 pub const CONTAINER_PREFIX: &str = "ws-";
+
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Create attempts before giving up on a name that a concurrent start keeps re-taking.
 const CREATE_ATTEMPTS: usize = 3;
@@ -72,6 +79,9 @@ impl DockerBackend {
             (LABEL_WORKSPACE_ID.to_owned(), spec.workspace_id.to_string()),
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_PLATFORM.to_owned(), self.settings.platform_id.clone()),
+            (LABEL_OP_ID.to_owned(), spec.op_id.to_string()),
+            (LABEL_OP_SEQ.to_owned(), spec.op_seq.to_string()),
+            (LABEL_OP_LEASE.to_owned(), spec.lease.to_string()),
         ]);
         let env = vec![
             format!("WORKSPACE_ID={}", spec.workspace_id),
@@ -101,12 +111,18 @@ impl DockerBackend {
     }
 
     /// Creates the workspace's container under its fixed name, replacing any container an
-    /// earlier or concurrent attempt left there. Returns the new container's id, which is
-    /// used from here on so a concurrent replacement can never receive our token.
-    async fn create_fresh(&self, name: &str, image: &str, body: &ContainerCreateBody) -> Result<String, BackendError> {
+    /// older start left there. Returns the new container's id, which is used from here on so
+    /// a concurrent replacement can never receive our secret.
+    async fn create_fresh(
+        &self,
+        spec: &StartSpec,
+        image: &str,
+        body: &ContainerCreateBody,
+    ) -> Result<String, BackendError> {
+        let name = Self::container_name(spec.workspace_id);
         for attempt in 1..=CREATE_ATTEMPTS {
-            self.remove_leftover(name).await?;
-            let options = CreateContainerOptionsBuilder::new().name(name).build();
+            self.clear_name(&name, spec).await?;
+            let options = CreateContainerOptionsBuilder::new().name(&name).build();
             let created =
                 self.call("create the container", self.docker.create_container(Some(options), body.clone())).await?;
             match created {
@@ -126,21 +142,39 @@ impl DockerBackend {
         Err(BackendError::Transient(format!("container {name} kept being re-created by a concurrent start")))
     }
 
-    /// A leftover holds an older token and possibly an older spec, so it is replaced rather
-    /// than reused.
-    async fn remove_leftover(&self, name: &str) -> Result<(), BackendError> {
+    /// Frees the name of a container made by an older start: it holds an older secret and
+    /// possibly an older spec, so it is replaced rather than reused. A container made by a
+    /// newer start is left alone and this start is superseded.
+    async fn clear_name(&self, name: &str, spec: &StartSpec) -> Result<(), BackendError> {
+        let inspected = self.call("inspect the old container", self.docker.inspect_container(name, None)).await?;
+        let info = match inspected {
+            Ok(info) => info,
+            Err(err) if status_of(&err) == Some(404) => return Ok(()),
+            Err(err) => return Err(engine_error("inspect the old container", err)),
+        };
+        let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
+        let made_by = start_order(&labels);
+        if made_by > (spec.op_seq, spec.lease) {
+            return Err(BackendError::Superseded(format!(
+                "container {name} was made by a newer start (op {}, claim {}); this start (claim {}) leaves it alone",
+                labels.get(LABEL_OP_ID).map(String::as_str).unwrap_or("?"),
+                made_by.1,
+                spec.lease
+            )));
+        }
+        let Some(id) = info.id else { return Ok(()) };
         let removed =
-            self.call("remove the old container", self.docker.remove_container(name, Some(force_remove()))).await?;
+            self.call("remove the old container", self.docker.remove_container(&id, Some(force_remove()))).await?;
         match removed {
             Ok(()) => {
-                debug!(container = name, "removed leftover container");
+                debug!(container = name, id, "removed the container of an older start");
                 Ok(())
             }
             Err(err) if status_of(&err) == Some(404) => Ok(()),
             // Someone else is already removing it; the create that follows either succeeds
             // or conflicts and comes back here, within the attempt bound.
             Err(err) if status_of(&err) == Some(409) => {
-                debug!(container = name, "leftover container already being removed");
+                debug!(container = name, "old container already being removed");
                 Ok(())
             }
             Err(err) => Err(engine_error("remove the old container", err)),
@@ -148,22 +182,22 @@ impl DockerBackend {
     }
 
     async fn deliver_and_start(&self, id: &str, spec: &StartSpec) -> Result<(), BackendError> {
-        if let Some(token) = &spec.token {
+        {
             let (uid, gid) = self.token_owner(id).await?;
-            let archive = token_archive(token, uid, gid)
-                .map_err(|err| BackendError::Permanent(format!("cannot package the workspace token: {err}")))?;
+            let archive = token_archive(&spec.bootstrap_secret, uid, gid)
+                .map_err(|err| BackendError::Permanent(format!("cannot package the bootstrap secret: {err}")))?;
             // Rooted at `/` with a `configs/` entry so images need not ship the directory.
             let options = UploadToContainerOptionsBuilder::new().path("/").build();
             let uploaded = self
                 .call(
-                    "write the workspace token",
+                    "write the bootstrap secret",
                     self.docker.upload_to_container(id, Some(options), bollard::body_full(archive.into())),
                 )
                 .await?;
             match uploaded {
-                Ok(()) => debug!(id, uid, gid, "wrote workspace token"),
+                Ok(()) => debug!(id, uid, gid, "wrote the bootstrap secret"),
                 Err(err) if status_of(&err) == Some(404) => return Err(vanished(id)),
-                Err(err) => return Err(engine_error("write the workspace token", err)),
+                Err(err) => return Err(engine_error("write the bootstrap secret", err)),
             }
         }
 
@@ -186,7 +220,7 @@ impl DockerBackend {
     /// Best effort: a container we could not finish starting is removed so it is not
     /// mistaken for a running workspace. Failure is only logged because the next start or
     /// the orphan sweep removes it anyway.
-    async fn discard(&self, id: &str) {
+    async fn remove_half_started(&self, id: &str) {
         let removed = self
             .call("remove the half-started container", self.docker.remove_container(id, Some(force_remove())))
             .await;
@@ -205,10 +239,6 @@ impl Backend for DockerBackend {
         BackendKind::Docker
     }
 
-    fn delivers_token(&self) -> bool {
-        true
-    }
-
     async fn start(&self, spec: &StartSpec) -> Result<Started, BackendError> {
         let image = self.settings.image_for(&spec.runtime)?;
         let name = Self::container_name(spec.workspace_id);
@@ -220,17 +250,36 @@ impl Backend for DockerBackend {
             "starting workspace container"
         );
         let body = self.create_body(spec, image);
-        let id = self.create_fresh(&name, image, &body).await?;
+        let id = self.create_fresh(spec, image, &body).await?;
         if let Err(err) = self.deliver_and_start(&id, spec).await {
-            self.discard(&id).await;
+            self.remove_half_started(&id).await;
             return Err(err);
         }
-        Ok(Started { instance_ref: name })
+        Ok(Started { instance_ref: name, made: id })
+    }
+
+    async fn discard(&self, started: &Started) -> Result<(), BackendError> {
+        let id = &started.made;
+        let removed =
+            self.call("remove a superseded container", self.docker.remove_container(id, Some(force_remove()))).await?;
+        match removed {
+            Ok(()) => {
+                debug!(id, "removed a superseded start's container");
+                Ok(())
+            }
+            Err(err) if status_of(&err) == Some(404) => Ok(()),
+            Err(err) => Err(engine_error("remove a superseded container", err)),
+        }
     }
 
     /// Removes the recorded container and any other container labelled with the workspace:
     /// a stop must leave nothing of it running.
-    async fn stop(&self, workspace_id: Uuid, instance_ref: &str) -> Result<(), BackendError> {
+    async fn stop(
+        &self,
+        workspace_id: Uuid,
+        instance_ref: &str,
+        keep_from_seq: Option<i64>,
+    ) -> Result<(), BackendError> {
         let recorded =
             if instance_ref.is_empty() { Self::container_name(workspace_id) } else { instance_ref.to_owned() };
         let mut targets = vec![];
@@ -252,6 +301,11 @@ impl Backend for DockerBackend {
                 // The recorded container is normally among the labelled ones: remove it once.
                 let named = c.names.iter().flatten().any(|n| n.trim_start_matches('/') == recorded);
                 recorded_listed |= named || c.id.as_deref() == Some(recorded.as_str());
+                let made_by = c.labels.as_ref().map(start_order).unwrap_or_default().0;
+                if kept(made_by, keep_from_seq) {
+                    debug!(%workspace_id, container = ?c.id, made_by, "sparing a container this op or a later one made");
+                    continue;
+                }
                 targets.extend(c.id);
             }
         }
@@ -291,6 +345,15 @@ impl Backend for DockerBackend {
         Ok(state)
     }
 
+    async fn ping(&self) -> Result<(), BackendError> {
+        // A probe must not hang for a whole call timeout on a half-dead engine.
+        let bound = self.settings.call_timeout.min(PING_TIMEOUT);
+        bounded(bound, "ping the Docker engine", self.docker.ping())
+            .await?
+            .map(|_| ())
+            .map_err(|err| engine_error("ping the Docker engine", err))
+    }
+
     async fn list_managed(&self) -> Result<Vec<ManagedInstance>, BackendError> {
         let filters = HashMap::from([(
             "label",
@@ -305,6 +368,13 @@ impl Backend for DockerBackend {
         debug!(count = instances.len(), "listed managed containers");
         Ok(instances)
     }
+}
+
+/// `(op sequence, claim)` of the start that made a container; containers without the labels
+/// (made before they existed) come before every labelled one.
+fn start_order(labels: &HashMap<String, String>) -> (i64, i64) {
+    let num = |key: &str| labels.get(key).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    (num(LABEL_OP_SEQ), num(LABEL_OP_LEASE))
 }
 
 fn managed_instance(container: ContainerSummary) -> ManagedInstance {
