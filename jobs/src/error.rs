@@ -28,6 +28,13 @@ pub enum Error {
     #[error("ancestor workspace {name:?} ({id}) is paused; resume it first")]
     AncestorPaused { id: Uuid, name: String },
 
+    /// Something named by a text id (a delegation, an activity cursor) is not there for
+    /// the caller; the text says what.
+    #[error("{0}")]
+    Missing(String),
+    /// The request contradicts the current state of what it names; the text says how.
+    #[error("{0}")]
+    Conflict(String),
     /// A credential was missing, wrong, used up or expired; the text says which.
     #[error("{0}")]
     Unauthorized(String),

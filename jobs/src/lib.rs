@@ -6,9 +6,11 @@
 pub mod backend;
 pub mod config;
 pub mod db;
+pub mod delegations;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod inbox;
 pub mod kinds;
 pub mod lifecycle;
 pub mod notify;

@@ -14,6 +14,8 @@ use crate::store::apalis;
 /// here when workers stop sharing one engine; with one engine it is one queue.
 pub const LIFECYCLE_QUEUE: &str = "lifecycle";
 pub const SWEEP_QUEUE: &str = "sweeps";
+/// InboxPush drains: one task at a time per push-mode workspace delivers its pending items.
+pub const INBOX_QUEUE: &str = "inbox";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OpTask {
@@ -26,6 +28,13 @@ pub struct SweepTask {
     pub v: u32,
     pub sweep: String,
     pub period_start: chrono::DateTime<chrono::Utc>,
+}
+
+/// Drains one workspace's pending inbox items, in order (`kinds::inbox_push`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InboxTask {
+    pub v: u32,
+    pub workspace_id: Uuid,
 }
 
 /// Inserts one task in the caller's transaction and returns its id. `delay` postpones it;

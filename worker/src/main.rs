@@ -4,6 +4,7 @@
 //! applies migrations and exits (the Procfile's `release`).
 
 mod bench;
+mod bench_inbox;
 mod probe;
 mod runners;
 mod scheduler;
@@ -33,10 +34,16 @@ async fn main() -> ExitCode {
     let result = match cmd.as_str() {
         "migrate" => migrate(&config).await,
         "run" => run(config).await,
-        "bench" => bench::run(config, &std::env::args().skip(2).collect::<Vec<_>>()).await,
+        "bench" => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            match args.first().map(String::as_str) {
+                Some("inbox") => bench_inbox::run(config, &args).await,
+                _ => bench::run(config, &args).await,
+            }
+        }
         other => {
             eprintln!(
-                "worker: unknown command {other:?}; use `worker run`, `worker migrate` or `worker bench retention`"
+                "worker: unknown command {other:?}; use `worker run`, `worker migrate` or `worker bench retention|inbox`"
             );
             return ExitCode::from(2);
         }
@@ -96,6 +103,7 @@ async fn run(config: Config) -> jobs::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(runners::supervise_lifecycle(ctx.clone(), process_id.clone(), stop_rx.clone()));
     tasks.spawn(runners::supervise_sweeps(ctx.clone(), process_id.clone(), stop_rx.clone()));
+    tasks.spawn(runners::supervise_inbox(ctx.clone(), process_id.clone(), stop_rx.clone()));
     tasks.spawn(scheduler::run(ctx.clone(), stop_rx.clone()));
     // The orphans sweep also runs once its start grace is over: a worker that comes up
     // after an outage reaps what was left without waiting for the next period.

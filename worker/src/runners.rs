@@ -8,7 +8,7 @@ use std::time::Duration;
 use apalis::prelude::*;
 use apalis_postgres::{Config as PgConfig, PostgresStorage};
 use jobs::kinds::{self, JobContext};
-use jobs::queue::{LIFECYCLE_QUEUE, OpTask, SWEEP_QUEUE, SweepTask};
+use jobs::queue::{INBOX_QUEUE, InboxTask, LIFECYCLE_QUEUE, OpTask, SWEEP_QUEUE, SweepTask};
 use jobs::retry;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -92,6 +92,23 @@ pub async fn supervise_sweeps(ctx: Arc<JobContext>, process_id: String, stop: wa
     .await
 }
 
+/// Inbox drains run beside lifecycle ops, each on its own slots: a slow agent never holds
+/// up a provision, nor a provision a push. `INBOX_CONCURRENCY` drains (workspaces) at once.
+pub async fn supervise_inbox(ctx: Arc<JobContext>, process_id: String, stop: watch::Receiver<bool>) {
+    let concurrency = ctx.config.worker.inbox_concurrency;
+    let poll = ctx.config.worker.poll_interval;
+    supervise(INBOX_QUEUE, stop.clone(), |generation| {
+        let backend = storage(&ctx, INBOX_QUEUE, concurrency.min(16)).with_pubsub().poll_with_interval(poll);
+        let worker = WorkerBuilder::new(format!("{INBOX_QUEUE}-{process_id}-{generation}"))
+            .backend(backend)
+            .data(ctx.clone())
+            .concurrency(concurrency)
+            .build(inbox_task);
+        worker.run_until(stopped(stop.clone()))
+    })
+    .await
+}
+
 /// A payload that does not decode is logged and dropped (returning an error would make
 /// apalis re-run it at once, and nothing valid can come of it).
 async fn lifecycle_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
@@ -106,6 +123,25 @@ async fn lifecycle_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext
     if let Err(e) = kinds::run_op(&ctx, task.op_id, &task_id).await {
         tracing::error!(job_id = %task_id, op_id = %task.op_id, error = %e, "could not record the op's outcome");
         // The database is in trouble; don't let apalis re-fetch this task in a hot loop.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return Err(Box::new(e));
+    }
+    Ok(())
+}
+
+async fn inbox_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
+    let task_id = task_id.to_string();
+    let task: InboxTask = match serde_json::from_value(args) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(job_id = %task_id, error = %e, "undecodable inbox task; dropped");
+            return Ok(());
+        }
+    };
+    if let Err(e) = kinds::inbox_push::run(&ctx, task.workspace_id, &task_id).await {
+        // The drain's state is in its rows: apalis' retry (or the delegations sweep, should
+        // the task be spent) picks it up where it stopped.
+        tracing::error!(job_id = %task_id, workspace_id = %task.workspace_id, error = %e, "inbox drain failed");
         tokio::time::sleep(Duration::from_secs(1)).await;
         return Err(Box::new(e));
     }

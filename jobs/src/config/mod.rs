@@ -47,6 +47,8 @@ pub struct Config {
     pub docker: DockerConfig,
     pub ec2: Ec2Config,
     pub sweeps: SweepSettings,
+    /// How inbox items are pushed to push-mode agents.
+    pub inbox: crate::inbox::PushSettings,
 }
 
 /// What the api accepts from agents.
@@ -62,6 +64,8 @@ pub struct ApiConfig {
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub concurrency: usize,
+    /// `INBOX_CONCURRENCY`: workspaces whose inboxes this process pushes at once.
+    pub inbox_concurrency: usize,
     /// apalis worker heartbeat; a worker silent for `heartbeat × missed_heartbeats` has its
     /// tasks rescued.
     pub heartbeat: Duration,
@@ -136,6 +140,7 @@ impl Config {
             docker: DockerConfig::read(env)?,
             ec2: Ec2Config::read(env)?,
             sweeps: SweepSettings::from_env(env)?,
+            inbox: crate::inbox::PushSettings::from_env(env)?,
         })
     }
 
@@ -174,6 +179,10 @@ impl WorkerConfig {
         if concurrency == 0 {
             return Err(Error::Config("WORKER_CONCURRENCY must be at least 1".into()));
         }
+        let inbox_concurrency: usize = env.num("INBOX_CONCURRENCY", 16)?;
+        if inbox_concurrency == 0 {
+            return Err(Error::Config("INBOX_CONCURRENCY must be at least 1".into()));
+        }
         let missed_heartbeats: usize = env.num("WORKER_MISSED_HEARTBEATS", 3)?;
         if missed_heartbeats == 0 {
             return Err(Error::Config("WORKER_MISSED_HEARTBEATS must be at least 1".into()));
@@ -184,6 +193,7 @@ impl WorkerConfig {
         }
         Ok(WorkerConfig {
             concurrency,
+            inbox_concurrency,
             heartbeat: env.secs("WORKER_HEARTBEAT_SECONDS", 5)?,
             missed_heartbeats,
             poll_interval: env.secs("WORKER_POLL_INTERVAL_SECONDS", 1)?,

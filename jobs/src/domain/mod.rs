@@ -4,11 +4,13 @@
 //! instead of being read as some default.
 
 pub mod agent_url;
+pub mod delegation;
 pub mod op;
 pub mod status;
 pub mod workspace;
 
 pub use agent_url::{AgentUrl, AgentUrlPolicy};
+pub use delegation::{DelegationStatus, Move};
 pub use op::{Op, OpKind, OpStatus};
 pub use status::Status;
 pub use workspace::{CreateRequest, DeliveryMode, Heartbeat, Patch, Registration, Workspace};

@@ -2,6 +2,7 @@
 //! [`run_op`] claims it, runs the kind's handler with panics caught, and records the
 //! outcome through `ops::finish`. (Periodic maintenance is in `crate::sweeps`.)
 
+pub mod inbox_push;
 pub mod provision;
 pub mod restart;
 pub mod stop;
@@ -34,12 +35,33 @@ pub struct JobContext {
     pub process_id: String,
     /// When this process started (its own clock: only its uptime is measured with it).
     pub started: std::time::Instant,
+    /// Pushes to agents: no redirects, the push timeouts.
+    pub http: reqwest::Client,
 }
 
 impl JobContext {
     pub fn new(pool: PgPool, config: Arc<Config>, backends: Backends, process_id: String) -> JobContext {
         let retry = RetryPolicies::scaled(config.worker.retry_delay_scale);
-        JobContext { pool, config, backends, retry, process_id, started: std::time::Instant::now() }
+        let http = push_client(&config, None).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not build the push client with its timeouts; using defaults");
+            reqwest::Client::new()
+        });
+        JobContext { pool, config, backends, retry, process_id, started: std::time::Instant::now(), http }
+    }
+
+    /// The client for a push to `url`, whose addresses were checked against the agent-URL
+    /// policy: a host name is pinned to those addresses, so a second lookup cannot lead
+    /// somewhere the check refused.
+    pub fn http_for(
+        &self,
+        url: &crate::domain::AgentUrl,
+        addrs: &[std::net::SocketAddr],
+    ) -> std::result::Result<reqwest::Client, String> {
+        let parsed = url::Url::parse(url.as_str()).map_err(|e| e.to_string())?;
+        match parsed.host() {
+            Some(url::Host::Domain(name)) => push_client(&self.config, Some((name, addrs))),
+            _ => Ok(self.http.clone()),
+        }
     }
 
     /// This process as a claimant, with the backends it reaches now.
@@ -52,6 +74,20 @@ impl JobContext {
             reaches,
         }
     }
+}
+
+fn push_client(
+    config: &Config,
+    pinned: Option<(&str, &[std::net::SocketAddr])>,
+) -> std::result::Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.inbox.connect_timeout)
+        .timeout(config.inbox.timeout);
+    if let Some((name, addrs)) = pinned {
+        b = b.resolve_to_addrs(name, addrs);
+    }
+    b.build().map_err(|e| e.to_string())
 }
 
 /// Runs the op delivered by apalis task `task_id`. Returns an error only when the database

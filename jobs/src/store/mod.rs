@@ -4,7 +4,9 @@
 //! [`workspaces::set_status`] refuses what the status machine forbids, because it is the
 //! only way a status is ever written.
 
+pub mod activity_logs;
 pub mod apalis;
+pub mod delegations;
 pub mod platform;
 pub mod structure_events;
 pub mod sweep_runs;

@@ -1,5 +1,5 @@
 //! Periodic maintenance, one unit per file, each with its own settings: provision-timeout,
-//! liveness, orphans and retention (ADR 0004).
+//! liveness, orphans, retention and delegations (ADR 0004).
 //!
 //! Every worker ticks (see the worker's scheduler); a sweep's period is claimed by
 //! inserting its `(sweep, period_start)` row in the transaction that enqueues its task, so
@@ -8,6 +8,7 @@
 //! a large backlog can outlast a short period). A sweep has no retries: the next period
 //! runs it again.
 
+pub mod delegations;
 pub mod liveness;
 pub mod orphans;
 pub mod provision_timeout;
@@ -30,6 +31,7 @@ pub struct SweepSettings {
     pub liveness: liveness::Settings,
     pub orphans: orphans::Settings,
     pub retention: retention::Settings,
+    pub delegations: delegations::Settings,
 }
 
 impl SweepSettings {
@@ -39,6 +41,7 @@ impl SweepSettings {
             liveness: liveness::Settings::from_env(env)?,
             orphans: orphans::Settings::from_env(env)?,
             retention: retention::Settings::from_env(env)?,
+            delegations: delegations::Settings::from_env(env)?,
         })
     }
 }
@@ -49,11 +52,17 @@ pub enum SweepKind {
     Liveness,
     Orphans,
     Retention,
+    Delegations,
 }
 
 impl SweepKind {
-    pub const ALL: [SweepKind; 4] =
-        [SweepKind::ProvisionTimeout, SweepKind::Liveness, SweepKind::Orphans, SweepKind::Retention];
+    pub const ALL: [SweepKind; 5] = [
+        SweepKind::ProvisionTimeout,
+        SweepKind::Liveness,
+        SweepKind::Orphans,
+        SweepKind::Retention,
+        SweepKind::Delegations,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -61,6 +70,7 @@ impl SweepKind {
             SweepKind::Liveness => "liveness",
             SweepKind::Orphans => "orphans",
             SweepKind::Retention => "retention",
+            SweepKind::Delegations => "delegations",
         }
     }
 
@@ -74,6 +84,7 @@ impl SweepKind {
             SweepKind::Liveness => settings.liveness.every,
             SweepKind::Orphans => settings.orphans.every,
             SweepKind::Retention => settings.retention.every,
+            SweepKind::Delegations => settings.delegations.every,
         }
     }
 }
@@ -120,6 +131,7 @@ pub async fn run(ctx: &JobContext, task: &SweepTask) -> Result<()> {
         )),
         SweepKind::Orphans => orphans::run(&ctx.pool, &ctx.backends, &settings.orphans).await,
         SweepKind::Retention => retention::run(&ctx.pool, &settings.retention).await.map(|p| p.to_string()),
+        SweepKind::Delegations => delegations::run(&ctx.pool, &settings.delegations).await,
     };
     let text = match &outcome {
         Ok(s) => s.clone(),

@@ -1,4 +1,4 @@
-//! Finished apalis tasks, finished ops, events and sweep runs older than their retention are
+//! Finished apalis tasks, finished ops, events, activity rows and sweep runs older than their retention are
 //! deleted in bounded batches, each its own short statement, so the tables stay small (and
 //! apalis' fetch fast) without ever blocking the queue.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 
 use crate::config::Env;
-use crate::store::{apalis, structure_events, sweep_runs, worker_processes, workspace_ops};
+use crate::store::{activity_logs, apalis, structure_events, sweep_runs, worker_processes, workspace_ops};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -21,6 +21,8 @@ pub struct Settings {
     pub ops: Duration,
     /// `RETENTION_EVENTS_SECONDS`.
     pub events: Duration,
+    /// `RETENTION_ACTIVITY_SECONDS`: activity rows (an item still to be pushed stays).
+    pub activity: Duration,
     /// `RETENTION_BATCH`: rows per delete statement, small enough never to hold locks the
     /// queue's fetch waits on for long.
     pub batch: i64,
@@ -37,6 +39,7 @@ impl Settings {
             jobs: env.secs("RETENTION_JOBS_SECONDS", 24 * 3600)?,
             ops: env.secs("RETENTION_OPS_SECONDS", 30 * 24 * 3600)?,
             events: env.secs("RETENTION_EVENTS_SECONDS", 30 * 24 * 3600)?,
+            activity: env.secs("RETENTION_ACTIVITY_SECONDS", 7 * 24 * 3600)?,
             batch,
         })
     }
@@ -47,14 +50,15 @@ pub struct Purged {
     pub batches: u64,
     pub ops: u64,
     pub events: u64,
+    pub activity: u64,
 }
 
 impl std::fmt::Display for Purged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "deleted {} task(s) in {} batch(es), {} op(s), {} event(s)",
-            self.jobs, self.batches, self.ops, self.events
+            "deleted {} task(s) in {} batch(es), {} op(s), {} event(s), {} activity row(s)",
+            self.jobs, self.batches, self.ops, self.events, self.activity
         )
     }
 }
@@ -84,8 +88,9 @@ pub async fn run(pool: &PgPool, s: &Settings) -> Result<Purged> {
     let (jobs, batches) = in_batches(batch, || apalis::purge_finished(pool, s.jobs, batch)).await?;
     let (ops, _) = in_batches(batch, || workspace_ops::purge_finished(pool, s.ops, batch)).await?;
     let (events, _) = in_batches(batch, || structure_events::purge_older(pool, s.events, batch)).await?;
+    let (activity, _) = in_batches(batch, || activity_logs::purge_older(pool, s.activity, batch)).await?;
     in_batches(batch, || sweep_runs::purge_older(pool, s.jobs, batch)).await?;
     apalis::purge_dead_workers(pool).await?;
     worker_processes::purge_dead(pool).await?;
-    Ok(Purged { jobs, batches, ops, events })
+    Ok(Purged { jobs, batches, ops, events, activity })
 }

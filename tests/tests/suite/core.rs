@@ -389,7 +389,7 @@ async fn retention_deletes_old_finished_rows_in_batches_and_keeps_the_rest() {
         .await
         .unwrap();
     let day = Duration::from_secs(24 * 3600);
-    let settings = retention::Settings { every: day, jobs: day, ops: day, events: day, batch: 2 };
+    let settings = retention::Settings { every: day, jobs: day, ops: day, events: day, activity: day, batch: 2 };
     let purged = retention::run(&pool, &settings).await.unwrap();
     assert_eq!((purged.ops, purged.jobs), (5, 5));
     assert_eq!(purged.batches, 3, "5 tasks in batches of 2");
@@ -565,7 +565,7 @@ async fn retention_kills_a_running_task_only_when_its_ops_lease_has_expired() {
         .await
         .unwrap();
     let day = Duration::from_secs(86_400);
-    let settings = retention::Settings { every: day, jobs: day, ops: day, events: day, batch: 100 };
+    let settings = retention::Settings { every: day, jobs: day, ops: day, events: day, activity: day, batch: 100 };
     retention::run(&pool, &settings).await.unwrap();
     assert_eq!(task(&pool, &task_id).await.0, "Running", "a task whose op holds a live lease is being worked on");
 

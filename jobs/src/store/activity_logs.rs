@@ -1,0 +1,377 @@
+//! `activity_logs` (every workspace's log and inbox) and `inbox_heads` (the per-workspace
+//! row writers lock, which also holds the state of the workspace's push drain).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::Result;
+
+macro_rules! columns {
+    () => {
+        "id, workspace_id, activity_type, method, source_id, target_id, summary, request_body, \
+     response_body, status, error_detail, duration_ms, created_at, delivery, delivery_attempts, delivered_at"
+    };
+}
+
+/// One row. `id` comes first: agents reading the JSON with line tools rely on it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Activity {
+    pub id: i64,
+    pub workspace_id: Uuid,
+    pub activity_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<Value>,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+    pub delivery_attempts: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A row to write.
+#[derive(Debug, Clone, Default)]
+pub struct NewActivity {
+    pub workspace_id: Uuid,
+    pub activity_type: String,
+    pub method: Option<String>,
+    pub source_id: Option<Uuid>,
+    pub target_id: Option<Uuid>,
+    pub summary: Option<String>,
+    pub request_body: Option<Value>,
+    pub response_body: Option<Value>,
+    pub status: String,
+    pub error_detail: Option<String>,
+    pub duration_ms: Option<i32>,
+    /// Pushed to the agent by an InboxPush task (`pending`), or not (`None`).
+    pub push: bool,
+}
+
+/// Takes the workspace's head row lock (creating the row on first use) and returns the
+/// drain task due, if any. Held until the caller commits.
+pub async fn lock_head(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO inbox_heads (workspace_id) VALUES ($1)
+         ON CONFLICT (workspace_id) DO UPDATE SET workspace_id = excluded.workspace_id
+         RETURNING drain_task_id",
+    )
+    .bind(workspace_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Writes a row; the caller holds the workspace's head lock ([`lock_head`]).
+pub async fn insert_locked(conn: &mut PgConnection, a: &NewActivity) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO activity_logs (workspace_id, activity_type, method, source_id, target_id, summary,
+                                    request_body, response_body, status, error_detail, duration_ms, delivery)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $12 THEN 'pending' END)
+         RETURNING id",
+    )
+    .bind(a.workspace_id)
+    .bind(&a.activity_type)
+    .bind(&a.method)
+    .bind(a.source_id)
+    .bind(a.target_id)
+    .bind(&a.summary)
+    .bind(&a.request_body)
+    .bind(&a.response_body)
+    .bind(&a.status)
+    .bind(&a.error_detail)
+    .bind(a.duration_ms)
+    .bind(a.push)
+    .fetch_one(conn)
+    .await?)
+}
+
+pub async fn get<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<Activity>> {
+    Ok(sqlx::query_as(concat!("SELECT ", columns!(), " FROM activity_logs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// The workspace of row `id`, if the row still exists.
+pub async fn owner<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<Uuid>> {
+    Ok(sqlx::query_scalar("SELECT workspace_id FROM activity_logs WHERE id = $1").bind(id).fetch_optional(db).await?)
+}
+
+/// Rows after `after` in ascending order (the poller's read), or the newest first.
+pub async fn list<'e>(
+    db: impl PgExecutor<'e>,
+    workspace_id: Uuid,
+    activity_type: Option<&str>,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Activity>> {
+    // Two statements rather than a dynamic ORDER BY: both stay static SQL.
+    let q = if after.is_some() {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM activity_logs WHERE workspace_id = $1 AND ($2::text IS NULL OR activity_type = $2)
+               AND id > $3 ORDER BY id ASC LIMIT $4"
+        ))
+    } else {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM activity_logs WHERE workspace_id = $1 AND ($2::text IS NULL OR activity_type = $2)
+               AND $3::bigint IS NULL ORDER BY id DESC LIMIT $4"
+        ))
+    };
+    Ok(q.bind(workspace_id).bind(activity_type).bind(after).bind(limit).fetch_all(db).await?)
+}
+
+/// The workspace's oldest item still waiting for push delivery.
+pub async fn next_pending<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid) -> Result<Option<PendingItem>> {
+    Ok(sqlx::query_as(
+        "SELECT id, method, request_body, response_body, status, error_detail, delivery_attempts,
+                greatest(extract(epoch FROM next_attempt_at - clock_timestamp()), 0)::float8 AS wait_secs
+           FROM activity_logs WHERE workspace_id = $1 AND delivery = 'pending' ORDER BY id LIMIT 1",
+    )
+    .bind(workspace_id)
+    .fetch_optional(db)
+    .await?)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingItem {
+    pub id: i64,
+    pub method: Option<String>,
+    pub request_body: Option<Value>,
+    pub response_body: Option<Value>,
+    pub status: String,
+    pub error_detail: Option<String>,
+    pub delivery_attempts: i32,
+    /// Until its next attempt is due (0 when due now).
+    pub wait_secs: Option<f64>,
+}
+
+/// Records a successful push: the agent's answer is kept as the row's response, unless the
+/// row has one of its own (a delegation result carries its text there).
+pub async fn mark_delivered(conn: &mut PgConnection, id: i64, response: Option<&Value>) -> Result<()> {
+    sqlx::query(
+        "UPDATE activity_logs SET delivery = 'delivered', delivered_at = now(),
+                delivery_attempts = delivery_attempts + 1, next_attempt_at = NULL,
+                response_body = coalesce(response_body, $2)
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(response)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed push: either the next attempt's time, or (`retry_in` = None) the end.
+pub async fn mark_failed(conn: &mut PgConnection, id: i64, error: &str, retry_in: Option<Duration>) -> Result<()> {
+    sqlx::query(
+        "UPDATE activity_logs
+            SET delivery_attempts = delivery_attempts + 1,
+                delivery = CASE WHEN $3::float8 IS NULL THEN 'undeliverable' ELSE 'pending' END,
+                next_attempt_at = clock_timestamp() + $3::float8 * interval '1 second',
+                error_detail = CASE WHEN $3::float8 IS NULL THEN $2 ELSE error_detail END
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(retry_in.map(|d| d.as_secs_f64()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The workspace's agent polls now: its pending items are no longer pushed, its poller
+/// reads them.
+pub async fn stop_pushing(conn: &mut PgConnection, workspace_id: Uuid) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE activity_logs SET delivery = NULL, next_attempt_at = NULL
+          WHERE workspace_id = $1 AND delivery = 'pending'",
+    )
+    .bind(workspace_id)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+pub async fn record_attempt(
+    conn: &mut PgConnection,
+    item_id: i64,
+    attempt: i32,
+    started_at: DateTime<Utc>,
+    http_status: Option<i32>,
+    error: Option<&str>,
+    worker: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO inbox_delivery_attempts (item_id, attempt, started_at, http_status, error, worker)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(item_id)
+    .bind(attempt)
+    .bind(started_at)
+    .bind(http_status)
+    .bind(error)
+    .bind(worker)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The push attempts of an item, in order.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub http_status: Option<i32>,
+    pub error: Option<String>,
+    pub worker: Option<String>,
+}
+
+pub async fn attempts<'e>(db: impl PgExecutor<'e>, item_id: i64) -> Result<Vec<Attempt>> {
+    Ok(sqlx::query_as(
+        "SELECT attempt, started_at, finished_at, http_status, error, worker
+           FROM inbox_delivery_attempts WHERE item_id = $1 ORDER BY attempt",
+    )
+    .bind(item_id)
+    .fetch_all(db)
+    .await?)
+}
+
+// --- the push drain's state on the head row ---------------------------------------------
+
+/// Names the drain task due for the workspace (the caller holds the head lock).
+pub async fn set_drain_task(conn: &mut PgConnection, workspace_id: Uuid, task_id: Option<&str>) -> Result<()> {
+    sqlx::query(
+        "UPDATE inbox_heads SET drain_task_id = $2, drain_lease_until = NULL, drain_claimed_by = NULL
+          WHERE workspace_id = $1",
+    )
+    .bind(workspace_id)
+    .bind(task_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Names a new due task without touching the running claim's lease.
+pub async fn defer_drain(conn: &mut PgConnection, workspace_id: Uuid, task_id: &str) -> Result<()> {
+    sqlx::query("UPDATE inbox_heads SET drain_task_id = $2 WHERE workspace_id = $1")
+        .bind(workspace_id)
+        .bind(task_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub enum DrainClaim {
+    /// This task drains; writes are fenced on the lease number.
+    Claimed(i64),
+    /// Another task is the due one: this one is stale and ends.
+    NotDue,
+    /// The due task is held by a live claim (a redelivery of a running task); retry after
+    /// the given time.
+    Held(Duration),
+}
+
+/// Claims the workspace's drain for task `task_id` under a lease of `ttl`.
+pub async fn claim_drain(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    task_id: &str,
+    worker: &str,
+    ttl: Duration,
+) -> Result<DrainClaim> {
+    let row: Option<(Option<String>, Option<f64>)> = sqlx::query_as(
+        "SELECT drain_task_id, extract(epoch FROM drain_lease_until - clock_timestamp())::float8
+           FROM inbox_heads WHERE workspace_id = $1 FOR UPDATE",
+    )
+    .bind(workspace_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((due, left)) = row else { return Ok(DrainClaim::NotDue) };
+    if due.as_deref() != Some(task_id) {
+        return Ok(DrainClaim::NotDue);
+    }
+    if let Some(left) = left.filter(|l| *l > 0.0) {
+        return Ok(DrainClaim::Held(Duration::from_secs_f64(left)));
+    }
+    let lease: i64 = sqlx::query_scalar(
+        "UPDATE inbox_heads SET drain_lease = drain_lease + 1, drain_claimed_by = $2,
+                drain_lease_until = clock_timestamp() + $3 * interval '1 millisecond'
+          WHERE workspace_id = $1 RETURNING drain_lease",
+    )
+    .bind(workspace_id)
+    .bind(worker)
+    .bind(ttl.as_millis() as f64)
+    .fetch_one(conn)
+    .await?;
+    Ok(DrainClaim::Claimed(lease))
+}
+
+/// Locks the head and checks the claim still holds it, renewing its lease; false when the
+/// drain was taken over (every write of the attempt is then dropped with the transaction).
+pub async fn renew_drain(conn: &mut PgConnection, workspace_id: Uuid, lease: i64, ttl: Duration) -> Result<bool> {
+    Ok(sqlx::query(
+        "UPDATE inbox_heads SET drain_lease_until = clock_timestamp() + $3 * interval '1 millisecond'
+          WHERE workspace_id = $1 AND drain_lease = $2",
+    )
+    .bind(workspace_id)
+    .bind(lease)
+    .bind(ttl.as_millis() as f64)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Heads whose items wait for a push but whose drain task is gone (finished, failed or
+/// killed in apalis, or purged): the sweep re-arms them.
+pub async fn stranded_drains<'e>(db: impl PgExecutor<'e>) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT h.workspace_id FROM inbox_heads h
+          WHERE EXISTS (SELECT 1 FROM activity_logs a WHERE a.workspace_id = h.workspace_id AND a.delivery = 'pending')
+            AND (h.drain_task_id IS NULL
+                 OR NOT EXISTS (SELECT 1 FROM apalis.jobs j
+                                 WHERE j.id = h.drain_task_id AND j.status IN ('Pending', 'Queued', 'Running')))
+            AND (h.drain_lease_until IS NULL OR h.drain_lease_until < clock_timestamp())",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Deletes rows older than `older_than` in one batch, never an item still to be pushed.
+pub async fn purge_older<'e>(db: impl PgExecutor<'e>, older_than: Duration, batch: i64) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM activity_logs WHERE id IN (
+             SELECT id FROM activity_logs
+              WHERE created_at < now() - $1 * interval '1 second' AND delivery IS DISTINCT FROM 'pending'
+              LIMIT $2)",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(batch)
+    .execute(db)
+    .await?
+    .rows_affected())
+}
