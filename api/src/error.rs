@@ -21,8 +21,14 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A 400 with extra fields beside `error`.
+    #[error("{message}")]
+    BadRequestWith { message: String, extra: Value },
     #[error("{0}")]
     NotFound(String),
+    /// 410: what the request points at existed for it once and is gone (a purged cursor).
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     Conflict(String),
     /// A 409 with extra fields beside `error`.
@@ -50,6 +56,8 @@ impl From<jobs::Error> for ApiError {
         use jobs::Error as E;
         match e {
             E::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            E::Missing(m) => ApiError::NotFound(m),
+            E::Conflict(m) => ApiError::Conflict(m),
             E::Unauthorized(m) => ApiError::Unauthorized(m),
             E::Invalid { .. } => ApiError::BadRequest(e.to_string()),
             E::Transition { .. }
@@ -92,6 +100,14 @@ fn database_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+fn with_extra(message: String, extra: Value) -> Value {
+    let mut body = json!({"error": message});
+    if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        b.extend(extra);
+    }
+    body
+}
+
 /// `Retry-After` takes whole seconds: rounded up, and at least one.
 fn with_retry_after(status: StatusCode, body: Value, wait: Duration) -> Response {
     let mut r = (status, Json(body)).into_response();
@@ -105,15 +121,11 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"error": m})),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, json!({"error": m})),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"error": m})),
+            ApiError::BadRequestWith { message, extra } => (StatusCode::BAD_REQUEST, with_extra(message, extra)),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
+            ApiError::Gone(m) => (StatusCode::GONE, json!({"error": m})),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({"error": m})),
-            ApiError::ConflictWith { message, extra } => {
-                let mut body = json!({"error": message});
-                if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
-                    b.extend(extra);
-                }
-                (StatusCode::CONFLICT, body)
-            }
+            ApiError::ConflictWith { message, extra } => (StatusCode::CONFLICT, with_extra(message, extra)),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": m})),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": m})),
             ApiError::DatabaseUnavailable(cause) => {

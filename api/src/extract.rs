@@ -72,8 +72,12 @@ impl<S: Send + Sync, K: IdKind> FromRequestParts<S> for PathId<K> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Path(raw) =
-            Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        // Read by name, so a route with more parameters (`/workspaces/{id}/delegations/{did}`)
+        // shares this extractor.
+        let Path(params) = Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let raw = params.get("id").cloned().unwrap_or_default();
         let id = Uuid::parse_str(&raw)
             .map_err(|_| ApiError::BadRequest(format!("{} {raw:?} is not a valid UUID", K::NAME)))?;
         Ok(PathId(id, PhantomData))

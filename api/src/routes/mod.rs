@@ -1,3 +1,5 @@
+pub mod activity;
+pub mod delegations;
 pub mod events;
 pub mod health;
 pub mod ops;
@@ -26,6 +28,15 @@ pub fn router(state: AppState) -> Router {
         .route("/workspaces/{id}/token", post(workspaces::rotate_token))
         .route("/workspaces/{id}/ops", get(ops::list_for_workspace))
         .route("/ops/{id}", get(ops::get))
+        .route("/workspaces/{id}/activity", get(activity::list).post(activity::record))
+        .route("/workspaces/{id}/a2a", post(activity::send))
+        .route("/workspaces/{id}/delegate", post(delegations::delegate))
+        .route("/workspaces/{id}/delegations", get(delegations::list))
+        .route("/workspaces/{id}/delegations/record", post(delegations::record))
+        .route("/workspaces/{id}/delegations/{delegation_id}/update", post(delegations::update))
+        .route("/workspaces/{id}/delegations/{delegation_id}/heartbeat", post(delegations::heartbeat))
+        .route("/admin/delegations", get(delegations::admin_list))
+        .route("/admin/delegations/stats", get(delegations::admin_stats))
         .route("/registry/register", post(registry::register))
         .route("/registry/heartbeat", post(registry::heartbeat))
         .route("/events", get(events::list))
