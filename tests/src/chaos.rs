@@ -561,7 +561,11 @@ impl Monitor {
         );
         let pending_sql =
             format!("SELECT o.id, o.status, o.lease, {claimed_by} FROM workspace_ops o WHERE o.id = ANY($1)");
+        // A sampler, not a wait: it looks every 200 ms until told to stop.
+        let mut ticks = tokio::time::interval(Duration::from_millis(200));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !stop.load(Ordering::Relaxed) {
+            ticks.tick().await;
             let polled = tokio::time::timeout(Duration::from_secs(2), async {
                 let running: Vec<(Uuid, Uuid, String, i64, Option<String>)> =
                     sqlx::query_as(sqlx::AssertSqlSafe(running_sql.clone())).fetch_all(&pool).await?;
@@ -628,7 +632,6 @@ impl Monitor {
                     _ => s.failed_polls += 1,
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -961,7 +964,8 @@ impl Chaos {
             if let Some(t) = stopped {
                 next = next.min(t);
             }
-            tokio::time::sleep(next.saturating_duration_since(Instant::now())).await;
+            // The plan's next event, or a second from now to look at the workers again.
+            tokio::time::sleep_until(next.into()).await;
         }
         if let Some(t) = pg_task {
             t.await.expect("the PostgreSQL restart task panicked");
@@ -1143,7 +1147,8 @@ impl Chaos {
                 .await
                 .expect("stop PostgreSQL")
                 .unwrap_or_else(|e| panic!("stop PostgreSQL: {e}"));
-            tokio::time::sleep(down).await;
+            // The fault itself: PostgreSQL stays down for the planned time.
+            tokio::time::sleep_until((down_at + down).into()).await;
             tokio::task::spawn_blocking(move || cluster.start())
                 .await
                 .expect("start PostgreSQL")
@@ -1174,32 +1179,39 @@ impl Chaos {
         let first = Instant::now();
         let deadline = *self.settle_deadline.get_or_insert(first + self.w.settle);
         let began = *self.settle_began.get_or_insert(first);
-        loop {
-            let counts: Option<(i64, i64)> = tokio::time::timeout(
-                Duration::from_secs(5),
-                sqlx::query_as(
-                    "SELECT (SELECT count(*) FROM workspace_ops WHERE status IN ('queued', 'running')),
-                            (SELECT count(*) FROM workspaces WHERE status = 'provisioning')",
+        let pool = self.pool.clone();
+        let last = std::cell::Cell::new(None);
+        let settled = crate::poll_until(deadline, Duration::from_millis(500), || {
+            let pool = pool.clone();
+            let last = &last;
+            async move {
+                let counts: Option<(i64, i64)> = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    sqlx::query_as(
+                        "SELECT (SELECT count(*) FROM workspace_ops WHERE status IN ('queued', 'running')),
+                                (SELECT count(*) FROM workspaces WHERE status = 'provisioning')",
+                    )
+                    .fetch_one(&pool),
                 )
-                .fetch_one(&self.pool),
-            )
-            .await
-            .ok()
-            .and_then(|r| r.ok());
-            if counts == Some((0, 0)) {
-                self.settle_took = Some(began.elapsed());
-                println!("== chaos {}: settled ({phase}) after {:.1} s", self.w.name, first.elapsed().as_secs_f64());
-                return true;
+                .await
+                .ok()
+                .and_then(|r| r.ok());
+                last.set(counts);
+                (counts == Some((0, 0))).then_some(())
             }
-            if Instant::now() > deadline {
-                self.violations.push(format!(
-                    "did not settle ({phase}) within {:?}: {:?} (unfinished ops, provisioning workspaces)",
-                    self.w.settle, counts
-                ));
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await;
+        if settled.is_none() {
+            self.violations.push(format!(
+                "did not settle ({phase}) within {:?}: {:?} (unfinished ops, provisioning workspaces)",
+                self.w.settle,
+                last.get()
+            ));
+            return false;
         }
+        self.settle_took = Some(began.elapsed());
+        println!("== chaos {}: settled ({phase}) after {:.1} s", self.w.name, first.elapsed().as_secs_f64());
+        true
     }
 
     /// Settles, waits for an orphans sweep that starts after that, and settles again: the
@@ -1207,22 +1219,24 @@ impl Chaos {
     pub async fn settle_through_orphans_sweep(&mut self) -> bool {
         let since: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&self.pool).await.expect("now()");
         let deadline = self.settle_deadline.unwrap_or_else(|| Instant::now() + self.w.settle);
-        loop {
-            let swept: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM sweep_runs WHERE sweep = 'orphans' AND claimed_at > $1 AND finished_at IS NOT NULL)",
-            )
-            .bind(since)
-            .fetch_one(&self.pool)
-            .await
-            .unwrap_or(false);
-            if swept {
-                break;
+        let pool = self.pool.clone();
+        let swept = crate::poll_until(deadline, Duration::from_millis(500), || {
+            let pool = pool.clone();
+            async move {
+                let swept: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM sweep_runs WHERE sweep = 'orphans' AND claimed_at > $1 AND finished_at IS NOT NULL)",
+                )
+                .bind(since)
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(false);
+                swept.then_some(())
             }
-            if Instant::now() > deadline {
-                self.violations.push("no orphans sweep ran after the settle phase, within its deadline".into());
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await;
+        if swept.is_none() {
+            self.violations.push("no orphans sweep ran after the settle phase, within its deadline".into());
+            return false;
         }
         self.settle("after an orphans sweep").await
     }
@@ -1552,7 +1566,7 @@ async fn send_verbs(
     let mut ids: HashMap<usize, String> = HashMap::new();
     let mut incarnation: HashMap<usize, usize> = HashMap::new();
     for v in plan {
-        tokio::time::sleep((started + v.at).saturating_duration_since(Instant::now())).await;
+        tokio::time::sleep_until((started + v.at).into()).await;
         let id = ids.get(&v.slot).cloned();
         let substituted = id.is_none() && v.verb != Verb::Create;
         let verb = if substituted { Verb::Create } else { v.verb };

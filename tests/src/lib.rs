@@ -41,18 +41,34 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Polls `check` until it yields a value or `timeout` passes (then panics naming `what`).
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
+    match poll_until(Instant::now() + timeout, Duration::from_millis(100), check).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Checks `check` every `every` until it yields a value, or `None` once `deadline` passes:
+/// the one condition wait of the tests, for callers that record a miss instead of panicking.
+pub async fn poll_until<T, F, Fut>(deadline: Instant, every: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        ticks.tick().await;
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if Instant::now() >= deadline {
+            return None;
+        }
     }
 }
 

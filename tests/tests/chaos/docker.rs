@@ -98,10 +98,11 @@ impl Events {
                 image,
             ]);
             let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            while !live && std::time::Instant::now() < deadline {
-                live = created.lock().expect("events").iter().any(|c| c.container == probe);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            live = tests::poll_until(deadline, Duration::from_millis(50), || async {
+                created.lock().expect("events").iter().any(|c| c.container == probe).then_some(())
+            })
+            .await
+            .is_some();
             docker(&["rm", "-f", &probe]);
             if live {
                 break;
