@@ -46,8 +46,15 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
     jobs::db::migrate(&pool).await?;
     let notices = jobs::notify::spawn_listener(pool.clone());
     let registry_rate = Arc::new(RateLimiter::new(config.api.registry_burst, config.api.registry_per_second));
-    let state =
-        AppState { pool, config: Arc::new(config.clone()), admin_token: Arc::new(admin_token), notices, registry_rate };
+    let fleet = Arc::new(jobs::fleet::Fleet::new(pool.clone()));
+    let state = AppState {
+        pool,
+        config: Arc::new(config.clone()),
+        admin_token: Arc::new(admin_token),
+        notices,
+        registry_rate,
+        fleet,
+    };
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .map_err(|e| jobs::Error::Config(format!("cannot listen on API_ADDR={}: {e}", config.api_addr)))?;

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use jobs::config::Config;
+use jobs::fleet::Fleet;
 use jobs::notify::Notice;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -15,4 +16,6 @@ pub struct AppState {
     pub notices: broadcast::Sender<Notice>,
     /// Register and heartbeat, per workspace.
     pub registry_rate: Arc<RateLimiter>,
+    /// The live workers, read at most once a second while some reach a backend.
+    pub fleet: Arc<Fleet>,
 }

@@ -3,7 +3,7 @@
 //! api process LISTENs and fans events out to its WebSocket clients.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::Result;
 use crate::domain::Status;
 use crate::notify::EVENTS_CHANNEL;
-use crate::store::{self, structure_events};
+use crate::store::structure_events;
 
 pub const WORKSPACE_PROVISIONING: &str = "WORKSPACE_PROVISIONING";
 pub const WORKSPACE_ONLINE: &str = "WORKSPACE_ONLINE";
@@ -38,8 +38,9 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
-/// The wire envelope the canvas reads from `GET /events` and `GET /ws`.
-#[derive(Debug, Clone, Serialize)]
+/// The wire envelope the canvas reads from `GET /events` and `GET /ws`, and the payload of
+/// an event's notification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
     pub id: i64,
     pub event: String,
@@ -81,7 +82,5 @@ pub async fn record(
     workspace_id: Option<Uuid>,
     payload: Value,
 ) -> Result<i64> {
-    let id = structure_events::insert(conn, event_type, workspace_id, &payload).await?;
-    store::notify(conn, EVENTS_CHANNEL, &id.to_string()).await?;
-    Ok(id)
+    structure_events::insert_announced(conn, event_type, workspace_id, &payload, EVENTS_CHANNEL).await
 }

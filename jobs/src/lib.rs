@@ -10,6 +10,7 @@ pub mod delegations;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod inbox;
 pub mod kinds;
 pub mod lifecycle;

@@ -56,7 +56,7 @@ pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str) -> Re
         let token = workspace_tokens::mint(&mut tx, workspace.id).await?;
         Created::External { workspace: Box::new(workspace), token }
     } else {
-        let (op, _) = ops::request(&mut tx, &workspace, OpKind::Provision, "create", requested_by).await?;
+        let op = ops::request_first(&mut tx, &workspace, OpKind::Provision, "create", requested_by).await?;
         Created::Provisioning { workspace: Box::new(workspace), op: Box::new(op) }
     };
     tx.commit().await?;

@@ -24,7 +24,8 @@ use crate::retry;
 use crate::store::structure_events;
 use crate::{Error, Result};
 
-/// Payload: the event id.
+/// Payload: the event's envelope as JSON, or only its id when the envelope is too long
+/// for a notification (`structure_events::NOTIFY_INLINE_MAX`).
 pub const EVENTS_CHANNEL: &str = "ws_events";
 /// Payload: `<op id> <workspace id>`.
 pub const OPS_CHANNEL: &str = "ws_ops";
@@ -182,8 +183,19 @@ async fn read(mut listener: PgListener, tx: mpsc::Sender<Received>) {
 async fn decode(pool: &PgPool, n: &PgNotification) -> Result<Option<Notice>> {
     Ok(match n.channel() {
         EVENTS_CHANNEL => {
-            let Ok(id) = n.payload().parse::<i64>() else { return Ok(None) };
-            structure_events::get(pool, id).await?.map(|e| Notice::Event(Box::new(e.into())))
+            let payload = n.payload();
+            if payload.starts_with('{') {
+                match serde_json::from_str::<Envelope>(payload) {
+                    Ok(e) => Some(Notice::Event(Box::new(e))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "undecodable event notification; ignored");
+                        None
+                    }
+                }
+            } else {
+                let Ok(id) = payload.parse::<i64>() else { return Ok(None) };
+                structure_events::get(pool, id).await?.map(|e| Notice::Event(Box::new(e.into())))
+            }
         }
         OPS_CHANNEL => {
             let mut parts = n.payload().split(' ');

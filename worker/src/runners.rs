@@ -67,7 +67,7 @@ pub async fn supervise_lifecycle(ctx: Arc<JobContext>, process_id: String, stop:
     let concurrency = ctx.config.worker.concurrency;
     let poll = ctx.config.worker.poll_interval;
     supervise(LIFECYCLE_QUEUE, stop.clone(), |generation| {
-        let backend = storage(&ctx, LIFECYCLE_QUEUE, concurrency.min(4)).with_pubsub().poll_with_interval(poll);
+        let backend = storage(&ctx, LIFECYCLE_QUEUE, concurrency).with_pubsub().poll_with_interval(poll);
         let worker = WorkerBuilder::new(format!("{LIFECYCLE_QUEUE}-{process_id}-{generation}"))
             .backend(backend)
             .data(ctx.clone())
@@ -98,7 +98,7 @@ pub async fn supervise_inbox(ctx: Arc<JobContext>, process_id: String, stop: wat
     let concurrency = ctx.config.worker.inbox_concurrency;
     let poll = ctx.config.worker.poll_interval;
     supervise(INBOX_QUEUE, stop.clone(), |generation| {
-        let backend = storage(&ctx, INBOX_QUEUE, concurrency.min(16)).with_pubsub().poll_with_interval(poll);
+        let backend = storage(&ctx, INBOX_QUEUE, concurrency).with_pubsub().poll_with_interval(poll);
         let worker = WorkerBuilder::new(format!("{INBOX_QUEUE}-{process_id}-{generation}"))
             .backend(backend)
             .data(ctx.clone())

@@ -243,6 +243,11 @@ pub async fn delete(
 /// Starts need a worker that reaches a backend. With no live worker at all the request
 /// still queues: it runs when one comes up.
 async fn require_backend(state: &AppState) -> ApiResult<()> {
+    // Only a cached "yes" is trusted: a refusal is always checked against the table, so a
+    // worker that just came up is never refused for a second.
+    if state.fleet.snapshot().await?.any_live_backend() == Some(true) {
+        return Ok(());
+    }
     if worker_processes::any_live_backend(&state.pool).await? == Some(false) {
         return Err(ApiError::Unavailable(jobs::backend::NO_BACKEND_MESSAGE.into()));
     }

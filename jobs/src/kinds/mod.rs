@@ -20,6 +20,7 @@ use crate::Result;
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::domain::OpKind;
+use crate::fleet::Fleet;
 use crate::ops::{self, Claim, ClaimResult, Claimant, Finished, Outcome};
 use crate::retry::RetryPolicies;
 use crate::store::workspace_ops;
@@ -37,6 +38,8 @@ pub struct JobContext {
     pub started: std::time::Instant,
     /// Pushes to agents: no redirects, the push timeouts.
     pub http: reqwest::Client,
+    /// The live workers, read at most once a second for all ops.
+    pub fleet: Fleet,
 }
 
 impl JobContext {
@@ -46,7 +49,8 @@ impl JobContext {
             tracing::warn!(error = %e, "could not build the push client with its timeouts; using defaults");
             reqwest::Client::new()
         });
-        JobContext { pool, config, backends, retry, process_id, started: std::time::Instant::now(), http }
+        let fleet = Fleet::new(pool.clone());
+        JobContext { pool, config, backends, retry, process_id, started: std::time::Instant::now(), http, fleet }
     }
 
     /// The client for a push to `url`, whose addresses were checked against the agent-URL
@@ -94,7 +98,8 @@ fn push_client(
 /// cannot be reached to record anything; every other failure is recorded on the op.
 pub async fn run_op(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> {
     let ttl = ctx.config.worker.op_lease;
-    let claim = match ops::claim(&ctx.pool, op_id, task_id, &ctx.claimant()).await? {
+    let fleet = ctx.fleet.snapshot().await?;
+    let claim = match ops::claim_seen(&ctx.pool, op_id, task_id, &ctx.claimant(), &fleet).await? {
         ClaimResult::Claimed(c) => c,
         ClaimResult::Skip(why) => {
             tracing::info!(%op_id, job_id = task_id, reason = %why, "nothing to do for task");

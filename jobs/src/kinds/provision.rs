@@ -10,12 +10,12 @@ use crate::domain::Status;
 use crate::events;
 use crate::kinds::JobContext;
 use crate::ops::{Claim, Outcome};
-use crate::store::{worker_processes, workspace_bootstraps, workspace_tokens, workspaces};
+use crate::store::{workspace_bootstraps, workspace_tokens, workspaces};
 use crate::transition;
 
 pub async fn run(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
-    if let Some(ws) = workspaces::get(&ctx.pool, claim.op.workspace_id).await?
-        && matches!(ws.status, Status::Online | Status::Degraded)
+    let ws = &claim.workspace;
+    if matches!(ws.status, Status::Online | Status::Degraded)
         && let (Some(kind), Some(instance)) = (ws.backend, ws.instance_ref.as_deref().filter(|r| !r.is_empty()))
         && let Some(backend) = ctx.backends.get(kind)
     {
@@ -40,7 +40,7 @@ pub async fn run(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
 pub async fn start_instance(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
     let Some(backend) = ctx.backends.for_new_instance() else {
         // In a mixed fleet another worker may reach a backend: leave the op to it.
-        if worker_processes::any_live_backend(&ctx.pool).await? == Some(true) {
+        if ctx.fleet.snapshot().await?.any_live_backend() == Some(true) {
             return Ok(Outcome::Retry("this worker reaches no backend; leaving the op to one that does".into()));
         }
         return Ok(Outcome::Failed(NO_BACKEND_MESSAGE.to_string()));

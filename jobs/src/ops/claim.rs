@@ -9,7 +9,9 @@ use uuid::Uuid;
 use super::{announce, deliver};
 use crate::Result;
 use crate::backend::BackendKind;
-use crate::domain::{Op, OpKind, Workspace};
+use crate::domain::{Op, OpKind, Status, Workspace};
+use crate::fleet::Snapshot;
+use crate::notify::OPS_CHANNEL;
 use crate::store::{worker_processes, workspace_ops, workspaces};
 
 /// Who claims: a worker process, what it can reach, and how long its lease lasts.
@@ -29,6 +31,33 @@ pub struct Claimant<'a> {
 pub struct Claim {
     pub op: Op,
     pub lease: i64,
+    /// The workspace as the claim found it, under its row lock: handlers decide from this
+    /// instead of reading the row again.
+    pub workspace: ClaimedWorkspace,
+}
+
+/// What a handler needs of the workspace at claim time.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedWorkspace {
+    #[sqlx(rename = "ws_status")]
+    pub status: Status,
+    #[sqlx(rename = "ws_backend")]
+    pub backend: Option<BackendKind>,
+    #[sqlx(rename = "ws_instance_ref")]
+    pub instance_ref: Option<String>,
+    #[sqlx(rename = "ws_external")]
+    pub external: bool,
+}
+
+impl From<&Workspace> for ClaimedWorkspace {
+    fn from(ws: &Workspace) -> Self {
+        ClaimedWorkspace {
+            status: ws.status,
+            backend: ws.backend,
+            instance_ref: ws.instance_ref.clone(),
+            external: ws.external,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -53,6 +82,23 @@ const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
 /// - an op needing a backend the claimant lacks, while another live worker advertises it:
 ///   claiming it here would only use up an attempt.
 pub async fn claim(pool: &PgPool, op_id: Uuid, task_id: &str, claimant: &Claimant<'_>) -> Result<ClaimResult> {
+    let fleet = Snapshot { workers: worker_processes::live(pool).await? };
+    claim_seen(pool, op_id, task_id, claimant, &fleet).await
+}
+
+/// [`claim`], given the fleet as the claimant last saw it. The common case (a queued head
+/// op that this worker can run) is one statement; anything else takes the exact path below,
+/// which reads the fleet afresh inside the transaction before it leaves an op to others.
+pub async fn claim_seen(
+    pool: &PgPool,
+    op_id: Uuid,
+    task_id: &str,
+    claimant: &Claimant<'_>,
+    fleet: &Snapshot,
+) -> Result<ClaimResult> {
+    if let Some(claim) = claim_directly(pool, op_id, task_id, claimant, fleet).await? {
+        return Ok(ClaimResult::Claimed(Box::new(claim)));
+    }
     let mut tx = pool.begin().await?;
     let Some(workspace_id) = workspace_ops::workspace_of(&mut *tx, op_id).await? else {
         return Ok(ClaimResult::Skip(format!("op {op_id} does not exist")));
@@ -96,7 +142,43 @@ pub async fn claim(pool: &PgPool, op_id: Uuid, task_id: &str, claimant: &Claiman
     let op = workspace_ops::mark_running(&mut tx, op_id, claimant.lease, claimant.worker).await?;
     announce(&mut tx, &op).await?;
     tx.commit().await?;
-    Ok(ClaimResult::Claimed(Box::new(Claim { lease: op.lease, op })))
+    Ok(ClaimResult::Claimed(Box::new(Claim { lease: op.lease, op, workspace: (&ws).into() })))
+}
+
+/// The one-statement claim: locks the workspace, then marks the op running only if it is
+/// queued, delivered by this task, the workspace's head, and not better left to another
+/// worker by `fleet`; announces it at commit. `None` when any of that does not hold (or the
+/// statement's snapshot, taken before the lock was granted, is too old to tell): the exact
+/// path decides.
+async fn claim_directly(
+    pool: &PgPool,
+    op_id: Uuid,
+    task_id: &str,
+    claimant: &Claimant<'_>,
+    fleet: &Snapshot,
+) -> Result<Option<Claim>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        op: Op,
+        #[sqlx(flatten)]
+        workspace: ClaimedWorkspace,
+    }
+    let reaches: Vec<&str> = claimant.reaches.iter().map(|k| k.as_str()).collect();
+    let others = fleet.others_backends(claimant.worker);
+    let row: Option<Row> = sqlx::query_as(workspace_ops::CLAIM_DIRECTLY)
+        .bind(op_id)
+        .bind(task_id)
+        .bind(claimant.lease.as_millis() as f64)
+        .bind(claimant.worker)
+        .bind(&reaches)
+        .bind(claimant.starts)
+        .bind(&others)
+        .bind(!others.is_empty())
+        .bind(OPS_CHANNEL)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|r| Claim { lease: r.op.lease, op: r.op, workspace: r.workspace }))
 }
 
 /// The backend the op needs when the claimant lacks it and another live worker advertises it.

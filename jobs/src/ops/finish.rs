@@ -5,12 +5,13 @@ use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Claim, advance, announce, new_task};
+use super::{Claim, advance, new_task};
 use crate::Result;
 use crate::domain::{Op, OpKind, OpStatus, Status, Workspace};
 use crate::events;
+use crate::notify::OPS_CHANNEL;
 use crate::retry::RetryPolicy;
-use crate::store::workspace_ops;
+use crate::store::{workspace_ops, workspaces};
 use crate::transition;
 
 /// How a job ended.
@@ -35,22 +36,24 @@ pub enum Finished {
 /// hands the workspace's next op its task, all in one transaction.
 pub async fn finish(pool: &PgPool, claim: &Claim, outcome: Outcome, policy: RetryPolicy) -> Result<Finished> {
     let mut tx = pool.begin().await?;
-    let ws = match claim.fence(&mut tx).await? {
-        Ok(ws) => ws,
-        Err(_) => return Ok(Finished::Fenced),
-    };
+    let ws = workspaces::lock_existing(&mut tx, claim.op.workspace_id).await?;
     let op = &claim.op;
     let attempts = op.attempts;
-    let updated: Op = match &outcome {
-        Outcome::Succeeded(result) => workspace_ops::mark_final(&mut tx, op.id, OpStatus::Succeeded, result).await?,
+    // Each write below is conditional on the claim still owning the op; the workspace lock
+    // taken above serialises it with every takeover, so `None` means fenced.
+    let updated = match &outcome {
+        Outcome::Succeeded(result) => {
+            workspace_ops::mark_final(&mut tx, op.id, claim.lease, OpStatus::Succeeded, result, OPS_CHANNEL).await?
+        }
         Outcome::Skipped(why) => {
-            workspace_ops::mark_final(&mut tx, op.id, OpStatus::Canceled, &format!("skipped: {why}")).await?
+            let why = format!("skipped: {why}");
+            workspace_ops::mark_final(&mut tx, op.id, claim.lease, OpStatus::Canceled, &why, OPS_CHANNEL).await?
         }
         Outcome::Retry(err) if attempts < op.max_attempts => {
             let delay = policy.delay_after(attempts);
             tracing::warn!(op_id = %op.id, attempts, delay_ms = delay.as_millis() as u64, error = %err, "op attempt failed; retrying");
             let task = new_task(&mut tx, op.id, Some(delay)).await?;
-            workspace_ops::mark_retrying(&mut tx, op.id, err, delay, &task).await?
+            workspace_ops::mark_retrying(&mut tx, op.id, claim.lease, err, delay, &task, OPS_CHANNEL).await?
         }
         Outcome::Retry(err) | Outcome::Failed(err) => {
             let err = if matches!(outcome, Outcome::Retry(_)) {
@@ -58,12 +61,17 @@ pub async fn finish(pool: &PgPool, claim: &Claim, outcome: Outcome, policy: Retr
             } else {
                 err.clone()
             };
-            let failed = workspace_ops::mark_final(&mut tx, op.id, OpStatus::Failed, &err).await?;
-            on_final_failure(&mut tx, &ws, &failed, &err).await?;
+            let failed =
+                workspace_ops::mark_final(&mut tx, op.id, claim.lease, OpStatus::Failed, &err, OPS_CHANNEL).await?;
+            if let Some(failed) = &failed {
+                on_final_failure(&mut tx, &ws, failed, &err).await?;
+            }
             failed
         }
     };
-    announce(&mut tx, &updated).await?;
+    if updated.is_none() {
+        return Ok(Finished::Fenced);
+    }
     advance(&mut tx, ws.id).await?;
     tx.commit().await?;
     Ok(Finished::Recorded)

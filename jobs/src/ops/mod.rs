@@ -17,10 +17,10 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-pub use claim::{Claim, ClaimResult, Claimant, Fenced, claim};
+pub use claim::{Claim, ClaimResult, Claimant, ClaimedWorkspace, Fenced, claim, claim_seen};
 pub use finish::{Finished, Outcome, finish, report_leak_suspect};
 pub use redelivery::redeliver_stranded;
-pub use sequencing::{advance, cancel_queued_starts, request};
+pub use sequencing::{advance, cancel_queued_starts, request, request_first};
 
 use crate::domain::Op;
 use crate::notify::OPS_CHANNEL;

@@ -3,9 +3,10 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{announce, deliver};
+use super::{announce, deliver, new_task};
 use crate::Result;
 use crate::domain::{Op, OpKind, OpStatus, Workspace};
+use crate::notify::OPS_CHANNEL;
 use crate::retry;
 use crate::store::{apalis, workspace_ops};
 
@@ -33,6 +34,21 @@ pub async fn request(
         op.task_id = Some(task);
     }
     Ok((op, true))
+}
+
+/// The first op of a workspace created in the caller's transaction: it has no op before
+/// it, so it is the head and gets its task at once, without looking.
+pub async fn request_first(
+    conn: &mut PgConnection,
+    ws: &Workspace,
+    kind: OpKind,
+    reason: &str,
+    requested_by: &str,
+) -> Result<Op> {
+    let max_attempts = retry::default_policy(kind).max_attempts;
+    let id = Uuid::new_v4();
+    let task = new_task(conn, id, None).await?;
+    workspace_ops::insert_delivered(conn, id, ws.id, kind, reason, max_attempts, requested_by, &task, OPS_CHANNEL).await
 }
 
 /// Cancels the workspace's queued starts (delete and pause supersede them).

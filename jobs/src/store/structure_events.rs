@@ -7,18 +7,35 @@ use uuid::Uuid;
 use crate::Result;
 use crate::events::Event;
 
-pub async fn insert(
+/// Most that Postgres allows in a notification's payload is 8000 bytes; an event whose
+/// envelope is larger is announced by its id, and listeners read it.
+pub const NOTIFY_INLINE_MAX: i32 = 7900;
+
+/// Inserts the event and announces it on `channel` at commit, in one statement: the payload
+/// is the wire envelope itself when it fits, so listeners need not read the row back.
+pub async fn insert_announced(
     conn: &mut PgConnection,
     event_type: &str,
     workspace_id: Option<Uuid>,
     payload: &Value,
+    channel: &str,
 ) -> Result<i64> {
     Ok(sqlx::query_scalar(
-        "INSERT INTO structure_events (event_type, workspace_id, payload) VALUES ($1, $2, $3) RETURNING id",
+        "WITH e AS (
+             INSERT INTO structure_events (event_type, workspace_id, payload) VALUES ($1, $2, $3)
+             RETURNING id, event_type, workspace_id, payload, created_at),
+         j AS (
+             SELECT id, jsonb_build_object('id', id, 'event', event_type, 'workspace_id', workspace_id,
+                                           'timestamp', created_at, 'payload', payload)::text AS envelope
+               FROM e)
+         SELECT id FROM j,
+                LATERAL (SELECT pg_notify($4, CASE WHEN octet_length(envelope) <= $5 THEN envelope ELSE id::text END)) n",
     )
     .bind(event_type)
     .bind(workspace_id)
     .bind(payload)
+    .bind(channel)
+    .bind(NOTIFY_INLINE_MAX)
     .fetch_one(conn)
     .await?)
 }

@@ -39,6 +39,13 @@ pub async fn any_live_backend<'e>(db: impl PgExecutor<'e>) -> Result<Option<bool
     Ok(if row.0 == 0 { None } else { Some(row.1 > 0) })
 }
 
+/// Live workers and the backends each advertises (`fleet` caches this).
+pub async fn live<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(String, Vec<String>)>> {
+    Ok(sqlx::query_as("SELECT id, backends FROM worker_processes WHERE last_seen > now() - interval '30 seconds'")
+        .fetch_all(db)
+        .await?)
+}
+
 /// Whether a live worker other than `me` advertises `backend` (`None`: any backend).
 pub async fn others_advertise<'e>(db: impl PgExecutor<'e>, me: &str, backend: Option<&str>) -> Result<bool> {
     Ok(sqlx::query_scalar(

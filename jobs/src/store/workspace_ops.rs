@@ -92,6 +92,41 @@ pub async fn insert(
     .await?)
 }
 
+/// Inserts a queued op already delivered by task `task_id`, and announces it on `channel`
+/// at commit: for the first op of a workspace, which is its head from the start.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert_delivered(
+    conn: &mut PgConnection,
+    id: Uuid,
+    workspace_id: Uuid,
+    kind: OpKind,
+    reason: &str,
+    max_attempts: i32,
+    requested_by: &str,
+    task_id: &str,
+    channel: &str,
+) -> Result<Op> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "WITH i AS (
+             INSERT INTO workspace_ops (id, workspace_id, kind, reason, status, max_attempts, requested_by, task_id)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7) RETURNING ",
+        columns!(),
+        ") SELECT ",
+        columns!(),
+        ", pg_notify($8, id::text || ' ' || workspace_id::text)::text AS notified FROM i"
+    ))
+    .bind(id)
+    .bind(workspace_id)
+    .bind(kind)
+    .bind(reason)
+    .bind(max_attempts)
+    .bind(requested_by)
+    .bind(task_id)
+    .bind(channel)
+    .fetch_one(conn)
+    .await?)
+}
+
 /// Cancels the workspace's queued provisions and restarts, returning them.
 pub async fn cancel_queued_starts(conn: &mut PgConnection, workspace_id: Uuid, why: &str) -> Result<Vec<Op>> {
     Ok(sqlx::query_as::<_, Op>(concat!(
@@ -143,6 +178,40 @@ pub async fn mark_running(conn: &mut PgConnection, id: Uuid, ttl: Duration, clai
     .fetch_one(conn)
     .await?)
 }
+
+/// `ops::claim`'s one-statement path. Binds: op id, task id, lease ms, worker, the backends
+/// the worker reaches (text[]), whether it starts instances, the backends other live
+/// workers advertise (text[]), whether any other live worker starts instances. Returns the
+/// op's columns and the workspace's as `ws_*`, or no row.
+///
+/// The workspace row is locked first, as everywhere, and re-read by the lock; the op's
+/// conditions are re-checked on its newest version by the update. Only "no earlier op is
+/// unfinished" is read from the statement's snapshot, which can only err towards refusing.
+pub const CLAIM_DIRECTLY: &str = concat!(
+    "WITH t AS (
+         SELECT id AS ws_id, status AS ws_status, backend AS ws_backend, instance_ref AS ws_instance_ref,
+                external AS ws_external
+           FROM workspaces WHERE id = (SELECT workspace_id FROM workspace_ops WHERE id = $1)
+            FOR UPDATE),
+     c AS (
+         UPDATE workspace_ops o
+            SET status = 'running', attempts = o.attempts + 1, lease = o.lease + 1,
+                lease_until = clock_timestamp() + $3 * interval '1 millisecond', claimed_by = $4,
+                started_at = coalesce(o.started_at, now()), next_attempt_at = NULL, updated_at = now()
+           FROM t
+          WHERE o.id = $1 AND o.workspace_id = t.ws_id AND o.task_id = $2 AND o.status = 'queued'
+            AND NOT EXISTS (SELECT 1 FROM workspace_ops p
+                             WHERE p.workspace_id = o.workspace_id AND p.seq < o.seq AND p.status IN ('queued', 'running'))
+            AND NOT (o.kind IN ('stop', 'restart') AND t.ws_backend IS NOT NULL
+                     AND NOT (t.ws_backend = ANY($5)) AND t.ws_backend = ANY($7))
+            AND NOT (o.kind IN ('provision', 'restart') AND NOT t.ws_external AND NOT $6 AND $8)
+      RETURNING o.*)
+     SELECT ",
+    columns!(),
+    ", ws_status, ws_backend, ws_instance_ref, ws_external,
+            pg_notify($9, id::text || ' ' || workspace_id::text)::text AS notified
+       FROM c JOIN t ON t.ws_id = c.workspace_id"
+);
 
 /// How long the running op's current lease still has, by the database's clock; `None` when
 /// the op is not running or its lease has expired.
@@ -197,49 +266,72 @@ pub async fn lock_owned(conn: &mut PgConnection, id: Uuid, lease: i64) -> Result
     Ok(owned.is_some())
 }
 
-/// Ends the op with a final `status`: `succeeded` stores `text` as its result, `failed` and
-/// `canceled` as its error.
-pub async fn mark_final(conn: &mut PgConnection, id: Uuid, status: OpStatus, text: &str) -> Result<Op> {
+/// Ends the attempt of claim `lease` with a final `status` (`succeeded` stores `text` as
+/// the result; `failed` and `canceled` as the error) and announces it on `channel` at
+/// commit. `None` when the claim no longer owns the op.
+pub async fn mark_final(
+    conn: &mut PgConnection,
+    id: Uuid,
+    lease: i64,
+    status: OpStatus,
+    text: &str,
+    channel: &str,
+) -> Result<Option<Op>> {
     if !status.is_final() {
         return Err(Error::Internal(format!("op {id} cannot end as {status}")));
     }
     Ok(sqlx::query_as::<_, Op>(concat!(
-        "UPDATE workspace_ops
-            SET status = $2,
-                result = CASE WHEN $2 = 'succeeded' THEN $3 ELSE result END,
-                last_error = CASE WHEN $2 = 'succeeded' THEN last_error ELSE $3 END,
-                finished_at = now(), updated_at = now()
-          WHERE id = $1 RETURNING ",
-        columns!()
+        "WITH u AS (
+             UPDATE workspace_ops
+                SET status = $3,
+                    result = CASE WHEN $3 = 'succeeded' THEN $4 ELSE result END,
+                    last_error = CASE WHEN $3 = 'succeeded' THEN last_error ELSE $4 END,
+                    finished_at = now(), updated_at = now()
+              WHERE id = $1 AND lease = $2 AND status = 'running' RETURNING ",
+        columns!(),
+        ") SELECT ",
+        columns!(),
+        ", pg_notify($5, id::text || ' ' || workspace_id::text)::text AS notified FROM u"
     ))
     .bind(id)
+    .bind(lease)
     .bind(status)
     .bind(text)
-    .fetch_one(conn)
+    .bind(channel)
+    .fetch_optional(conn)
     .await?)
 }
 
-/// Back to `queued` after a failed attempt, to run again after `delay`, delivered by the
-/// (delayed) task `task_id`.
+/// Back to `queued` after claim `lease`'s attempt failed, to run again after `delay`,
+/// delivered by the (delayed) task `task_id`; announced on `channel` at commit. `None` when
+/// the claim no longer owns the op.
 pub async fn mark_retrying(
     conn: &mut PgConnection,
     id: Uuid,
+    lease: i64,
     error: &str,
     delay: Duration,
     task_id: &str,
-) -> Result<Op> {
+    channel: &str,
+) -> Result<Option<Op>> {
     Ok(sqlx::query_as::<_, Op>(concat!(
-        "UPDATE workspace_ops
-            SET status = 'queued', last_error = $2, task_id = $4,
-                next_attempt_at = now() + $3 * interval '1 millisecond', updated_at = now()
-          WHERE id = $1 RETURNING ",
-        columns!()
+        "WITH u AS (
+             UPDATE workspace_ops
+                SET status = 'queued', last_error = $3, task_id = $5,
+                    next_attempt_at = now() + $4 * interval '1 millisecond', updated_at = now()
+              WHERE id = $1 AND lease = $2 AND status = 'running' RETURNING ",
+        columns!(),
+        ") SELECT ",
+        columns!(),
+        ", pg_notify($6, id::text || ' ' || workspace_id::text)::text AS notified FROM u"
     ))
     .bind(id)
+    .bind(lease)
     .bind(error)
     .bind(delay.as_millis() as f64)
     .bind(task_id)
-    .fetch_one(conn)
+    .bind(channel)
+    .fetch_optional(conn)
     .await?)
 }
 
