@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 const PRODUCERS: usize = 8;
 
-type Arrivals = Arc<Mutex<HashMap<i64, Instant>>>;
+pub(crate) type Arrivals = Arc<Mutex<HashMap<i64, Instant>>>;
 
 pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     let (mut items, mut spaces) = (20_000usize, 100usize);
@@ -54,32 +54,13 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     println!("| phase | workers | items | seconds | items/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|---|");
 
-    let poll_ws = workspaces(&pool, spaces, DeliveryMode::Poll, None).await?;
-    let arrivals: Arrivals = Arc::default();
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let pollers: Vec<_> =
-        poll_ws.iter().map(|ws| tokio::spawn(poll(pool.clone(), *ws, arrivals.clone(), stop_rx.clone()))).collect();
-    let sent = produce(&pool, &poll_ws, DeliveryMode::Poll, items).await?;
-    let poll_row = wait_for(&sent, &arrivals, items).await;
-    let _ = stop_tx.send(true);
-    for p in pollers {
-        let _ = p.await;
-    }
-    println!("| poll | 0 (no job) | {poll_row}");
+    let poll_row = poll_phase(&pool, spaces, items).await?;
+    println!("| poll | 0 (no job) | {} |", poll_row.cells());
 
-    // The local agent every push-mode workspace points at.
-    let listener =
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| jobs::Error::Internal(e.to_string()))?;
-    let addr = listener.local_addr().map_err(|e| jobs::Error::Internal(e.to_string()))?;
-    let received: Arrivals = Arc::default();
-    let app = axum::Router::new().route("/a2a", axum::routing::post(receive)).with_state(received.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let url = AgentUrl::parse(&format!("http://{addr}/a2a"))?;
+    let (url, received) = receiver().await?;
     let config = Arc::new(config);
     for workers in [1usize, 2] {
-        received.lock().map_err(|_| jobs::Error::Internal("poisoned".into()))?.clear();
+        clear(&received)?;
         let push_ws = workspaces(&pool, spaces, DeliveryMode::Push, Some(url.clone())).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut runners = vec![];
@@ -94,8 +75,42 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
         for r in runners {
             let _ = r.await;
         }
-        println!("| push | {workers} | {row}");
+        println!("| push | {workers} | {} |", row.cells());
     }
+    Ok(())
+}
+
+/// Poll mode: one poller per workspace reads what the producers write; no job is involved.
+pub(crate) async fn poll_phase(pool: &PgPool, spaces: usize, items: usize) -> jobs::Result<Measured> {
+    let poll_ws = workspaces(pool, spaces, DeliveryMode::Poll, None).await?;
+    let arrivals: Arrivals = Arc::default();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let pollers: Vec<_> =
+        poll_ws.iter().map(|ws| tokio::spawn(poll(pool.clone(), *ws, arrivals.clone(), stop_rx.clone()))).collect();
+    let sent = produce(pool, &poll_ws, DeliveryMode::Poll, items).await?;
+    let measured = wait_for(&sent, &arrivals, items).await;
+    let _ = stop_tx.send(true);
+    for p in pollers {
+        let _ = p.await;
+    }
+    Ok(measured)
+}
+
+/// The local agent every push-mode workspace points at, served until the process ends.
+pub(crate) async fn receiver() -> jobs::Result<(AgentUrl, Arrivals)> {
+    let listener =
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| jobs::Error::Internal(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| jobs::Error::Internal(e.to_string()))?;
+    let received: Arrivals = Arc::default();
+    let app = axum::Router::new().route("/a2a", axum::routing::post(receive)).with_state(received.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((AgentUrl::parse(&format!("http://{addr}/a2a"))?, received))
+}
+
+pub(crate) fn clear(arrivals: &Arrivals) -> jobs::Result<()> {
+    arrivals.lock().map_err(|_| jobs::Error::Internal("poisoned".into()))?.clear();
     Ok(())
 }
 
@@ -107,7 +122,12 @@ async fn receive(State(received): State<Arrivals>, Json(body): Json<Value>) -> J
     Json(json!({"jsonrpc": "2.0", "id": body.get("id"), "result": {"kind": "message", "role": "agent"}}))
 }
 
-async fn workspaces(pool: &PgPool, n: usize, mode: DeliveryMode, url: Option<AgentUrl>) -> jobs::Result<Vec<Uuid>> {
+pub(crate) async fn workspaces(
+    pool: &PgPool,
+    n: usize,
+    mode: DeliveryMode,
+    url: Option<AgentUrl>,
+) -> jobs::Result<Vec<Uuid>> {
     let mut ids = vec![];
     let mut tx = pool.begin().await?;
     for i in 0..n {
@@ -134,7 +154,12 @@ async fn workspaces(pool: &PgPool, n: usize, mode: DeliveryMode, url: Option<Age
 
 /// Writes `items` messages round-robin over the workspaces from several producers; returns
 /// when each was written.
-async fn produce(pool: &PgPool, ws: &[Uuid], mode: DeliveryMode, items: usize) -> jobs::Result<HashMap<i64, Instant>> {
+pub(crate) async fn produce(
+    pool: &PgPool,
+    ws: &[Uuid],
+    mode: DeliveryMode,
+    items: usize,
+) -> jobs::Result<HashMap<i64, Instant>> {
     let mut tasks = vec![];
     for p in 0..PRODUCERS {
         let (pool, ws) = (pool.clone(), ws.to_vec());
@@ -186,8 +211,24 @@ async fn poll(pool: PgPool, ws: Uuid, seen: Arrivals, stop: watch::Receiver<bool
     }
 }
 
-/// Waits until every item arrived (deadline 10 minutes) and formats the table row.
-async fn wait_for(sent: &HashMap<i64, Instant>, arrived: &Arrivals, items: usize) -> String {
+/// What one inbox phase delivered: items/s from the first write to the last arrival, and
+/// write-to-arrival latency.
+pub(crate) struct Measured {
+    pub n: usize,
+    pub secs: f64,
+    pub per_sec: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl Measured {
+    fn cells(&self) -> String {
+        format!("{} | {:.1} | {:.0} | {:.0} | {:.0}", self.n, self.secs, self.per_sec, self.p50, self.p99)
+    }
+}
+
+/// Waits until every item arrived (deadline 10 minutes) and measures what did.
+pub(crate) async fn wait_for(sent: &HashMap<i64, Instant>, arrived: &Arrivals, items: usize) -> Measured {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let n = arrived.lock().map(|a| sent.keys().filter(|k| a.contains_key(k)).count()).unwrap_or(0);
@@ -196,7 +237,9 @@ async fn wait_for(sent: &HashMap<i64, Instant>, arrived: &Arrivals, items: usize
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let Ok(a) = arrived.lock() else { return "poisoned".into() };
+    let Ok(a) = arrived.lock() else {
+        return Measured { n: 0, secs: f64::NAN, per_sec: f64::NAN, p50: f64::NAN, p99: f64::NAN };
+    };
     let mut lat: Vec<f64> = sent
         .iter()
         .filter_map(|(id, at)| a.get(id).map(|got| got.duration_since(*at).as_secs_f64() * 1000.0))
@@ -209,5 +252,5 @@ async fn wait_for(sent: &HashMap<i64, Instant>, arrived: &Arrivals, items: usize
         _ => f64::NAN,
     };
     let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
-    format!("{} | {secs:.1} | {:.0} | {:.0} | {:.0} |", lat.len(), lat.len() as f64 / secs, pct(0.5), pct(0.99))
+    Measured { n: lat.len(), secs, per_sec: lat.len() as f64 / secs, p50: pct(0.5), p99: pct(0.99) }
 }

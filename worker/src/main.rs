@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_inbox;
+mod bench_queue;
 mod probe;
 mod runners;
 mod scheduler;
@@ -38,6 +39,7 @@ async fn main() -> ExitCode {
             let args: Vec<String> = std::env::args().skip(2).collect();
             match args.first().map(String::as_str) {
                 Some("inbox") => bench_inbox::run(config, &args).await,
+                Some("queue") => bench_queue::run(config, &args).await,
                 _ => bench::run(config, &args).await,
             }
         }

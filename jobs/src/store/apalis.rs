@@ -202,4 +202,31 @@ pub mod bench {
             .await?;
         Ok(())
     }
+
+    /// Inserts `rows` tasks due now on `queue`, in one statement.
+    pub async fn insert_pending<'e>(db: impl PgExecutor<'e>, queue: &str, rows: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at)
+             SELECT apalis.generate_ulid(), $1, '\\x7b7d', 'Pending', 0, 5, now()
+               FROM generate_series(1, $2)",
+        )
+        .bind(queue)
+        .bind(rows)
+        .execute(db)
+        .await?;
+        Ok(())
+    }
+
+    /// How many of `queue`'s tasks are done, and the seconds from the first lock to the
+    /// last completion (apalis' own timestamps).
+    pub async fn done_span<'e>(db: impl PgExecutor<'e>, queue: &str) -> Result<(i64, Option<f64>)> {
+        Ok(sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'Done'),
+                    extract(epoch FROM max(done_at) - min(lock_at))::float8
+               FROM apalis.jobs WHERE job_type = $1",
+        )
+        .bind(queue)
+        .fetch_one(db)
+        .await?)
+    }
 }
