@@ -573,3 +573,42 @@ async fn retention_kills_a_running_task_only_when_its_ops_lease_has_expired() {
     retention::run(&pool, &settings).await.unwrap();
     assert_eq!(task(&pool, &task_id).await.0, "Killed", "nobody renews the lease: the row is residue");
 }
+
+/// An event's notification carries its envelope, so listeners need not read it back; an
+/// envelope too long for a notification is announced by its id and read. Either way every
+/// listener receives the event whole.
+#[tokio::test]
+async fn listeners_receive_events_whole_whether_inline_or_too_long_for_a_notification() {
+    use jobs::notify::Notice;
+    let (_db, pool) = database().await;
+    let notices = jobs::notify::spawn_listener(pool.clone());
+    let mut rx = notices.subscribe();
+    let deadline = Duration::from_secs(15);
+    // The listener announces a resync once it listens; events before that could be missed.
+    tokio::time::timeout(deadline, async { while !matches!(rx.recv().await, Ok(Notice::Resync)) {} })
+        .await
+        .expect("the listener never started listening");
+
+    let inline = serde_json::json!({"note": "small"});
+    let too_long =
+        serde_json::json!({"note": "x".repeat(3 * jobs::store::structure_events::NOTIFY_INLINE_MAX as usize)});
+    for payload in [inline, too_long] {
+        let mut tx = pool.begin().await.unwrap();
+        let id = jobs::events::record(&mut tx, "TEST_EVENT", None, payload.clone()).await.unwrap();
+        tx.commit().await.unwrap();
+        let got = tokio::time::timeout(deadline, async {
+            loop {
+                if let Ok(Notice::Event(e)) = rx.recv().await
+                    && e.id == id
+                {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the event never reached the listener");
+        assert_eq!(got.event, "TEST_EVENT");
+        assert_eq!(got.workspace_id, None);
+        assert_eq!(got.payload, payload, "the event arrived altered");
+    }
+}
