@@ -15,6 +15,10 @@ use tracing::Instrument;
 
 type Payload = serde_json::Value;
 
+/// A handler that could not reach the database returns an error, which apalis answers by
+/// fetching the task again at once; pausing first keeps that from becoming a hot loop.
+const DATABASE_TROUBLE_PAUSE: Duration = Duration::from_secs(1);
+
 fn storage(ctx: &JobContext, queue: &str, batch: usize) -> PostgresStorage<Payload> {
     let cfg = &ctx.config.worker;
     PostgresStorage::new(&ctx.pool).with_config(
@@ -122,8 +126,7 @@ async fn lifecycle_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext
     };
     if let Err(e) = kinds::run_op(&ctx, task.op_id, &task_id).await {
         tracing::error!(job_id = %task_id, op_id = %task.op_id, error = %e, "could not record the op's outcome");
-        // The database is in trouble; don't let apalis re-fetch this task in a hot loop.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(DATABASE_TROUBLE_PAUSE).await;
         return Err(Box::new(e));
     }
     Ok(())
@@ -142,7 +145,7 @@ async fn inbox_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext>>) 
         // The drain's state is in its rows: apalis' retry (or the delegations sweep, should
         // the task be spent) picks it up where it stopped.
         tracing::error!(job_id = %task_id, workspace_id = %task.workspace_id, error = %e, "inbox drain failed");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(DATABASE_TROUBLE_PAUSE).await;
         return Err(Box::new(e));
     }
     Ok(())
