@@ -174,7 +174,6 @@ async fn claim_directly(
         .bind(&reaches)
         .bind(claimant.starts)
         .bind(&others)
-        .bind(!others.is_empty())
         .bind(OPS_CHANNEL)
         .fetch_optional(pool)
         .await?;

@@ -6,6 +6,14 @@ use uuid::Uuid;
 use crate::domain::{Op, OpKind, OpStatus};
 use crate::{Error, Result};
 
+/// The select-list item that announces the op row in scope on channel `$n` at commit,
+/// in the payload `ops::announce` sends (`<op id> <workspace id>`).
+macro_rules! announced {
+    ($n:literal) => {
+        concat!("pg_notify($", $n, ", id::text || ' ' || workspace_id::text)::text AS notified")
+    };
+}
+
 /// The columns of [`Op`], unqualified.
 macro_rules! columns {
     () => {
@@ -113,7 +121,9 @@ pub async fn insert_delivered(
         columns!(),
         ") SELECT ",
         columns!(),
-        ", pg_notify($8, id::text || ' ' || workspace_id::text)::text AS notified FROM i"
+        ", ",
+        announced!(8),
+        " FROM i"
     ))
     .bind(id)
     .bind(workspace_id)
@@ -181,7 +191,8 @@ pub async fn mark_running(conn: &mut PgConnection, id: Uuid, ttl: Duration, clai
 
 /// `ops::claim`'s one-statement path. Binds: op id, task id, lease ms, worker, the backends
 /// the worker reaches (text[]), whether it starts instances, the backends other live
-/// workers advertise (text[]), whether any other live worker starts instances. Returns the
+/// workers advertise (text[]; any at all means another worker starts instances), the
+/// notification channel. Returns the
 /// op's columns and the workspace's as `ws_*`, or no row.
 ///
 /// The workspace row is locked first, as everywhere, and re-read by the lock; the op's
@@ -204,13 +215,13 @@ pub const CLAIM_DIRECTLY: &str = concat!(
                              WHERE p.workspace_id = o.workspace_id AND p.seq < o.seq AND p.status IN ('queued', 'running'))
             AND NOT (o.kind IN ('stop', 'restart') AND t.ws_backend IS NOT NULL
                      AND NOT (t.ws_backend = ANY($5)) AND t.ws_backend = ANY($7))
-            AND NOT (o.kind IN ('provision', 'restart') AND NOT t.ws_external AND NOT $6 AND $8)
+            AND NOT (o.kind IN ('provision', 'restart') AND NOT t.ws_external AND NOT $6 AND cardinality($7::text[]) > 0)
       RETURNING o.*)
      SELECT ",
     columns!(),
-    ", ws_status, ws_backend, ws_instance_ref, ws_external,
-            pg_notify($9, id::text || ' ' || workspace_id::text)::text AS notified
-       FROM c JOIN t ON t.ws_id = c.workspace_id"
+    ", ws_status, ws_backend, ws_instance_ref, ws_external, ",
+    announced!(8),
+    " FROM c JOIN t ON t.ws_id = c.workspace_id"
 );
 
 /// How long the running op's current lease still has, by the database's clock; `None` when
@@ -291,7 +302,9 @@ pub async fn mark_final(
         columns!(),
         ") SELECT ",
         columns!(),
-        ", pg_notify($5, id::text || ' ' || workspace_id::text)::text AS notified FROM u"
+        ", ",
+        announced!(5),
+        " FROM u"
     ))
     .bind(id)
     .bind(lease)
@@ -323,7 +336,9 @@ pub async fn mark_retrying(
         columns!(),
         ") SELECT ",
         columns!(),
-        ", pg_notify($6, id::text || ' ' || workspace_id::text)::text AS notified FROM u"
+        ", ",
+        announced!(6),
+        " FROM u"
     ))
     .bind(id)
     .bind(lease)
