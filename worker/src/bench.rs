@@ -90,11 +90,7 @@ impl From<Vec<Duration>> for Latency {
 
 impl Latency {
     fn p(&self, q: f64) -> f64 {
-        if self.samples.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.samples.len() as f64 - 1.0) * q).round() as usize;
-        self.samples[i].as_secs_f64() * 1000.0
+        crate::percentile::of(&self.samples, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
     }
 }
 
@@ -102,7 +98,7 @@ impl Latency {
 async fn fetch_latency(pool: &PgPool, n: usize) -> jobs::Result<Latency> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
-        bench::insert_due(pool, QUEUE).await?;
+        bench::insert_pending(pool, QUEUE, 1).await?;
         let t = Instant::now();
         let claimed = bench::fetch_one(pool, WORKER, QUEUE).await?;
         samples.push(t.elapsed());

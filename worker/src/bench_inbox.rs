@@ -251,6 +251,6 @@ pub(crate) async fn wait_for(sent: &HashMap<i64, Instant>, arrived: &Arrivals, i
         (Some(f), Some(l)) => l.duration_since(f).as_secs_f64(),
         _ => f64::NAN,
     };
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| crate::percentile::of(&lat, p).unwrap_or(f64::NAN);
     Measured { n: lat.len(), secs, per_sec: lat.len() as f64 / secs, p50: pct(0.5), p99: pct(0.99) }
 }

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::bench_inbox::{self, Measured};
+use crate::{percentile, runners};
 
 const RAW_QUEUE: &str = "bench-raw";
 const ADMIN_TOKEN: &str = "bench-admin";
@@ -105,8 +106,8 @@ impl Row {
 
     fn latencies(mut self, mut ms: Vec<f64>) -> Row {
         ms.sort_by(f64::total_cmp);
-        self.p50 = percentile(&ms, 0.5);
-        self.p99 = percentile(&ms, 0.99);
+        self.p50 = percentile::of(&ms, 0.5);
+        self.p99 = percentile::of(&ms, 0.99);
         self
     }
 
@@ -114,10 +115,6 @@ impl Row {
         let what = if m.n < items { format!("{what} (only {} of {items} arrived)", m.n) } else { what.to_string() };
         Row { p50: Some(m.p50), p99: Some(m.p99), ..Row::new(rank, what, workers, m.n, m.per_sec) }
     }
-}
-
-fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    sorted.get(((sorted.len() as f64 - 1.0) * q).round() as usize).copied()
 }
 
 struct Statement {
@@ -331,15 +328,6 @@ async fn noop(_: Value) -> Result<(), BoxDynError> {
     Ok(())
 }
 
-async fn stopped(mut stop: watch::Receiver<bool>) -> Result<(), std::io::Error> {
-    while !*stop.borrow() {
-        if stop.changed().await.is_err() {
-            break;
-        }
-    }
-    Ok(())
-}
-
 /// The same apalis fetch/ack machinery our runners use, with nothing behind it.
 async fn raw_apalis(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     let n = b.args.ops;
@@ -355,7 +343,7 @@ async fn raw_apalis(b: &Bench, report: &mut Report) -> jobs::Result<()> {
         .backend(backend)
         .concurrency(64)
         .build(noop);
-    let handle = tokio::spawn(worker.run_until(stopped(stop_rx)));
+    let handle = tokio::spawn(worker.run_until(runners::stopped(stop_rx)));
     let deadline = Deadline::new(LONG, "the raw apalis tasks to be done");
     // The stop sender dropped on an early return stops the worker too.
     let span = loop {

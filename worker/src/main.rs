@@ -6,6 +6,7 @@
 mod bench;
 mod bench_inbox;
 mod bench_queue;
+mod percentile;
 mod probe;
 mod runners;
 mod scheduler;

@@ -30,7 +30,7 @@ fn storage(ctx: &JobContext, queue: &str, batch: usize) -> PostgresStorage<Paylo
     )
 }
 
-async fn stopped(mut stop: watch::Receiver<bool>) -> Result<(), std::io::Error> {
+pub(crate) async fn stopped(mut stop: watch::Receiver<bool>) -> Result<(), std::io::Error> {
     while !*stop.borrow() {
         if stop.changed().await.is_err() {
             break;

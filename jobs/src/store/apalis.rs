@@ -175,17 +175,6 @@ pub mod bench {
         Ok(())
     }
 
-    pub async fn insert_due<'e>(db: impl PgExecutor<'e>, queue: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at)
-             VALUES (apalis.generate_ulid(), $1, '\\x7b7d', 'Pending', 0, 5, now() - interval '1 second')",
-        )
-        .bind(queue)
-        .execute(db)
-        .await?;
-        Ok(())
-    }
-
     /// apalis' own fetch (`apalis.get_jobs`) of up to one task; returns the ids it claimed.
     pub async fn fetch_one<'e>(db: impl PgExecutor<'e>, worker: &str, queue: &str) -> Result<Vec<String>> {
         Ok(sqlx::query_scalar("SELECT id FROM apalis.get_jobs($1, $2, 1)")
