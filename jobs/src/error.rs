@@ -28,6 +28,13 @@ pub enum Error {
     #[error("ancestor workspace {name:?} ({id}) is paused; resume it first")]
     AncestorPaused { id: Uuid, name: String },
 
+    /// Only external workspaces have connection details and rotatable credentials.
+    #[error(
+        "workspace {id} has runtime {runtime:?}, not external: the platform runs it and hands its instance \
+             credentials at start"
+    )]
+    NotExternal { id: Uuid, runtime: String },
+
     /// Something named by a text id (a delegation, an activity cursor) is not there for
     /// the caller; the text says what.
     #[error("{0}")]

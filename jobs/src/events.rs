@@ -28,6 +28,9 @@ pub const LEAK_SUSPECT: &str = "LEAK_SUSPECT";
 pub const ORPHAN_FOUND: &str = "ORPHAN_FOUND";
 pub const ORPHAN_REAPED: &str = "ORPHAN_REAPED";
 pub const TOKENS_REVOKED: &str = "TOKENS_REVOKED";
+/// Recorded without a workspace id: the workspace's own events go with it.
+pub const WORKSPACE_PURGED: &str = "WORKSPACE_PURGED";
+pub const EXTERNAL_CREDENTIALS_ROTATED: &str = "EXTERNAL_CREDENTIALS_ROTATED";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Event {

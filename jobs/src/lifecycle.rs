@@ -11,7 +11,7 @@ use crate::domain::workspace::EXTERNAL_RUNTIME;
 use crate::domain::{CreateRequest, Op, OpKind, Patch, Status, Workspace};
 use crate::events;
 use crate::ops;
-use crate::store::{workspace_tokens, workspaces};
+use crate::store::{workspace_ops, workspace_tokens, workspaces};
 use crate::transition;
 use crate::{Error, Result};
 
@@ -113,7 +113,23 @@ pub enum Restarted {
     Noop,
 }
 
-pub async fn restart(pool: &PgPool, id: Uuid, reason: &str, requested_by: &str) -> Result<Restarted> {
+/// What a restart is asked for beyond starting the instance again. Both are recorded on the
+/// op; a request joining a queued start adds its flags to that start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestartOptions {
+    /// The agent starts a fresh session.
+    pub reset_session: bool,
+    /// The instance moves to the image configured now instead of its pinned one.
+    pub upgrade_image: bool,
+}
+
+pub async fn restart(
+    pool: &PgPool,
+    id: Uuid,
+    reason: &str,
+    requested_by: &str,
+    options: RestartOptions,
+) -> Result<Restarted> {
     let mut tx = pool.begin().await?;
     let ws = lock_live(&mut tx, id).await?;
     if ws.external {
@@ -123,7 +139,13 @@ pub async fn restart(pool: &PgPool, id: Uuid, reason: &str, requested_by: &str) 
         return Err(Error::Paused { id });
     }
     refuse_paused_ancestor(&mut tx, &ws).await?;
-    let restarted = request_restart(&mut tx, &ws, reason, requested_by).await?;
+    let restarted = match request_restart(&mut tx, &ws, reason, requested_by).await? {
+        Restarted::Queued { op, new } if options != RestartOptions::default() => {
+            let op = workspace_ops::add_flags(&mut tx, op.id, options.reset_session, options.upgrade_image).await?;
+            Restarted::Queued { op: Box::new(op), new }
+        }
+        other => other,
+    };
     tx.commit().await?;
     Ok(restarted)
 }
@@ -256,6 +278,41 @@ async fn remove_subtree(
     Ok((removed, op_ids))
 }
 
+/// Deletes a removed workspace, its removed descendants and every row keyed on them, once
+/// their stops have finished (until then the rows are what stop and the orphan sweep use to
+/// find the instances). Returns how many workspaces went.
+pub async fn purge(pool: &PgPool, id: Uuid) -> Result<i64> {
+    let mut tx = pool.begin().await?;
+    let family = workspaces::lock_family(&mut tx, id).await?;
+    if family.is_empty() {
+        return Err(Error::workspace_not_found(id));
+    }
+    for ws in &family {
+        if ws.status != Status::Removed {
+            return Err(Error::Conflict(if ws.id == id {
+                format!("workspace {id} is {}: delete it first, then purge it once its stop has finished", ws.status)
+            } else {
+                format!(
+                    "workspace {id} has a descendant {} ({}) that is {}; delete it first",
+                    ws.id, ws.name, ws.status
+                )
+            }));
+        }
+        if workspace_ops::has_unfinished(&mut *tx, ws.id).await? {
+            return Err(Error::Conflict(format!(
+                "workspace {} still has an op in progress (its stop); purge once it has finished (see \
+                 /workspaces/{}/ops)",
+                ws.id, ws.id
+            )));
+        }
+    }
+    let ids: Vec<Uuid> = family.iter().map(|w| w.id).collect();
+    let purged = workspaces::purge(&mut tx, &ids).await?;
+    events::record(&mut tx, events::WORKSPACE_PURGED, None, json!({"workspace_id": id, "purged": ids})).await?;
+    tx.commit().await?;
+    Ok(purged)
+}
+
 #[derive(Debug, Serialize)]
 pub struct Collapsed {
     pub removed: Vec<String>,
@@ -300,21 +357,32 @@ pub async fn patch(pool: &PgPool, id: Uuid, p: Patch) -> Result<Workspace> {
     Ok(updated)
 }
 
-/// Replaces an external workspace's token: the old one stops working at once and the new
-/// one is returned, once. Workspaces the platform runs get theirs from their instance.
-pub async fn rotate_token(pool: &PgPool, id: Uuid) -> Result<String> {
+/// An external workspace, for its connection details.
+pub async fn external(pool: &PgPool, id: Uuid) -> Result<Workspace> {
+    match workspaces::get(pool, id).await? {
+        Some(ws) if ws.status != Status::Removed && ws.external => Ok(ws),
+        Some(ws) if ws.status != Status::Removed => Err(Error::NotExternal { id, runtime: ws.runtime }),
+        _ => Err(Error::workspace_not_found(id)),
+    }
+}
+
+/// Replaces an external workspace's token in one transaction: every live one is revoked and
+/// the new one is returned, once. Workspaces the platform runs get theirs from their instance.
+pub async fn rotate_token(pool: &PgPool, id: Uuid) -> Result<(Workspace, String)> {
     let mut tx = pool.begin().await?;
     let ws = lock_live(&mut tx, id).await?;
     if !ws.external {
-        return Err(Error::Invalid {
-            field: "workspace",
-            problem: "is run by the platform; its instance receives its credentials at start (restart it for new ones)"
-                .into(),
-        });
+        return Err(Error::NotExternal { id, runtime: ws.runtime });
     }
-    workspace_tokens::revoke_all(&mut tx, id).await?;
+    let revoked = workspace_tokens::revoke_all(&mut tx, id).await?;
     let token = workspace_tokens::mint(&mut tx, id).await?;
-    events::record(&mut tx, events::TOKENS_REVOKED, Some(id), json!({"reason": "rotated"})).await?;
+    events::record(
+        &mut tx,
+        events::EXTERNAL_CREDENTIALS_ROTATED,
+        Some(id),
+        json!({"workspace_id": id, "revoked": revoked}),
+    )
+    .await?;
     tx.commit().await?;
-    Ok(token)
+    Ok((ws, token))
 }

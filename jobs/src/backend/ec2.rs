@@ -165,13 +165,14 @@ impl Ec2Backend {
         // secret goes where a container's goes; it is single-use and expires with the
         // provision timeout, so user data readable later on the instance holds nothing live.
         let script = format!(
-            "#!/bin/sh\nset -eu\ncat > /etc/molecule-workspace.env <<'EOF'\nWORKSPACE_ID={}\nPLATFORM_URL={}\nRUNTIME={}\nMODEL={}\nTIER={}\nHEARTBEAT_INTERVAL_SECONDS={}\nWORKSPACE_CONFIG_PATH=/configs\nEOF\nmkdir -p /configs\n(umask 077 && printf '%s\\n' '{}' > /configs/.auth_token)\nsystemctl enable --now molecule-workspace.service\n",
+            "#!/bin/sh\nset -eu\ncat > /etc/molecule-workspace.env <<'EOF'\nWORKSPACE_ID={}\nPLATFORM_URL={}\nRUNTIME={}\nMODEL={}\nTIER={}\nHEARTBEAT_INTERVAL_SECONDS={}\nWORKSPACE_CONFIG_PATH=/configs\n{}EOF\nmkdir -p /configs\n(umask 077 && printf '%s\\n' '{}' > /configs/.auth_token)\nsystemctl enable --now molecule-workspace.service\n",
             spec.workspace_id,
             spec.platform_url,
             spec.runtime,
             spec.model,
             spec.tier,
             spec.heartbeat_interval_secs,
+            if spec.reset_session { "RESET_SESSION=1\n" } else { "" },
             spec.bootstrap_secret
         );
         STANDARD.encode(script)
@@ -199,9 +200,9 @@ impl Backend for Ec2Backend {
         let op = spec.op_id.to_string();
         if let Some(existing) = self.keep_one_of_op(&op).await? {
             tracing::info!(instance = %existing, "reusing the instance an earlier attempt of this op started");
-            return Ok(super::Started { instance_ref: existing.clone(), made: existing });
+            return Ok(super::Started { instance_ref: existing.clone(), made: existing, image: None });
         }
-        let ami = self.config.ami_id.as_deref().ok_or_else(|| {
+        let ami = spec.image.as_deref().or(self.config.ami_id.as_deref()).ok_or_else(|| {
             BackendError::Permanent("EC2_AMI_ID is not set: configure the image EC2 workspaces boot from".into())
         })?;
         let tier = spec.tier.clamp(1, 4) as usize;
@@ -250,7 +251,7 @@ impl Backend for Ec2Backend {
                 "another claim of this op started an instance first; adopting it"
             );
         }
-        Ok(super::Started { instance_ref: kept, made })
+        Ok(super::Started { instance_ref: kept, made, image: Some(ami.to_string()) })
     }
 
     /// Every claim of an op shares its instance (a rescue adopts it), so a superseded claim

@@ -68,6 +68,12 @@ pub struct StartSpec {
     /// How often the agent should heartbeat: a fraction of the staleness threshold, so one
     /// lost heartbeat never makes a workspace look dead.
     pub heartbeat_interval_secs: u64,
+    /// Tell the agent to start a fresh session instead of resuming its last one
+    /// (`RESET_SESSION=1` in its environment).
+    pub reset_session: bool,
+    /// The image the workspace is pinned to (what [`Started::image`] said last time); `None`
+    /// takes the one configured now.
+    pub image: Option<String>,
 }
 
 /// The reference a backend gives back for a started instance; stored on the workspace row.
@@ -77,6 +83,9 @@ pub struct Started {
     /// What this start made and nothing else (a container id; for EC2 the instance, which
     /// every claim of the op shares), for [`Backend::discard`].
     pub made: String,
+    /// The image the instance runs, as an immutable reference (Docker: the image's content
+    /// id, whatever tag named it; EC2: the AMI). `None` when the start reused an instance.
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -205,6 +205,23 @@ impl WorkerConfig {
     }
 }
 
+/// An image may be pinned by digest (`name@sha256:<64 hex>`); a malformed digest would only
+/// fail at the first provision, so it stops the process at start instead.
+fn check_image_reference(var: &str, image: &str) -> Result<()> {
+    if image.trim().is_empty() {
+        return Err(Error::Config(format!("{var} is empty; give an image reference")));
+    }
+    if let Some((_, digest)) = image.split_once('@') {
+        let hex = digest.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(Error::Config(format!(
+                "{var}={image:?}: a pinned image must end in @sha256: and 64 lower-case hex digits"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl DockerConfig {
     fn read(env: &Env) -> Result<DockerConfig> {
         let raw = env.string("DOCKER_ENABLED", "auto");
@@ -220,8 +237,15 @@ impl DockerConfig {
         let images = env
             .with_prefix("WORKSPACE_IMAGE_")
             .filter(|(runtime, _)| *runtime != "DEFAULT")
-            .map(|(runtime, image)| (runtime.to_ascii_lowercase().replace('_', "-"), image.to_string()))
-            .collect();
+            .map(|(runtime, image)| {
+                check_image_reference(&format!("WORKSPACE_IMAGE_{runtime}"), image)?;
+                Ok((runtime.to_ascii_lowercase().replace('_', "-"), image.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        let default_image = env.get("WORKSPACE_IMAGE_DEFAULT");
+        if let Some(image) = &default_image {
+            check_image_reference("WORKSPACE_IMAGE_DEFAULT", image)?;
+        }
         let default_tiers: [(i64, i64); 4] = [(256, 512), (512, 1024), (2048, 2048), (4096, 4096)];
         let mut tiers = [(0i64, 0i64); 4];
         for (i, (mem, cpu)) in default_tiers.iter().enumerate() {
@@ -237,7 +261,7 @@ impl DockerConfig {
             mode,
             network: env.get("DOCKER_NETWORK"),
             images,
-            default_image: env.get("WORKSPACE_IMAGE_DEFAULT"),
+            default_image,
             tiers,
             call_timeout: env.secs("DOCKER_CALL_TIMEOUT_SECONDS", 60)?,
             probe_every: env.secs("DOCKER_PROBE_SECONDS", 10)?,
@@ -288,6 +312,19 @@ mod tests {
         assert!(!c.ec2_reachable());
         assert_eq!(c.api.agent_urls, AgentUrlPolicy { allow_private: false, allow_loopback: true });
         assert_eq!((c.api.registry_burst, c.api.registry_per_second), (10.0, 5.0));
+    }
+
+    #[test]
+    fn images_may_be_pinned_by_digest_and_a_bad_digest_stops_the_start() {
+        let pinned = format!("registry.example/lg@sha256:{}", "a1".repeat(32));
+        let c = Config::read(&Env::from_pairs([("WORKSPACE_IMAGE_LANGGRAPH", pinned.as_str())])).unwrap();
+        assert_eq!(c.docker.images.get("langgraph"), Some(&pinned));
+        for bad in ["lg@sha256:abc", "lg@md5:0123", &format!("lg@sha256:{}", "A1".repeat(32))] {
+            let err = Config::read(&Env::from_pairs([("WORKSPACE_IMAGE_GEMINI_CLI", bad)])).unwrap_err().to_string();
+            assert!(err.contains("WORKSPACE_IMAGE_GEMINI_CLI") && err.contains("sha256"), "{bad}: {err}");
+        }
+        let err = Config::read(&Env::from_pairs([("WORKSPACE_IMAGE_DEFAULT", "x@y")])).unwrap_err().to_string();
+        assert!(err.contains("WORKSPACE_IMAGE_DEFAULT"), "{err}");
     }
 
     #[test]

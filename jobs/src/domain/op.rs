@@ -71,6 +71,11 @@ pub struct Op {
     pub last_error: Option<String>,
     pub result: Option<String>,
     pub requested_by: String,
+    /// A restart that also tells the agent to start a fresh session (no resumed state).
+    pub reset_session: bool,
+    /// A start that moves the workspace to the image configured now instead of the one it
+    /// is pinned to.
+    pub upgrade_image: bool,
     #[serde(skip)]
     pub lease: i64,
     /// Until when the current claim owns the op; the running handler keeps renewing it.

@@ -13,13 +13,25 @@ use crate::{Error, Result};
 
 pub const EXTERNAL_RUNTIME: &str = "external";
 
-pub const KNOWN_RUNTIMES: [&str; 9] =
-    ["langgraph", "deepagents", "claude-code", "crewai", "autogen", "hermes", "openclaw", "codex", EXTERNAL_RUNTIME];
+pub const KNOWN_RUNTIMES: [&str; 10] = [
+    "langgraph",
+    "deepagents",
+    "claude-code",
+    "crewai",
+    "autogen",
+    "hermes",
+    "openclaw",
+    "codex",
+    "gemini-cli",
+    EXTERNAL_RUNTIME,
+];
 
+/// Runtime names are matched exactly, as agents and images match them: `CLAUDE-CODE` is
+/// refused rather than quietly taken for `claude-code`.
 pub fn parse_runtime(s: &str) -> Result<String> {
-    let rt = s.trim().to_ascii_lowercase();
-    if KNOWN_RUNTIMES.contains(&rt.as_str()) {
-        Ok(rt)
+    let rt = s.trim();
+    if KNOWN_RUNTIMES.contains(&rt) {
+        Ok(rt.to_string())
     } else {
         Err(Error::Invalid {
             field: "runtime",
@@ -29,8 +41,10 @@ pub fn parse_runtime(s: &str) -> Result<String> {
 }
 
 /// claude-code speaks Anthropic's short model names; every other runtime the long form.
+/// Exactly `claude-code`: agents match their runtime name exactly too, so a case variant is
+/// not claude-code to them and must not get its short names.
 pub fn default_model(runtime: &str) -> &'static str {
-    if runtime.eq_ignore_ascii_case("claude-code") { "sonnet" } else { "anthropic:claude-opus-4-7" }
+    if runtime == "claude-code" { "sonnet" } else { "anthropic:claude-opus-4-7" }
 }
 
 pub const MAX_NAME_CHARS: usize = 255;
@@ -128,6 +142,9 @@ pub struct Workspace {
     pub collapsed: bool,
     pub backend: Option<BackendKind>,
     pub instance_ref: Option<String>,
+    /// The image its instance was started from (Docker: the image's content id; EC2: the
+    /// AMI); later starts reuse it unless asked to upgrade.
+    pub runtime_image: Option<String>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub active_tasks: i32,
     pub current_task: Option<String>,
@@ -249,6 +266,29 @@ mod tests {
     #[test]
     fn default_model_per_runtime() {
         assert_eq!(default_model("claude-code"), "sonnet");
-        assert_eq!(default_model("langgraph"), "anthropic:claude-opus-4-7");
+        for other in ["langgraph", "gemini-cli", "CLAUDE-CODE", "Claude-Code", "claude-code ", "", "unknown"] {
+            assert_eq!(default_model(other), "anthropic:claude-opus-4-7", "{other:?}");
+        }
+    }
+
+    #[test]
+    fn runtimes_include_every_known_one_and_refuse_others() {
+        for rt in [
+            "langgraph",
+            "deepagents",
+            "claude-code",
+            "crewai",
+            "autogen",
+            "hermes",
+            "openclaw",
+            "codex",
+            "gemini-cli",
+            "external",
+        ] {
+            assert_eq!(parse_runtime(rt).unwrap(), rt);
+        }
+        assert!(parse_runtime("Claude-Code").is_err());
+        let err = parse_runtime("gemini").unwrap_err().to_string();
+        assert!(err.starts_with("runtime \"gemini\" is not known") && err.contains("gemini-cli"), "{err}");
     }
 }

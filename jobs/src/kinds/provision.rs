@@ -81,6 +81,9 @@ pub async fn start_instance(ctx: &JobContext, claim: &Claim) -> Result<Outcome> 
         platform_url: ctx.config.platform_url.clone(),
         bootstrap_secret,
         heartbeat_interval_secs: (ctx.config.sweeps.liveness.stale_after.as_secs() / 3).clamp(1, 30),
+        reset_session: claim.op.reset_session,
+        // An image is pinned only on the backend that recorded it.
+        image: ws.runtime_image.clone().filter(|_| ws.backend == Some(kind) && !claim.op.upgrade_image),
     };
     let started = match backend.start(&spec).await {
         Ok(s) => s,
@@ -103,12 +106,13 @@ pub async fn start_instance(ctx: &JobContext, claim: &Claim) -> Result<Outcome> 
         }
         return Ok(Outcome::Skipped(f.to_string()));
     }
-    workspaces::record_instance(&mut tx, ws.id, kind, &started.instance_ref).await?;
+    workspaces::record_instance(&mut tx, ws.id, kind, &started.instance_ref, started.image.as_deref()).await?;
     events::record(
         &mut tx,
         events::WORKSPACE_STARTED,
         Some(ws.id),
-        json!({"backend": kind, "instance_ref": started.instance_ref, "op_id": claim.op.id}),
+        json!({"backend": kind, "instance_ref": started.instance_ref, "image": started.image, "op_id": claim.op.id,
+            "reset_session": claim.op.reset_session}),
     )
     .await?;
     tx.commit().await?;

@@ -18,7 +18,7 @@ macro_rules! announced {
 macro_rules! columns {
     () => {
         "id, seq, workspace_id, kind, reason, status, attempts, max_attempts, last_error, result, requested_by, \
-         lease, lease_until, claimed_by, task_id, next_attempt_at, created_at, started_at, finished_at, updated_at"
+         reset_session, upgrade_image, lease, lease_until, claimed_by, task_id, next_attempt_at, created_at, started_at, finished_at, updated_at"
     };
 }
 
@@ -74,6 +74,22 @@ pub async fn queued_start(conn: &mut PgConnection, workspace_id: Uuid) -> Result
     ))
     .bind(workspace_id)
     .fetch_optional(conn)
+    .await?)
+}
+
+/// ORs a restart request's flags into an op that has not started yet (a joining request
+/// must not lose its ask).
+pub async fn add_flags(conn: &mut PgConnection, id: Uuid, reset_session: bool, upgrade_image: bool) -> Result<Op> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "UPDATE workspace_ops SET reset_session = reset_session OR $2, upgrade_image = upgrade_image OR $3,
+                updated_at = now()
+          WHERE id = $1 RETURNING ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(reset_session)
+    .bind(upgrade_image)
+    .fetch_one(conn)
     .await?)
 }
 

@@ -15,8 +15,8 @@ use crate::{Error, Result};
 macro_rules! columns {
     () => {
         "id, name, role, runtime, tier, model, parent_id, status, last_sample_error, url, delivery_mode, external, \
-         max_concurrent_tasks, collapsed, backend, instance_ref, last_heartbeat_at, active_tasks, current_task, \
-         uptime_seconds, last_error_rate, status_changed_at, created_at, updated_at"
+         max_concurrent_tasks, collapsed, backend, instance_ref, runtime_image, last_heartbeat_at, active_tasks, \
+         current_task, uptime_seconds, last_error_rate, status_changed_at, created_at, updated_at"
     };
 }
 
@@ -122,6 +122,31 @@ pub async fn subtree(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace>
     .await?)
 }
 
+/// Self and every descendant whatever its status (removed ones included), parents first,
+/// each locked. Purge needs the whole family: a removed child still holds its parent's key.
+pub async fn lock_family(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace>> {
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
+        "WITH RECURSIVE t (id, depth) AS (
+             SELECT id, 0 FROM workspaces WHERE id = $1
+             UNION ALL
+             SELECT w.id, t.depth + 1 FROM workspaces w JOIN t ON w.parent_id = t.id
+         ) CYCLE id SET is_cycle USING walk
+         SELECT ",
+        columns!(),
+        " FROM workspaces JOIN t USING (id) WHERE NOT t.is_cycle ORDER BY t.depth, created_at
+          FOR UPDATE OF workspaces"
+    ))
+    .bind(id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Deletes the workspaces and every row keyed on them (the `purge_workspaces` function
+/// finds those tables in the catalog). Returns how many workspaces went.
+pub async fn purge(conn: &mut PgConnection, ids: &[Uuid]) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT purge_workspaces($1)").bind(ids).fetch_one(conn).await?)
+}
+
 /// Ancestors, nearest first, however many; a cycle ends the walk (see [`subtree`]).
 pub async fn ancestors(conn: &mut PgConnection, id: Uuid) -> Result<Vec<Workspace>> {
     Ok(sqlx::query_as::<_, Workspace>(concat!(
@@ -182,13 +207,19 @@ pub async fn record_instance(
     id: Uuid,
     backend: BackendKind,
     instance_ref: &str,
+    image: Option<&str>,
 ) -> Result<()> {
-    sqlx::query("UPDATE workspaces SET backend = $2, instance_ref = $3, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(backend)
-        .bind(instance_ref)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE workspaces SET backend = $2, instance_ref = $3, runtime_image = coalesce($4, runtime_image),
+                updated_at = now()
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(backend)
+    .bind(instance_ref)
+    .bind(image)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

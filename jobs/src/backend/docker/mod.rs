@@ -83,7 +83,7 @@ impl DockerBackend {
             (LABEL_OP_SEQ.to_owned(), spec.op_seq.to_string()),
             (LABEL_OP_LEASE.to_owned(), spec.lease.to_string()),
         ]);
-        let env = vec![
+        let mut env = vec![
             format!("WORKSPACE_ID={}", spec.workspace_id),
             format!("PLATFORM_URL={}", spec.platform_url),
             format!("WORKSPACE_CONFIG_PATH={CONFIG_DIR}"),
@@ -92,6 +92,9 @@ impl DockerBackend {
             format!("RUNTIME={}", spec.runtime),
             format!("HEARTBEAT_INTERVAL_SECONDS={}", spec.heartbeat_interval_secs),
         ];
+        if spec.reset_session {
+            env.push("RESET_SESSION=1".to_owned());
+        }
         ContainerCreateBody {
             image: Some(image.to_owned()),
             env: Some(env),
@@ -140,6 +143,33 @@ impl DockerBackend {
             }
         }
         Err(BackendError::Transient(format!("container {name} kept being re-created by a concurrent start")))
+    }
+
+    /// The content id of the image this start runs: the workspace's pinned one, else the
+    /// one configured for its runtime now. Containers are created from the id, so retagging
+    /// the configured name later moves no workspace until it is restarted with an upgrade.
+    async fn image_id(&self, spec: &StartSpec) -> Result<String, BackendError> {
+        let (image, pinned) = match &spec.image {
+            Some(pinned) => (pinned.as_str(), true),
+            None => (self.settings.image_for(&spec.runtime)?, false),
+        };
+        let inspected = self.call("inspect the image", self.docker.inspect_image(image)).await?;
+        match inspected {
+            Ok(info) => info
+                .id
+                .ok_or_else(|| BackendError::Transient(format!("the Docker engine gave no id for image {image}"))),
+            Err(err) if status_of(&err) == Some(404) || is_no_such_image(&err) => {
+                Err(BackendError::Permanent(if pinned {
+                    format!(
+                        "image {image}, which this workspace is pinned to, is no longer on the Docker engine; \
+                         restart it with upgrade=true to move it to the image configured now"
+                    )
+                } else {
+                    format!("image {image} not found on the Docker engine")
+                }))
+            }
+            Err(err) => Err(engine_error("inspect the image", err)),
+        }
     }
 
     /// Frees the name of a container made by an older start: it holds an older secret and
@@ -240,7 +270,8 @@ impl Backend for DockerBackend {
     }
 
     async fn start(&self, spec: &StartSpec) -> Result<Started, BackendError> {
-        let image = self.settings.image_for(&spec.runtime)?;
+        let image = self.image_id(spec).await?;
+        let image = image.as_str();
         let name = Self::container_name(spec.workspace_id);
         debug!(
             workspace_id = %spec.workspace_id,
@@ -255,7 +286,7 @@ impl Backend for DockerBackend {
             self.remove_half_started(&id).await;
             return Err(err);
         }
-        Ok(Started { instance_ref: name, made: id })
+        Ok(Started { instance_ref: name, made: id, image: Some(image.to_owned()) })
     }
 
     async fn discard(&self, started: &Started) -> Result<(), BackendError> {
