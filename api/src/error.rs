@@ -60,6 +60,11 @@ impl From<jobs::Error> for ApiError {
             E::Conflict(m) => ApiError::Conflict(m),
             E::Unauthorized(m) => ApiError::Unauthorized(m),
             E::Invalid { .. } => ApiError::BadRequest(e.to_string()),
+            E::NotExternal { id, ref runtime } => ApiError::BadRequestWith {
+                extra: json!({"runtime": runtime,
+                    "hint": format!("restart it (POST /workspaces/{id}/restart) for new credentials")}),
+                message: e.to_string(),
+            },
             E::Transition { .. }
             | E::Paused { .. }
             | E::AlreadyPaused { .. }

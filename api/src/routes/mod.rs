@@ -1,6 +1,7 @@
 pub mod activity;
 pub mod delegations;
 pub mod events;
+pub mod external;
 pub mod health;
 pub mod ops;
 pub mod registry;
@@ -25,7 +26,9 @@ pub fn router(state: AppState) -> Router {
         .route("/workspaces/{id}/pause", post(workspaces::pause))
         .route("/workspaces/{id}/resume", post(workspaces::resume))
         .route("/workspaces/{id}/collapse", post(workspaces::collapse))
-        .route("/workspaces/{id}/token", post(workspaces::rotate_token))
+        .route("/workspaces/{id}/token", post(external::rotate))
+        .route("/workspaces/{id}/external/rotate", post(external::rotate))
+        .route("/workspaces/{id}/external/connection", get(external::connection))
         .route("/workspaces/{id}/ops", get(ops::list_for_workspace))
         .route("/ops/{id}", get(ops::get))
         .route("/workspaces/{id}/activity", get(activity::list).post(activity::record))

@@ -4,7 +4,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use jobs::domain::workspace::{self, EXTERNAL_RUNTIME, ListCursor, MAX_NAME_CHARS, MAX_ROLE_CHARS};
 use jobs::domain::{AgentUrl, CreateRequest, DeliveryMode, Patch, Status, Workspace};
-use jobs::lifecycle::{self, Created, Deleted, Restarted};
+use jobs::lifecycle::{self, Created, Deleted, RestartOptions, Restarted};
 use jobs::store::{worker_processes, workspaces};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::auth::{Admin, AdminOrWorkspace};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiQuery, Limit, PathId, WorkspaceId};
+use crate::extract::{ApiJson, ApiQuery, Limit, OptionalJson, PathId, WorkspaceId};
+use crate::routes::external;
 use crate::state::AppState;
 use crate::wait::{self, WaitQuery};
 
@@ -90,25 +91,6 @@ impl TryFrom<CreateBody> for CreateRequest {
     }
 }
 
-fn connection(state: &AppState, ws: &Workspace, token: &str) -> Value {
-    let base = &state.config.platform_url;
-    json!({
-        "workspace_id": ws.id,
-        "platform_url": base,
-        "auth_token": token,
-        "registry_endpoint": format!("{base}/registry/register"),
-        "heartbeat_endpoint": format!("{base}/registry/heartbeat"),
-        "curl_register_template": format!(
-            "curl -X POST {base}/registry/register -H 'Authorization: Bearer <token>' -H 'Content-Type: application/json' -d '{{\"id\":\"{}\",\"url\":\"<your agent url>\"}}'",
-            ws.id
-        ),
-        "python_snippet": format!(
-            "import requests\nrequests.post(\"{base}/registry/register\", headers={{\"Authorization\": \"Bearer <token>\"}}, json={{\"id\": \"{}\", \"url\": \"<your agent url>\"}})",
-            ws.id
-        ),
-    })
-}
-
 pub async fn create(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<WaitQuery>,
@@ -121,7 +103,7 @@ pub async fn create(
     match lifecycle::create(&state.pool, req, &admin.label()).await? {
         Created::External { workspace, token } => {
             let body = json!({"id": workspace.id, "external": true, "status": workspace.status,
-                "connection": connection(&state, &workspace, &token)});
+                "connection": external::payload(&state, workspace.id, &token)});
             Ok((StatusCode::CREATED, Json(body)).into_response())
         }
         Created::Provisioning { workspace, op } => match wait {
@@ -216,6 +198,7 @@ pub async fn patch(
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     confirm: Option<bool>,
+    purge: Option<bool>,
 }
 
 pub async fn delete(
@@ -224,6 +207,12 @@ pub async fn delete(
     admin: Admin,
     ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> ApiResult<Json<Value>> {
+    if q.purge == Some(true) {
+        // The rows are what stop and the orphan sweep find instances by, so a purge comes
+        // after the delete's stops, as a second call.
+        let purged = lifecycle::purge(&state.pool, id).await?;
+        return Ok(Json(json!({"status": "purged", "cascade_deleted": purged.saturating_sub(1)})));
+    }
     match lifecycle::delete(&state.pool, id, q.confirm.unwrap_or(false), &admin.label()).await? {
         Deleted::ConfirmationRequired { children } => Err(ApiError::ConflictWith {
             message: format!(
@@ -254,35 +243,46 @@ async fn require_backend(state: &AppState) -> ApiResult<()> {
     Ok(())
 }
 
-/// `POST /workspaces/{id}/token`: a new token for an external workspace's agent; the old
-/// one stops working at once.
-pub async fn rotate_token(
-    State(state): State<AppState>,
-    _admin: Admin,
-    PathId(id, _): WorkspaceId,
-) -> ApiResult<Response> {
-    let token = lifecycle::rotate_token(&state.pool, id).await?;
-    let ws = workspaces::get(&state.pool, id).await?.ok_or_else(|| jobs::Error::workspace_not_found(id))?;
-    Ok(Json(json!({"id": id, "connection": connection(&state, &ws, &token)})).into_response())
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartQuery {
+    wait: Option<f64>,
+    reset: Option<bool>,
+    upgrade: Option<bool>,
+}
+
+/// The same two asks as the query's; either place turns one on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartBody {
+    reset: Option<bool>,
+    upgrade: Option<bool>,
 }
 
 pub async fn restart(
     State(state): State<AppState>,
     ws: AdminOrWorkspace,
-    ApiQuery(q): ApiQuery<WaitQuery>,
+    ApiQuery(q): ApiQuery<RestartQuery>,
+    OptionalJson(b): OptionalJson<RestartBody>,
 ) -> ApiResult<Response> {
     let id = ws.id;
-    let wait = q.duration()?;
+    let wait = WaitQuery { wait: q.wait }.duration()?;
+    let options = RestartOptions {
+        reset_session: q.reset.unwrap_or(false) || b.reset.unwrap_or(false),
+        upgrade_image: q.upgrade.unwrap_or(false) || b.upgrade.unwrap_or(false),
+    };
     let found = workspaces::get(&state.pool, id).await?.ok_or_else(|| jobs::Error::workspace_not_found(id))?;
     if !found.external {
         require_backend(&state).await?;
     }
-    match lifecycle::restart(&state.pool, id, "restart", &ws.caller.label()).await? {
+    match lifecycle::restart(&state.pool, id, "restart", &ws.caller.label(), options).await? {
         Restarted::Noop => Ok(Json(json!({"status": "noop", "runtime": "external",
             "message": "external workspaces are run by their owner; restart the agent yourself"}))
         .into_response()),
         Restarted::Queued { op, new } => match wait {
-            None => Ok(Json(json!({"status": "provisioning", "op_id": op.id, "coalesced": !new})).into_response()),
+            None => Ok(Json(json!({"status": "provisioning", "op_id": op.id, "coalesced": !new,
+                "reset_session": op.reset_session, "upgrade_image": op.upgrade_image}))
+            .into_response()),
             Some(d) => wait::answer(&state, id, op.id, d, StatusCode::OK).await,
         },
     }

@@ -117,7 +117,9 @@ async fn only_the_head_op_has_a_task_and_finishing_it_hands_the_next_one_its_tas
     assert_eq!(provision.status, OpStatus::Queued);
     assert!(provision.task_id.is_some(), "the first op is the head and is delivered at once");
 
-    let Restarted::Queued { op: restart, new } = lifecycle::restart(&pool, id, "restart", "test").await.unwrap() else {
+    let Restarted::Queued { op: restart, new } =
+        lifecycle::restart(&pool, id, "restart", "test", Default::default()).await.unwrap()
+    else {
         panic!("not a noop")
     };
     assert!(!new && restart.id == provision.id, "a restart joins the queued provision");
@@ -143,7 +145,7 @@ async fn only_the_head_op_has_a_task_and_finishing_it_hands_the_next_one_its_tas
 async fn concurrent_restarts_while_a_start_is_queued_all_join_it() {
     let (_db, pool) = database().await;
     let (id, provision) = create(&pool, "coalesce").await;
-    let calls = (0..20).map(|_| lifecycle::restart(&pool, id, "restart", "test"));
+    let calls = (0..20).map(|_| lifecycle::restart(&pool, id, "restart", "test", Default::default()));
     for result in futures::future::join_all(calls).await {
         match result.expect("restart") {
             Restarted::Queued { op, new } => assert!(!new && op.id == provision.id, "joined {}", op.id),
@@ -156,7 +158,9 @@ async fn concurrent_restarts_while_a_start_is_queued_all_join_it() {
     let _running = claim(&pool, provision.id).await;
     let mut restart_ids = vec![];
     for _ in 0..5 {
-        if let Restarted::Queued { op, .. } = lifecycle::restart(&pool, id, "restart", "test").await.unwrap() {
+        if let Restarted::Queued { op, .. } =
+            lifecycle::restart(&pool, id, "restart", "test", Default::default()).await.unwrap()
+        {
             restart_ids.push(op.id);
         }
     }

@@ -217,19 +217,55 @@ async fn an_external_workspace_gets_its_token_at_create_and_a_new_one_by_rotatio
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         assert_eq!(stack.status_of(&id).await, "online");
 
-        let r = stack.raw("POST", &format!("/workspaces/{id}/token"), Some(&token), None).await;
+        let r = stack.raw("POST", &format!("/workspaces/{id}/external/rotate"), Some(&token), None).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "rotation is the admin's: {}", r.body);
-        let r = stack.raw("POST", &format!("/workspaces/{id}/token"), Some(ADMIN), None).await;
+        let r = stack.get(&format!("/workspaces/{id}/external/connection")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let shown = &r.body["connection"];
+        assert_eq!(shown["auth_token"], "", "a stored token is never shown again: {shown}");
+        assert_eq!(shown["workspace_id"], id.as_str());
+        let platform = shown["platform_url"].as_str().expect("platform_url");
+        assert_eq!(shown["registry_endpoint"], format!("{platform}/registry/register"));
+        assert_eq!(shown["heartbeat_endpoint"], format!("{platform}/registry/heartbeat"));
+        for snippet in ["curl_register_template", "python_snippet"] {
+            let text = shown[snippet].as_str().expect(snippet);
+            assert!(text.contains(&id) && text.contains("<token>") && !text.contains(&token), "{snippet}: {text}");
+        }
+
+        let r = stack.post(&format!("/workspaces/{id}/external/rotate"), json!({})).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         let rotated = r.body["connection"]["auth_token"].as_str().expect("the new token").to_string();
+        assert_eq!(r.body["connection"]["python_snippet"], shown["python_snippet"], "one builder for both");
         let hb = json!({"workspace_id": id}).to_string();
         assert_eq!(
             stack.raw("POST", "/registry/heartbeat", Some(&token), Some(&hb)).await.status,
             StatusCode::UNAUTHORIZED
         );
+        let r = stack.raw("POST", "/registry/register", Some(&token), Some(&register_body(&id))).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "the old token is dead: {}", r.body);
+        let r = stack.raw("POST", "/registry/register", Some(&rotated), Some(&register_body(&id))).await;
+        assert_eq!(r.status, StatusCode::OK, "the new token registers: {}", r.body);
         assert_eq!(stack.raw("POST", "/registry/heartbeat", Some(&rotated), Some(&hb)).await.status, StatusCode::OK);
+        let rotations: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM structure_events WHERE event_type = 'EXTERNAL_CREDENTIALS_ROTATED' AND workspace_id = $1",
+        )
+        .bind(id.parse::<uuid::Uuid>().unwrap())
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+        assert_eq!(rotations, 1);
+        // The older path rotates the same way.
+        let r = stack.raw("POST", &format!("/workspaces/{id}/token"), Some(ADMIN), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_ne!(r.body["connection"]["auth_token"], rotated.as_str());
     }
     let id = stack.create(json!({"name": "runs-here"})).await;
-    let r = stack.raw("POST", &format!("/workspaces/{id}/token"), Some(ADMIN), None).await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    for (method, path) in [("POST", "rotate"), ("GET", "connection")] {
+        let r = stack.raw(method, &format!("/workspaces/{id}/external/{path}"), Some(ADMIN), None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert_eq!(r.body["runtime"], "langgraph", "{}", r.body);
+        assert!(r.body["hint"].as_str().is_some_and(|h| h.contains("/restart")), "{}", r.body);
+    }
+    let r = stack.get(&format!("/workspaces/{}/external/connection", uuid::Uuid::new_v4())).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
 }

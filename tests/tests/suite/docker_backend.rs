@@ -145,6 +145,8 @@ fn spec(workspace_id: Uuid, secret: &str) -> StartSpec {
         platform_url: "http://platform.test:8080".to_owned(),
         bootstrap_secret: secret.to_owned(),
         heartbeat_interval_secs: 5,
+        reset_session: false,
+        image: None,
     }
 }
 

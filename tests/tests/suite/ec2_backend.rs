@@ -41,6 +41,8 @@ fn spec(workspace_id: Uuid, op_id: Uuid, tier: i32) -> StartSpec {
         platform_url: "http://127.0.0.1:8080".into(),
         bootstrap_secret: "bootstrap-secret".into(),
         heartbeat_interval_secs: 5,
+        reset_session: false,
+        image: None,
     }
 }
 

@@ -21,4 +21,6 @@ mod hardening;
 mod leaks;
 mod lifecycle;
 mod platform;
+mod purge;
+mod restart_options;
 mod wait_and_events;
