@@ -200,7 +200,9 @@ impl Backend for Ec2Backend {
         let op = spec.op_id.to_string();
         if let Some(existing) = self.keep_one_of_op(&op).await? {
             tracing::info!(instance = %existing, "reusing the instance an earlier attempt of this op started");
-            return Ok(super::Started { instance_ref: existing.clone(), made: existing, image: None });
+            // An earlier attempt of this same op launched it, from the AMI this one resolves.
+            let image = spec.image.clone().or_else(|| self.config.ami_id.clone());
+            return Ok(super::Started { instance_ref: existing.clone(), made: existing, image });
         }
         let ami = spec.image.as_deref().or(self.config.ami_id.as_deref()).ok_or_else(|| {
             BackendError::Permanent("EC2_AMI_ID is not set: configure the image EC2 workspaces boot from".into())

@@ -84,7 +84,7 @@ pub struct Started {
     /// every claim of the op shares), for [`Backend::discard`].
     pub made: String,
     /// The image the instance runs, as an immutable reference (Docker: the image's content
-    /// id, whatever tag named it; EC2: the AMI). `None` when the start reused an instance.
+    /// id, whatever tag named it; EC2: the AMI). `None` leaves the recorded one as it is.
     pub image: Option<String>,
 }
 
