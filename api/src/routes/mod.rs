@@ -3,6 +3,7 @@ pub mod delegations;
 pub mod events;
 pub mod health;
 pub mod ops;
+pub mod org;
 pub mod registry;
 pub mod workspaces;
 
@@ -39,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/delegations/stats", get(delegations::admin_stats))
         .route("/registry/register", post(registry::register))
         .route("/registry/heartbeat", post(registry::heartbeat))
+        .route("/org/import", post(org::import))
         .route("/events", get(events::list))
         .route("/ws", get(events::websocket))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
