@@ -21,5 +21,6 @@ mod hardening;
 mod leaks;
 mod lifecycle;
 mod org_import;
+mod org_tokens;
 mod platform;
 mod wait_and_events;
