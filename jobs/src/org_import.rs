@@ -123,3 +123,17 @@ fn refused(e: &Error) -> bool {
             | Error::Conflict(_)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_walk_stops_at_refusals_and_gives_up_on_the_servers_own_trouble() {
+        assert!(refused(&Error::NotFound { what: "parent workspace", id: Uuid::nil() }));
+        assert!(refused(&Error::Invalid { field: "url", problem: "is not allowed".into() }));
+        assert!(refused(&Error::AncestorPaused { id: Uuid::nil(), name: "hq".into() }));
+        assert!(!refused(&Error::Db(sqlx::Error::PoolTimedOut)), "a database error is never a refusal");
+        assert!(!refused(&Error::Internal("broken".into())));
+    }
+}
