@@ -1,16 +1,20 @@
 //! Who is calling, as axum extractors: handlers name the caller they need in their
 //! signature instead of reading headers. Rejections are our JSON 401/403.
 //!
-//! - [`Admin`]: the admin token (operators, the canvas).
+//! - [`Admin`]: the admin token (operators, the canvas), or an org API token.
 //! - [`AdminOrWorkspace`]: the admin, or the token of the workspace named in the path.
 //! - [`Caller`]: any valid token; the handler decides what it may see.
 //! - [`Agent`]: register and heartbeat, which name their workspace in the body; a register
 //!   may instead present the instance's single-use bootstrap secret.
+//!
+//! An org API token opens everything the admin token opens, except minting org tokens
+//! ([`Admin::require_admin_token`]).
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use jobs::registry::Credential;
+use jobs::store::org_api_tokens::{self, OrgTokenRef};
 use jobs::store::workspace_tokens;
 use jobs::tokens::constant_time_eq;
 use uuid::Uuid;
@@ -19,10 +23,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathId, WorkspaceIdKind};
 use crate::state::AppState;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Admin,
     Workspace(Uuid),
+    /// A live org API token: the admin's reach, under its own name.
+    OrgToken(OrgTokenRef),
 }
 
 impl Caller {
@@ -31,7 +37,13 @@ impl Caller {
         match self {
             Caller::Admin => "admin".into(),
             Caller::Workspace(id) => format!("workspace:{id}"),
+            Caller::OrgToken(t) => format!("org-token:{}", t.prefix),
         }
+    }
+
+    /// The admin token or an org token: whatever the admin may do.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Admin | Caller::OrgToken(_))
     }
 }
 
@@ -41,12 +53,15 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     (!t.is_empty()).then_some(t)
 }
 
-/// Resolves a presented token: the admin token, or a live workspace token.
+/// Resolves a presented token: the admin token, a live workspace token, or a live org token.
 pub async fn identify(state: &AppState, token: &str) -> ApiResult<Option<Caller>> {
     if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) {
         return Ok(Some(Caller::Admin));
     }
-    Ok(workspace_tokens::validate(&state.pool, token).await?.map(Caller::Workspace))
+    if let Some(id) = workspace_tokens::validate(&state.pool, token).await? {
+        return Ok(Some(Caller::Workspace(id)));
+    }
+    Ok(org_api_tokens::validate(&state.pool, token).await?.map(Caller::OrgToken))
 }
 
 fn invalid_token() -> ApiError {
@@ -62,11 +77,21 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-pub struct Admin;
+/// The admin token, or an org token.
+pub struct Admin(Caller);
 
 impl Admin {
     pub fn label(&self) -> String {
-        Caller::Admin.label()
+        self.0.label()
+    }
+
+    /// Refuses org tokens, for what only the admin token itself may do: one leaked org
+    /// token must not be able to mint the others that would outlive its revocation.
+    pub fn require_admin_token(&self) -> ApiResult<()> {
+        match self.0 {
+            Caller::Admin => Ok(()),
+            _ => Err(ApiError::Forbidden("this route needs the admin token itself; an org token is not enough".into())),
+        }
     }
 }
 
@@ -75,8 +100,8 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         match Caller::from_request_parts(parts, state).await? {
-            Caller::Admin => Ok(Admin),
-            Caller::Workspace(_) => Err(ApiError::Forbidden("this route needs the admin token".into())),
+            caller if caller.is_admin() => Ok(Admin(caller)),
+            _ => Err(ApiError::Forbidden("this route needs the admin token".into())),
         }
     }
 }
@@ -135,7 +160,7 @@ impl Agent {
     /// against the workspace's bootstrap secret. Nothing at all is refused here.
     pub fn register_credential(&self, workspace_id: Uuid) -> ApiResult<Credential> {
         match &self.presented {
-            Some((_, Some(Caller::Admin))) => Ok(Credential::Verified),
+            Some((_, Some(Caller::Admin | Caller::OrgToken(_)))) => Ok(Credential::Verified),
             Some((_, Some(Caller::Workspace(id)))) if *id == workspace_id => Ok(Credential::Verified),
             Some((_, Some(Caller::Workspace(_)))) => {
                 Err(ApiError::Forbidden("this token belongs to another workspace".into()))

@@ -9,6 +9,7 @@ mod routes;
 mod state;
 mod wait;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -46,6 +47,7 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
     jobs::db::migrate(&pool).await?;
     let notices = jobs::notify::spawn_listener(pool.clone());
     let registry_rate = Arc::new(RateLimiter::new(config.api.registry_burst, config.api.registry_per_second));
+    let org_token_rate = Arc::new(RateLimiter::per_hour("org token mints from", config.api.org_token_mints_per_hour));
     let fleet = Arc::new(jobs::fleet::Fleet::new(pool.clone()));
     let state = AppState {
         pool,
@@ -53,6 +55,7 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
         admin_token: Arc::new(admin_token),
         notices,
         registry_rate,
+        org_token_rate,
         fleet,
     };
     let listener = tokio::net::TcpListener::bind(config.api_addr)
@@ -60,7 +63,8 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
         .map_err(|e| jobs::Error::Config(format!("cannot listen on API_ADDR={}: {e}", config.api_addr)))?;
     let addr = listener.local_addr().map_err(|e| jobs::Error::Internal(format!("listening socket: {e}")))?;
     tracing::info!("api listening on http://{addr}");
-    axum::serve(listener, routes::router(state))
+    // The client's address keys the org token mint limit.
+    axum::serve(listener, routes::router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(jobs::shutdown::signal())
         .await
         .map_err(|e| jobs::Error::Internal(format!("http server: {e}")))?;

@@ -1,9 +1,12 @@
-//! Per-workspace token buckets for the agent routes (register and heartbeat): an agent
-//! stuck in a tight loop costs the database one write per refill, not one per request,
-//! and cannot crowd out the others. The buckets live in the process: each api process
-//! limits on its own, which is enough to bound the load one agent can cause.
+//! Token buckets per key. Per workspace for the agent routes (register and heartbeat): an
+//! agent stuck in a tight loop costs the database one write per refill, not one per
+//! request, and cannot crowd out the others. Per client address for minting org tokens.
+//! The buckets live in the process: each api process limits on its own, which is enough to
+//! bound the load one client can cause.
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -12,13 +15,16 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult};
 
 /// Above this many buckets, full ones are dropped: a full bucket behaves exactly like a
-/// missing one, so memory stays bounded by the workspaces that are actually busy.
+/// missing one, so memory stays bounded by the keys that are actually busy.
 const PRUNE_ABOVE: usize = 10_000;
 
-pub struct RateLimiter {
+pub struct RateLimiter<K = Uuid> {
     burst: f64,
     per_second: f64,
-    buckets: Mutex<HashMap<Uuid, Bucket>>,
+    /// The 429 says "too many {what} {key}: {limit}".
+    what: &'static str,
+    limit: String,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -27,26 +33,39 @@ struct Bucket {
     at: Instant,
 }
 
-impl RateLimiter {
-    /// `burst` calls at once, refilled at `per_second`.
+impl RateLimiter<Uuid> {
+    /// Register and heartbeat calls per workspace: `burst` calls at once, refilled at
+    /// `per_second`.
     pub fn new(burst: f64, per_second: f64) -> RateLimiter {
-        RateLimiter { burst, per_second, buckets: Mutex::new(HashMap::new()) }
+        let limit = format!("at most {burst} at once and {per_second} per second");
+        RateLimiter::with("register and heartbeat calls for workspace", limit, burst, per_second)
+    }
+}
+
+impl<K: Hash + Eq + Copy + Display> RateLimiter<K> {
+    /// `per_hour` calls per key and hour, all of them available at once.
+    pub fn per_hour(what: &'static str, per_hour: f64) -> RateLimiter<K> {
+        RateLimiter::with(what, format!("at most {per_hour} per hour"), per_hour, per_hour / 3600.0)
     }
 
-    /// Takes one call from `workspace`'s bucket, or refuses with a 429 saying when the next
-    /// one will be accepted.
-    pub fn check(&self, workspace: Uuid) -> ApiResult<()> {
-        self.check_at(workspace, Instant::now())
+    fn with(what: &'static str, limit: String, burst: f64, per_second: f64) -> RateLimiter<K> {
+        RateLimiter { burst, per_second, what, limit, buckets: Mutex::new(HashMap::new()) }
     }
 
-    fn check_at(&self, workspace: Uuid, now: Instant) -> ApiResult<()> {
+    /// Takes one call from `key`'s bucket, or refuses with a 429 saying when the next one
+    /// will be accepted.
+    pub fn check(&self, key: K) -> ApiResult<()> {
+        self.check_at(key, Instant::now())
+    }
+
+    fn check_at(&self, key: K, now: Instant) -> ApiResult<()> {
         // A panic elsewhere while holding the lock leaves the map consistent: every update
         // below is a plain assignment.
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= PRUNE_ABOVE && !buckets.contains_key(&workspace) {
+        if buckets.len() >= PRUNE_ABOVE && !buckets.contains_key(&key) {
             buckets.retain(|_, b| self.refilled(*b, now) < self.burst);
         }
-        let bucket = buckets.entry(workspace).or_insert(Bucket { tokens: self.burst, at: now });
+        let bucket = buckets.entry(key).or_insert(Bucket { tokens: self.burst, at: now });
         bucket.tokens = self.refilled(*bucket, now);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
@@ -54,10 +73,7 @@ impl RateLimiter {
             return Ok(());
         }
         Err(ApiError::TooManyRequests {
-            message: format!(
-                "too many register and heartbeat calls for workspace {workspace}: at most {} at once and {} per second",
-                self.burst, self.per_second
-            ),
+            message: format!("too many {} {key}: {}", self.what, self.limit),
             retry_after: Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second),
         })
     }
@@ -94,6 +110,23 @@ mod tests {
             assert!(limiter.check_at(ws, later).is_ok());
         }
         assert!(limiter.check_at(ws, later).is_err());
+    }
+
+    #[test]
+    fn an_hourly_limit_allows_its_count_at_once_then_one_call_per_share_of_the_hour() {
+        let limiter: RateLimiter<std::net::IpAddr> = RateLimiter::per_hour("org token mints from", 4.0);
+        let (ip, t0) = (std::net::IpAddr::from([127, 0, 0, 1]), Instant::now());
+        for _ in 0..4 {
+            assert!(limiter.check_at(ip, t0).is_ok());
+        }
+        match limiter.check_at(ip, t0) {
+            Err(ApiError::TooManyRequests { retry_after, message }) => {
+                assert_eq!(retry_after, Duration::from_secs(900));
+                assert_eq!(message, "too many org token mints from 127.0.0.1: at most 4 per hour");
+            }
+            other => panic!("expected 429, got {other:?}"),
+        }
+        assert!(limiter.check_at(ip, t0 + Duration::from_secs(900)).is_ok(), "a quarter hour refills one");
     }
 
     #[test]

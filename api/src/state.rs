@@ -1,3 +1,4 @@
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use jobs::config::Config;
@@ -16,6 +17,8 @@ pub struct AppState {
     pub notices: broadcast::Sender<Notice>,
     /// Register and heartbeat, per workspace.
     pub registry_rate: Arc<RateLimiter>,
+    /// Org token mints, per client address.
+    pub org_token_rate: Arc<RateLimiter<IpAddr>>,
     /// The live workers, read at most once a second while some reach a backend.
     pub fleet: Arc<Fleet>,
 }

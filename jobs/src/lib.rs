@@ -16,6 +16,7 @@ pub mod kinds;
 pub mod lifecycle;
 pub mod notify;
 pub mod ops;
+pub mod org_import;
 pub mod queue;
 pub mod registry;
 pub mod retry;

@@ -30,8 +30,16 @@ pub enum Created {
 
 pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str) -> Result<Created> {
     let mut tx = pool.begin().await?;
+    let created = create_in(&mut tx, req, requested_by).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// [`create`] inside the caller's transaction, for callers that decide something else in
+/// the same transaction (an org import looks the name up first).
+pub async fn create_in(conn: &mut PgConnection, req: CreateRequest, requested_by: &str) -> Result<Created> {
     if let Some(parent) = req.parent_id {
-        lock_live_as(&mut tx, parent, "parent workspace").await?;
+        lock_live_as(conn, parent, "parent workspace").await?;
     }
     let external = req.external || req.runtime == EXTERNAL_RUNTIME;
     let status = match (external, &req.url) {
@@ -44,22 +52,21 @@ pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str) -> Re
         req.external = true;
         req.runtime = EXTERNAL_RUNTIME.to_string();
     }
-    let workspace = workspaces::insert(&mut tx, Uuid::new_v4(), status, &req).await?;
+    let workspace = workspaces::insert(conn, Uuid::new_v4(), status, &req).await?;
     events::record(
-        &mut tx,
+        conn,
         events::for_status(status),
         Some(workspace.id),
         json!({"name": workspace.name, "tier": workspace.tier, "runtime": workspace.runtime, "parent_id": workspace.parent_id}),
     )
     .await?;
     let created = if external {
-        let token = workspace_tokens::mint(&mut tx, workspace.id).await?;
+        let token = workspace_tokens::mint(conn, workspace.id).await?;
         Created::External { workspace: Box::new(workspace), token }
     } else {
-        let op = ops::request_first(&mut tx, &workspace, OpKind::Provision, "create", requested_by).await?;
+        let op = ops::request_first(conn, &workspace, OpKind::Provision, "create", requested_by).await?;
         Created::Provisioning { workspace: Box::new(workspace), op: Box::new(op) }
     };
-    tx.commit().await?;
     Ok(created)
 }
 

@@ -176,7 +176,7 @@ pub async fn send(
     let wait = wait.duration()?;
     let envelope = message_envelope(body)?;
     let source = match caller {
-        Caller::Admin => None,
+        Caller::Admin | Caller::OrgToken(_) => None,
         Caller::Workspace(w) => Some(w),
     };
     let ws = live_workspace(&state, target).await?;

@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::auth::{self, Admin, Caller};
+use crate::auth::{self, Admin};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiQuery, Limit};
 use crate::state::AppState;
@@ -56,8 +56,8 @@ pub async fn websocket(
         .or_else(|| auth::bearer(&headers))
         .ok_or_else(|| ApiError::Unauthorized("missing token".into()))?;
     match auth::identify(&state, token).await? {
-        Some(Caller::Admin) => {}
-        Some(Caller::Workspace(_)) => return Err(ApiError::Forbidden("the event stream needs the admin token".into())),
+        Some(caller) if caller.is_admin() => {}
+        Some(_) => return Err(ApiError::Forbidden("the event stream needs the admin token".into())),
         None => return Err(ApiError::Unauthorized("invalid token".into())),
     }
     let rx = state.notices.subscribe();

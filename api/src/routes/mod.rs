@@ -4,6 +4,8 @@ pub mod events;
 pub mod external;
 pub mod health;
 pub mod ops;
+pub mod org;
+pub mod org_tokens;
 pub mod registry;
 pub mod workspaces;
 
@@ -42,6 +44,9 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/delegations/stats", get(delegations::admin_stats))
         .route("/registry/register", post(registry::register))
         .route("/registry/heartbeat", post(registry::heartbeat))
+        .route("/org/import", post(org::import))
+        .route("/org/tokens", post(org_tokens::mint).get(org_tokens::list))
+        .route("/org/tokens/{id}", axum::routing::delete(org_tokens::revoke))
         .route("/events", get(events::list))
         .route("/ws", get(events::websocket))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

@@ -30,17 +30,17 @@ pub struct Canvas {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
-    name: String,
-    role: Option<String>,
-    runtime: Option<String>,
-    tier: Option<i64>,
-    model: Option<String>,
-    parent_id: Option<Uuid>,
-    external: Option<bool>,
-    url: Option<String>,
-    delivery_mode: Option<String>,
-    max_concurrent_tasks: Option<i32>,
-    canvas: Option<Canvas>,
+    pub(crate) name: String,
+    pub(crate) role: Option<String>,
+    pub(crate) runtime: Option<String>,
+    pub(crate) tier: Option<i64>,
+    pub(crate) model: Option<String>,
+    pub(crate) parent_id: Option<Uuid>,
+    pub(crate) external: Option<bool>,
+    pub(crate) url: Option<String>,
+    pub(crate) delivery_mode: Option<String>,
+    pub(crate) max_concurrent_tasks: Option<i32>,
+    pub(crate) canvas: Option<Canvas>,
 }
 
 impl TryFrom<CreateBody> for CreateRequest {

@@ -59,6 +59,8 @@ pub struct ApiConfig {
     /// refilled at `registry_per_second`.
     pub registry_burst: f64,
     pub registry_per_second: f64,
+    /// `ORG_TOKEN_MINTS_PER_HOUR`: org tokens one client address may mint per hour.
+    pub org_token_mints_per_hour: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -169,7 +171,16 @@ impl ApiConfig {
         if !(registry_per_second.is_finite() && registry_per_second > 0.0) {
             return Err(Error::Config("REGISTRY_RATE_PER_SECOND must be a positive number".into()));
         }
-        Ok(ApiConfig { agent_urls: AgentUrlPolicy::read(env, api_addr)?, registry_burst, registry_per_second })
+        let org_token_mints_per_hour: f64 = env.num("ORG_TOKEN_MINTS_PER_HOUR", 10.0)?;
+        if !(org_token_mints_per_hour.is_finite() && org_token_mints_per_hour >= 1.0) {
+            return Err(Error::Config("ORG_TOKEN_MINTS_PER_HOUR must be at least 1".into()));
+        }
+        Ok(ApiConfig {
+            agent_urls: AgentUrlPolicy::read(env, api_addr)?,
+            registry_burst,
+            registry_per_second,
+            org_token_mints_per_hour,
+        })
     }
 }
 
@@ -312,6 +323,7 @@ mod tests {
         assert!(!c.ec2_reachable());
         assert_eq!(c.api.agent_urls, AgentUrlPolicy { allow_private: false, allow_loopback: true });
         assert_eq!((c.api.registry_burst, c.api.registry_per_second), (10.0, 5.0));
+        assert_eq!(c.api.org_token_mints_per_hour, 10.0);
     }
 
     #[test]
@@ -346,6 +358,7 @@ mod tests {
             ("AGENT_URL_ALLOW_PRIVATE", "perhaps"),
             ("REGISTRY_RATE_BURST", "0"),
             ("REGISTRY_RATE_PER_SECOND", "-1"),
+            ("ORG_TOKEN_MINTS_PER_HOUR", "0"),
         ] {
             let err = Config::read(&Env::from_pairs([(k, v)])).unwrap_err().to_string();
             assert!(err.contains(k), "{k}={v}: {err}");

@@ -102,6 +102,35 @@ pub async fn list_page<'e>(
     .await?)
 }
 
+/// The workspace that is not removed named `name` under `parent` (`None`: a root), the
+/// oldest when there are several (`POST /workspaces` does not refuse a repeated name).
+pub async fn find_live_child(conn: &mut PgConnection, parent: Option<Uuid>, name: &str) -> Result<Option<Workspace>> {
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM workspaces
+          WHERE name = $1 AND parent_id IS NOT DISTINCT FROM $2 AND status <> 'removed'
+          ORDER BY created_at, id
+          LIMIT 1"
+    ))
+    .bind(name)
+    .bind(parent)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Serialises, until the caller's transaction ends, everyone who takes this lock for the
+/// same (`parent`, `name`): a look-up for that name followed by an insert is then atomic
+/// against another one. A hash collision only makes two unrelated names wait for each other.
+pub async fn lock_child_name(conn: &mut PgConnection, parent: Option<Uuid>, name: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('workspace-name:' || coalesce($1::text, 'root') || '/' || $2, 0))")
+        .bind(parent)
+        .bind(name)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Self and every non-removed descendant, parents before children, however deep. The
 /// `CYCLE` clause ends a walk that comes back to a workspace it has seen, so a cycle in
 /// the rows cannot make the query run for ever.

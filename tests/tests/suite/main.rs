@@ -20,6 +20,8 @@ mod faults;
 mod hardening;
 mod leaks;
 mod lifecycle;
+mod org_import;
+mod org_tokens;
 mod platform;
 mod purge;
 mod restart_options;
