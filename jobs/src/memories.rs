@@ -51,7 +51,13 @@ fn memory_not_found(id: Uuid, workspace_id: Uuid) -> Error {
     Error::Missing(format!("memory {id} not found for workspace {workspace_id}"))
 }
 
-async fn audit(conn: &mut PgConnection, m: &Memory, action: &'static str, reason: Option<&str>, actor: &str) -> Result<()> {
+async fn audit(
+    conn: &mut PgConnection,
+    m: &Memory,
+    action: &'static str,
+    reason: Option<&str>,
+    actor: &str,
+) -> Result<()> {
     memory_audit::insert(
         conn,
         NewAudit {

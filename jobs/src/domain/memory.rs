@@ -69,7 +69,10 @@ pub fn namespace(raw: &str) -> Result<String> {
         return Err(Error::Invalid { field: "namespace", problem: "must not be empty".into() });
     }
     if ns.chars().count() > NAMESPACE_MAX {
-        return Err(Error::Invalid { field: "namespace", problem: format!("is longer than {NAMESPACE_MAX} characters") });
+        return Err(Error::Invalid {
+            field: "namespace",
+            problem: format!("is longer than {NAMESPACE_MAX} characters"),
+        });
     }
     Ok(ns.to_string())
 }
