@@ -20,5 +20,6 @@ mod faults;
 mod hardening;
 mod leaks;
 mod lifecycle;
+mod memories;
 mod platform;
 mod wait_and_events;
