@@ -8,6 +8,8 @@ use std::sync::LazyLock;
 
 use regex::{Captures, Regex};
 
+use crate::{Error, Result};
+
 struct Pattern {
     label: &'static str,
     regex: Regex,
@@ -37,32 +39,36 @@ fn not_encoded(c: &Captures) -> bool {
 /// A value as written after `=`: quoted (spaces allowed inside), or up to whitespace.
 const VALUE: &str = r#"(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s"']+)"#;
 
-fn assignment(suffix: &str) -> Regex {
-    Regex::new(&format!(r"(?i)\b(?P<name>[A-Z0-9_]*[A-Z0-9]_{suffix})[ \t]*=[ \t]*{VALUE}")).expect("valid pattern")
+fn assignment(label: &'static str, suffix: &str) -> Result<Pattern, regex::Error> {
+    let regex = Regex::new(&format!(r"(?i)\b(?P<name>[A-Z0-9_]*[A-Z0-9]_{suffix})[ \t]*=[ \t]*{VALUE}"))?;
+    Ok(Pattern { label, regex, keep_if: never, keeps_name: true })
 }
 
-fn pattern(label: &'static str, regex: &str, keep_if: fn(&Captures) -> bool) -> Pattern {
-    Pattern { label, regex: Regex::new(regex).expect("valid pattern"), keep_if, keeps_name: false }
+fn pattern(label: &'static str, regex: &str, keep_if: fn(&Captures) -> bool) -> Result<Pattern, regex::Error> {
+    Ok(Pattern { label, regex: Regex::new(regex)?, keep_if, keeps_name: false })
 }
 
 /// In order: named assignments first, so their values carry the most telling label, and
-/// the catch-all for encoded runs last.
-static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
-    vec![
-        Pattern { label: "API_KEY", regex: assignment("API_KEY"), keep_if: never, keeps_name: true },
-        Pattern { label: "TOKEN", regex: assignment("TOKEN"), keep_if: never, keeps_name: true },
-        Pattern { label: "SECRET", regex: assignment("SECRET"), keep_if: never, keeps_name: true },
-        pattern("BEARER", r"\bBearer[ \t]+(?P<value>[A-Za-z0-9\-._~+/]{8,}=*)", plain_word),
-        pattern("SK_KEY", r"\bsk-[A-Za-z0-9_\-]{16,}", never),
-        pattern("CTX7_KEY", r"\bctx7_[A-Za-z0-9_\-]{8,}", never),
-        pattern("BASE64", r"[A-Za-z0-9+/]{33,}={0,2}", not_encoded),
-    ]
+/// the catch-all for encoded runs last. The patterns are constants, so a failure to compile
+/// them is a bug the unit tests catch; it still refuses the write rather than store text
+/// unredacted.
+static PATTERNS: LazyLock<Result<Vec<Pattern>, regex::Error>> = LazyLock::new(|| {
+    Ok(vec![
+        assignment("API_KEY", "API_KEY")?,
+        assignment("TOKEN", "TOKEN")?,
+        assignment("SECRET", "SECRET")?,
+        pattern("BEARER", r"\bBearer[ \t]+(?P<value>[A-Za-z0-9\-._~+/]{8,}=*)", plain_word)?,
+        pattern("SK_KEY", r"\bsk-[A-Za-z0-9_\-]{16,}", never)?,
+        pattern("CTX7_KEY", r"\bctx7_[A-Za-z0-9_\-]{8,}", never)?,
+        pattern("BASE64", r"[A-Za-z0-9+/]{33,}={0,2}", not_encoded)?,
+    ])
 });
 
 /// `text` with every secret it holds replaced by `[REDACTED:<LABEL>]`.
-pub fn redact_secrets(text: &str) -> String {
+pub fn redact_secrets(text: &str) -> Result<String> {
+    let patterns = PATTERNS.as_ref().map_err(|e| Error::Internal(format!("secret patterns: {e}")))?;
     let mut out = Cow::Borrowed(text);
-    for p in PATTERNS.iter() {
+    for p in patterns {
         let replaced = p.regex.replace_all(&out, |c: &Captures| {
             if (p.keep_if)(c) {
                 c[0].to_string()
@@ -76,12 +82,14 @@ pub fn redact_secrets(text: &str) -> String {
             out = Cow::Owned(s);
         }
     }
-    out.into_owned()
+    Ok(out.into_owned())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    fn redact_secrets(text: &str) -> String {
+        super::redact_secrets(text).expect("the patterns compile")
+    }
 
     #[test]
     fn env_style_api_key_keeps_its_name_and_loses_its_value() {

@@ -93,7 +93,7 @@ pub fn check_content(raw: &str) -> Result<()> {
 /// gives that content back, so an edit can tell "no change" from one.
 pub fn stored_content(raw: &str, scope: Scope) -> Result<String> {
     check_content(raw)?;
-    let redacted = redact_secrets(raw);
+    let redacted = redact_secrets(raw)?;
     Ok(match scope {
         Scope::Global => redacted.replace(DELIMITER, DELIMITER_ESCAPED),
         Scope::Local | Scope::Team => redacted,

@@ -176,6 +176,27 @@ async fn global_memories_are_for_roots_escaped_audited_and_wrapped() {
     );
     assert_eq!(trail[1].reason.as_deref(), Some("edited"));
     assert_eq!(trail[1].content_sha256, jobs::domain::memory::content_sha256("be kind [_MEMORY x"));
+
+    // Once the root is moved under a parent it no longer changes GLOBAL knowledge, though an
+    // edit that changes nothing is still answered, and it may still delete its own.
+    let (top, _) = workspace(&stack, "top", None).await;
+    let r = stack
+        .raw("PATCH", &format!("/workspaces/{root}"), Some(ADMIN), Some(&json!({"parent_id": top}).to_string()))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let path = format!("/workspaces/{root}/memories/{id}");
+    let r = call(&stack, "PATCH", &path, &root_token, Some(json!({"content": "be cruel"}))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(stored_content(&stack, &id).await, "be kind [_MEMORY x");
+    let r = call(&stack, "PATCH", &path, &root_token, Some(json!({"content": "be kind [MEMORY x"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["changed"], false);
+    let r = call(&stack, "DELETE", &path, &root_token, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let trail = jobs::store::memory_audit::for_memory(&stack.pool, mid).await.unwrap();
+    let actions: Vec<&str> = trail.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(actions, ["memory_write_global", "memory_edit_global", "memory_delete_global"]);
+    assert!(recall(&stack, &child, &child_token, "scope=GLOBAL").await.is_empty());
 }
 
 #[tokio::test]
