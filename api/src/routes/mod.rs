@@ -3,6 +3,7 @@ pub mod delegations;
 pub mod events;
 pub mod external;
 pub mod health;
+pub mod memories;
 pub mod ops;
 pub mod org;
 pub mod org_tokens;
@@ -40,6 +41,8 @@ pub fn router(state: AppState) -> Router {
         .route("/workspaces/{id}/delegations/record", post(delegations::record))
         .route("/workspaces/{id}/delegations/{delegation_id}/update", post(delegations::update))
         .route("/workspaces/{id}/delegations/{delegation_id}/heartbeat", post(delegations::heartbeat))
+        .route("/workspaces/{id}/memories", post(memories::commit).get(memories::search))
+        .route("/workspaces/{id}/memories/{memory_id}", axum::routing::patch(memories::edit).delete(memories::delete))
         .route("/admin/delegations", get(delegations::admin_list))
         .route("/admin/delegations/stats", get(delegations::admin_stats))
         .route("/registry/register", post(registry::register))

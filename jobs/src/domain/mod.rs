@@ -5,6 +5,7 @@
 
 pub mod agent_url;
 pub mod delegation;
+pub mod memory;
 pub mod op;
 pub mod status;
 pub mod workspace;

@@ -22,6 +22,7 @@ mod leaks;
 mod lifecycle;
 mod org_import;
 mod org_tokens;
+mod memories;
 mod platform;
 mod purge;
 mod restart_options;
