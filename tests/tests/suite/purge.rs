@@ -83,6 +83,12 @@ async fn purge_deletes_every_row_keyed_on_a_removed_workspace_once_its_stop_has_
     }
     let r = stack.post(&format!("/workspaces/{team}/delegate"), json!({"target_id": keeper, "task": "review"})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    for (id, scope) in [(&team, "GLOBAL"), (&member, "LOCAL")] {
+        let r = stack
+            .post(&format!("/workspaces/{id}/memories"), json!({"content": "the build runs on Fridays", "scope": scope}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
     let r = stack.post(&format!("/workspaces/{member}/external/rotate"), json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
@@ -103,7 +109,15 @@ async fn purge_deletes_every_row_keyed_on_a_removed_workspace_once_its_stop_has_
     }
     let before = rows_naming(&stack.pool, &ids).await;
     let tables: Vec<&str> = before.keys().filter_map(|k| k.split('.').next()).collect();
-    for expected in ["workspaces", "workspace_tokens", "workspace_ops", "activity_logs", "structure_events"] {
+    for expected in [
+        "workspaces",
+        "workspace_tokens",
+        "workspace_ops",
+        "activity_logs",
+        "structure_events",
+        "agent_memories",
+        "memory_audit",
+    ] {
         assert!(tables.contains(&expected), "the test wrote rows into {expected}: {before:?}");
     }
 
