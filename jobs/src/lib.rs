@@ -25,5 +25,6 @@ pub mod sweeps;
 pub mod telemetry;
 pub mod tokens;
 pub mod transition;
+pub mod uploads;
 
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@
 pub mod activity_logs;
 pub mod apalis;
 pub mod delegations;
+pub mod pending_uploads;
 pub mod platform;
 pub mod structure_events;
 pub mod sweep_runs;
