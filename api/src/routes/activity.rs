@@ -34,7 +34,7 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn live_workspace(state: &AppState, id: Uuid) -> ApiResult<jobs::domain::Workspace> {
+pub(crate) async fn live_workspace(state: &AppState, id: Uuid) -> ApiResult<jobs::domain::Workspace> {
     match workspaces::get(&state.pool, id).await? {
         Some(ws) if ws.status != Status::Removed => Ok(ws),
         _ => Err(jobs::Error::workspace_not_found(id).into()),
