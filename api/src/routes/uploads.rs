@@ -102,11 +102,17 @@ async fn stage(conn: &mut PgConnection, file: &Staged, field: &mut Field<'_>) ->
         if size > MAX_FILE_BYTES {
             return Ok(Err(size));
         }
-        buf.extend_from_slice(&bytes);
-        if buf.len() >= CHUNK_BYTES {
-            pending_uploads::insert_chunk(conn, file.file_id, seq, &buf).await?;
-            buf.clear();
-            seq += 1;
+        // Exactly CHUNK_BYTES a row whatever the sizes of the pieces the body arrives in.
+        let mut rest: &[u8] = &bytes;
+        while !rest.is_empty() {
+            let take = (CHUNK_BYTES - buf.len()).min(rest.len());
+            buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if buf.len() == CHUNK_BYTES {
+                pending_uploads::insert_chunk(conn, file.file_id, seq, &buf).await?;
+                buf.clear();
+                seq += 1;
+            }
         }
     }
     if !buf.is_empty() {
