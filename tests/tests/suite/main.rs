@@ -21,4 +21,5 @@ mod hardening;
 mod leaks;
 mod lifecycle;
 mod platform;
+mod uploads;
 mod wait_and_events;
