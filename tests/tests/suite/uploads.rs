@@ -248,6 +248,11 @@ async fn a_refused_upload_writes_nothing() {
         upload(&stack, &unknown.to_string(), ADMIN, Form::new().part("files", file(b"x".to_vec(), "a", "text/plain")))
             .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let (gone, _) = poll_workspace(&stack, "gone").await;
+    let r = stack.delete(&format!("/workspaces/{gone}")).await;
+    assert_eq!(r.body["status"], "removed", "{}", r.body);
+    let r = upload(&stack, &gone, ADMIN, Form::new().part("files", file(b"x".to_vec(), "a", "text/plain"))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "a removed workspace: {}", r.body);
     nothing_written().await;
 }
 
