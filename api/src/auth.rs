@@ -41,6 +41,15 @@ impl Caller {
         }
     }
 
+    /// The workspace a workspace token speaks for; `None` for the admin and org tokens (the
+    /// canvas or automation), which inbox rows record as no source.
+    pub fn workspace(&self) -> Option<Uuid> {
+        match self {
+            Caller::Workspace(w) => Some(*w),
+            Caller::Admin | Caller::OrgToken(_) => None,
+        }
+    }
+
     /// The admin token or an org token: whatever the admin may do.
     pub fn is_admin(&self) -> bool {
         matches!(self, Caller::Admin | Caller::OrgToken(_))

@@ -36,6 +36,9 @@ pub enum ApiError {
     ConflictWith { message: String, extra: Value },
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A 413 with extra fields beside `error`.
+    #[error("{message}")]
+    PayloadTooLargeWith { message: String, extra: Value },
     #[error("{0}")]
     Unavailable(String),
     /// The database cannot be reached for now: a 503 with `Retry-After`, not a 500, since
@@ -132,6 +135,9 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({"error": m})),
             ApiError::ConflictWith { message, extra } => (StatusCode::CONFLICT, with_extra(message, extra)),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": m})),
+            ApiError::PayloadTooLargeWith { message, extra } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, with_extra(message, extra))
+            }
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": m})),
             ApiError::DatabaseUnavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");

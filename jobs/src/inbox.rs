@@ -113,12 +113,20 @@ pub fn push_payload(id: i64, method: Option<&str>, request: Option<&Value>, resp
         }
         return envelope;
     }
-    let text = response.and_then(|r| r.get("text")).and_then(Value::as_str).unwrap_or_default();
+    let mut text = response.and_then(|r| r.get("text")).and_then(Value::as_str).unwrap_or_default();
     let mut metadata = json!({"method": method.unwrap_or("notify")});
     for key in ["delegation_id", "status", "error"] {
         if let Some(v) = response.and_then(|r| r.get(key)) {
             metadata[key] = v.clone();
         }
+    }
+    // A pushed chat upload must tell the agent which file to fetch, as a poller reads it
+    // from the item's request body.
+    if method == Some(crate::uploads::METHOD)
+        && let Some(file) = request
+    {
+        metadata["file"] = file.clone();
+        text = file.get("uri").and_then(Value::as_str).unwrap_or_default();
     }
     message_send(&message_id, text, metadata)
 }
@@ -139,6 +147,18 @@ mod tests {
         assert_eq!(p["params"]["message"]["messageId"], "42");
         assert_eq!(p["id"], "caller-chosen");
         assert_eq!(delegation_of(Some(&p)).as_deref(), Some("d1"));
+    }
+
+    #[test]
+    fn a_chat_upload_is_pushed_with_the_file_to_fetch() {
+        let file = json!({"file_id": "f1", "name": "a.txt", "mimeType": "text/plain", "size": 3,
+                          "uri": "platform-pending:w1/f1"});
+        let p = push_payload(9, Some("chat_upload_receive"), Some(&file), None);
+        assert_eq!(p["method"], "message/send");
+        assert_eq!(p["params"]["message"]["messageId"], "9");
+        assert_eq!(p["params"]["message"]["parts"][0]["text"], "platform-pending:w1/f1");
+        assert_eq!(p["params"]["message"]["metadata"]["method"], "chat_upload_receive");
+        assert_eq!(p["params"]["message"]["metadata"]["file"], file);
     }
 
     #[test]

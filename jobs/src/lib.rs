@@ -28,5 +28,6 @@ pub mod sweeps;
 pub mod telemetry;
 pub mod tokens;
 pub mod transition;
+pub mod uploads;
 
 pub use error::{Error, Result};

@@ -34,7 +34,7 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn live_workspace(state: &AppState, id: Uuid) -> ApiResult<jobs::domain::Workspace> {
+pub(crate) async fn live_workspace(state: &AppState, id: Uuid) -> ApiResult<jobs::domain::Workspace> {
     match workspaces::get(&state.pool, id).await? {
         Some(ws) if ws.status != Status::Removed => Ok(ws),
         _ => Err(jobs::Error::workspace_not_found(id).into()),
@@ -175,10 +175,7 @@ pub async fn send(
 ) -> ApiResult<Response> {
     let wait = wait.duration()?;
     let envelope = message_envelope(body)?;
-    let source = match caller {
-        Caller::Admin | Caller::OrgToken(_) => None,
-        Caller::Workspace(w) => Some(w),
-    };
+    let source = caller.workspace();
     let ws = live_workspace(&state, target).await?;
     let id = inbox::append(
         &state.pool,

@@ -8,6 +8,7 @@ pub mod ops;
 pub mod org;
 pub mod org_tokens;
 pub mod registry;
+pub mod uploads;
 pub mod workspaces;
 
 use axum::Router;
@@ -36,6 +37,9 @@ pub fn router(state: AppState) -> Router {
         .route("/ops/{id}", get(ops::get))
         .route("/workspaces/{id}/activity", get(activity::list).post(activity::record))
         .route("/workspaces/{id}/a2a", post(activity::send))
+        .route("/workspaces/{id}/chat/uploads", post(uploads::upload).layer(DefaultBodyLimit::max(uploads::BODY_LIMIT)))
+        .route("/workspaces/{id}/pending-uploads/{file_id}/content", get(uploads::content))
+        .route("/workspaces/{id}/pending-uploads/{file_id}/ack", post(uploads::ack))
         .route("/workspaces/{id}/delegate", post(delegations::delegate))
         .route("/workspaces/{id}/delegations", get(delegations::list))
         .route("/workspaces/{id}/delegations/record", post(delegations::record))

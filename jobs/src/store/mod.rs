@@ -7,9 +7,10 @@
 pub mod activity_logs;
 pub mod apalis;
 pub mod delegations;
-pub mod org_api_tokens;
 pub mod memories;
 pub mod memory_audit;
+pub mod org_api_tokens;
+pub mod pending_uploads;
 pub mod platform;
 pub mod structure_events;
 pub mod sweep_runs;

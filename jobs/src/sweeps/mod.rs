@@ -1,5 +1,5 @@
 //! Periodic maintenance, one unit per file, each with its own settings: provision-timeout,
-//! liveness, orphans, retention and delegations (ADR 0004).
+//! liveness, orphans, retention, delegations and pending-uploads (ADR 0004).
 //!
 //! Every worker ticks (see the worker's scheduler); a sweep's period is claimed by
 //! inserting its `(sweep, period_start)` row in the transaction that enqueues its task, so
@@ -11,6 +11,7 @@
 pub mod delegations;
 pub mod liveness;
 pub mod orphans;
+pub mod pending_uploads;
 pub mod provision_timeout;
 pub mod retention;
 
@@ -32,6 +33,7 @@ pub struct SweepSettings {
     pub orphans: orphans::Settings,
     pub retention: retention::Settings,
     pub delegations: delegations::Settings,
+    pub pending_uploads: pending_uploads::Settings,
 }
 
 impl SweepSettings {
@@ -42,6 +44,7 @@ impl SweepSettings {
             orphans: orphans::Settings::from_env(env)?,
             retention: retention::Settings::from_env(env)?,
             delegations: delegations::Settings::from_env(env)?,
+            pending_uploads: pending_uploads::Settings::from_env(env)?,
         })
     }
 }
@@ -53,15 +56,17 @@ pub enum SweepKind {
     Orphans,
     Retention,
     Delegations,
+    PendingUploads,
 }
 
 impl SweepKind {
-    pub const ALL: [SweepKind; 5] = [
+    pub const ALL: [SweepKind; 6] = [
         SweepKind::ProvisionTimeout,
         SweepKind::Liveness,
         SweepKind::Orphans,
         SweepKind::Retention,
         SweepKind::Delegations,
+        SweepKind::PendingUploads,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +76,7 @@ impl SweepKind {
             SweepKind::Orphans => "orphans",
             SweepKind::Retention => "retention",
             SweepKind::Delegations => "delegations",
+            SweepKind::PendingUploads => "pending-uploads",
         }
     }
 
@@ -85,6 +91,7 @@ impl SweepKind {
             SweepKind::Orphans => settings.orphans.every,
             SweepKind::Retention => settings.retention.every,
             SweepKind::Delegations => settings.delegations.every,
+            SweepKind::PendingUploads => settings.pending_uploads.every,
         }
     }
 }
@@ -132,6 +139,7 @@ pub async fn run(ctx: &JobContext, task: &SweepTask) -> Result<()> {
         SweepKind::Orphans => orphans::run(&ctx.pool, &ctx.backends, &settings.orphans).await,
         SweepKind::Retention => retention::run(&ctx.pool, &settings.retention).await.map(|p| p.to_string()),
         SweepKind::Delegations => delegations::run(&ctx.pool, &settings.delegations).await,
+        SweepKind::PendingUploads => pending_uploads::run(&ctx.pool).await,
     };
     let text = match &outcome {
         Ok(s) => s.clone(),

@@ -64,7 +64,7 @@ impl std::fmt::Display for Purged {
 }
 
 /// Runs `delete` (one batch) until a batch comes back short; returns (rows, batches).
-async fn in_batches<F, Fut>(batch: i64, mut delete: F) -> Result<(u64, u64)>
+pub(crate) async fn in_batches<F, Fut>(batch: i64, mut delete: F) -> Result<(u64, u64)>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<u64>>,

@@ -85,10 +85,23 @@ async fn purge_deletes_every_row_keyed_on_a_removed_workspace_once_its_stop_has_
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     for (id, scope) in [(&team, "GLOBAL"), (&member, "LOCAL")] {
         let r = stack
-            .post(&format!("/workspaces/{id}/memories"), json!({"content": "the build runs on Fridays", "scope": scope}))
+            .post(
+                &format!("/workspaces/{id}/memories"),
+                json!({"content": "the build runs on Fridays", "scope": scope}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
+    let notes = reqwest::multipart::Part::bytes(b"meeting notes".to_vec()).file_name("notes.txt");
+    let r = stack
+        .client
+        .post(format!("{}/workspaces/{member}/chat/uploads", stack.url))
+        .bearer_auth(ADMIN)
+        .multipart(reqwest::multipart::Form::new().part("files", notes))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
     let r = stack.post(&format!("/workspaces/{member}/external/rotate"), json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
@@ -117,6 +130,7 @@ async fn purge_deletes_every_row_keyed_on_a_removed_workspace_once_its_stop_has_
         "structure_events",
         "agent_memories",
         "memory_audit",
+        "pending_uploads",
     ] {
         assert!(tables.contains(&expected), "the test wrote rows into {expected}: {before:?}");
     }
@@ -129,6 +143,9 @@ async fn purge_deletes_every_row_keyed_on_a_removed_workspace_once_its_stop_has_
     let left: BTreeMap<&String, &i64> =
         after.iter().filter(|(col, _)| !HISTORY_COLUMNS.iter().any(|(t, c)| **col == format!("{t}.{c}"))).collect();
     assert!(left.is_empty(), "rows still keyed on the purged workspaces: {left:?} (before: {before:?})");
+    let chunks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pending_upload_chunks").fetch_one(&stack.pool).await.unwrap();
+    assert_eq!(chunks, 0, "an upload's bytes go with it");
     // What survives is history held by the workspace that remains, and it is still readable.
     assert!(after.contains_key("delegations.caller_id"), "{after:?}");
     let r = stack.get(&format!("/workspaces/{keeper}/delegations")).await;
