@@ -8,6 +8,8 @@ pub mod activity_logs;
 pub mod apalis;
 pub mod delegations;
 pub mod org_api_tokens;
+pub mod op_attempts;
+pub mod paused_queues;
 pub mod memories;
 pub mod memory_audit;
 pub mod platform;
