@@ -21,17 +21,15 @@ pub async fn is_paused<'e>(db: impl PgExecutor<'e>, kind: &str) -> Result<bool> 
         .await?)
 }
 
-/// Pauses `kind`; returns the pause in force (an earlier one is kept as it was).
-pub async fn pause<'e>(db: impl PgExecutor<'e>, kind: &str, by: &str) -> Result<PausedQueue> {
+/// Pauses `kind`; `None` when it already was (that earlier pause stays as it was).
+pub async fn pause<'e>(db: impl PgExecutor<'e>, kind: &str, by: &str) -> Result<Option<PausedQueue>> {
     Ok(sqlx::query_as(
-        "WITH i AS (INSERT INTO paused_queues (kind, paused_by) VALUES ($1, $2) ON CONFLICT (kind) DO NOTHING
-                    RETURNING kind, paused_at, paused_by)
-         SELECT kind, paused_at, paused_by FROM i
-          UNION ALL SELECT kind, paused_at, paused_by FROM paused_queues WHERE kind = $1 AND NOT EXISTS (SELECT 1 FROM i)",
+        "INSERT INTO paused_queues (kind, paused_by) VALUES ($1, $2) ON CONFLICT (kind) DO NOTHING
+         RETURNING kind, paused_at, paused_by",
     )
     .bind(kind)
     .bind(by)
-    .fetch_one(db)
+    .fetch_optional(db)
     .await?)
 }
 

@@ -188,6 +188,47 @@ pub async fn cancel_queued_starts(conn: &mut PgConnection, workspace_id: Uuid, w
     .await?)
 }
 
+/// An operator's cancel of a queued or running op: final at once, its lease bumped so a
+/// running holder is fenced, its open attempt closed with `why`; announced on `channel`.
+pub async fn cancel_by_operator(conn: &mut PgConnection, id: Uuid, why: &str, channel: &str) -> Result<Op> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "WITH u AS (
+             UPDATE workspace_ops
+                SET status = 'canceled', lease = lease + 1, lease_until = NULL, last_error = $2,
+                    finished_at = now(), updated_at = now()
+              WHERE id = $1 AND status IN ('queued', 'running') RETURNING ",
+        columns!(),
+        "),
+         a AS (
+             UPDATE op_attempts SET finished_at = now(), outcome = 'canceled', error = $2
+               FROM u WHERE op_attempts.op_id = u.id AND op_attempts.finished_at IS NULL)
+         SELECT ",
+        columns!(),
+        ", ",
+        announced!(3),
+        " FROM u"
+    ))
+    .bind(id)
+    .bind(why)
+    .bind(channel)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The workspace's unfinished op with exactly this reason (an operator's pending retry).
+pub async fn unfinished_with_reason(conn: &mut PgConnection, workspace_id: Uuid, reason: &str) -> Result<Option<Op>> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM workspace_ops
+          WHERE workspace_id = $1 AND status IN ('queued', 'running') AND reason = $2 ORDER BY seq LIMIT 1"
+    ))
+    .bind(workspace_id)
+    .bind(reason)
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// Names the apalis task that delivers the op (`None`: no task delivers it).
 pub async fn set_task(conn: &mut PgConnection, id: Uuid, task_id: Option<&str>) -> Result<()> {
     sqlx::query("UPDATE workspace_ops SET task_id = $2, updated_at = now() WHERE id = $1")
