@@ -26,7 +26,6 @@ CREATE TABLE paused_queues (
 ALTER TABLE worker_processes ADD COLUMN version text;
 
 CREATE INDEX workspace_ops_created_idx ON workspace_ops (created_at DESC);
-CREATE INDEX sweep_runs_claimed_idx ON sweep_runs (claimed_at DESC);
 CREATE INDEX activity_logs_pushed_created_idx ON activity_logs (created_at DESC) WHERE delivery IS NOT NULL;
 CREATE INDEX workspace_ops_running_idx ON workspace_ops (claimed_by) WHERE status = 'running';
 -- The queue statistics' windows over inbox pushes.
