@@ -37,9 +37,9 @@ pub async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery
         None => None,
     };
     let job_state = match q.state.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => Some(
-            JobState::parse(s).map_err(|e| bad_filter(e, JobState::ALL.iter().map(|s| s.to_string()).collect()))?,
-        ),
+        Some(s) => {
+            Some(JobState::parse(s).map_err(|e| bad_filter(e, JobState::ALL.iter().map(|s| s.to_string()).collect()))?)
+        }
         None => None,
     };
     let workspace_id = match q.workspace_id.as_deref().filter(|w| !w.is_empty()) {
@@ -69,9 +69,9 @@ pub async fn get(State(state): State<AppState>, _: Admin, Path(id): Path<String>
     let job = find(&state, &r).await?;
     let attempts = admin_jobs::attempts(&state.pool, &job, &r).await?;
     let workspace = match job.workspace_id {
-        Some(ws) => workspaces::get(&state.pool, ws)
-            .await?
-            .map(|w| json!({"id": w.id, "name": w.name, "status": w.status})),
+        Some(ws) => {
+            workspaces::get(&state.pool, ws).await?.map(|w| json!({"id": w.id, "name": w.name, "status": w.status}))
+        }
         None => None,
     };
     let task = match admin_jobs::task_id_of(&state.pool, &r).await? {

@@ -30,9 +30,7 @@ pub async fn retry(pool: &PgPool, r: &JobRef, operator: &str) -> Result<Retried>
     match r {
         JobRef::Op(id) => retry_op(pool, *id, operator).await,
         JobRef::Inbox(id) => retry_item(pool, *id, operator).await,
-        JobRef::Sweep { .. } => {
-            Err(Error::Conflict("a sweep is not retried: the next period runs it again".into()))
-        }
+        JobRef::Sweep { .. } => Err(Error::Conflict("a sweep is not retried: the next period runs it again".into())),
     }
 }
 
@@ -83,8 +81,7 @@ async fn retry_start(conn: &mut PgConnection, ws: &Workspace, kind: OpKind, reas
     }
     let (op, _) = ops::request(conn, ws, kind, reason, by).await?;
     if ws.status == Status::Failed {
-        transition::set_status(conn, ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": reason}))
-            .await?;
+        transition::set_status(conn, ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": reason})).await?;
     }
     Ok(op)
 }
@@ -92,7 +89,8 @@ async fn retry_start(conn: &mut PgConnection, ws: &Workspace, kind: OpKind, reas
 async fn retry_item(pool: &PgPool, id: i64, operator: &str) -> Result<Retried> {
     let job_id = JobRef::Inbox(id).to_string();
     let mut tx = pool.begin().await?;
-    let ws_id = activity_logs::owner(&mut *tx, id).await?.ok_or_else(|| Error::Missing(format!("job {job_id} not found")))?;
+    let ws_id =
+        activity_logs::owner(&mut *tx, id).await?.ok_or_else(|| Error::Missing(format!("job {job_id} not found")))?;
     let due = activity_logs::lock_head(&mut tx, ws_id).await?;
     let delivery: Option<String> = sqlx::query_scalar("SELECT delivery FROM activity_logs WHERE id = $1 FOR UPDATE")
         .bind(id)
@@ -102,7 +100,9 @@ async fn retry_item(pool: &PgPool, id: i64, operator: &str) -> Result<Retried> {
         Some("undeliverable") => {}
         // Re-armed already and not yet pushed: the same retry.
         Some("pending") => return Ok(Retried { job_id: job_id.clone(), retry_of: job_id, created: false }),
-        Some(other) => return Err(Error::Conflict(format!("job {job_id} is {other}; only an undeliverable item is retried"))),
+        Some(other) => {
+            return Err(Error::Conflict(format!("job {job_id} is {other}; only an undeliverable item is retried")));
+        }
         None => return Err(Error::Missing(format!("job {job_id} not found"))),
     }
     sqlx::query("UPDATE activity_logs SET delivery = 'pending', next_attempt_at = NULL WHERE id = $1")
@@ -112,8 +112,7 @@ async fn retry_item(pool: &PgPool, id: i64, operator: &str) -> Result<Retried> {
     if due.is_none() {
         inbox::arm_drain(&mut tx, ws_id, None).await?;
     }
-    events::record(&mut tx, events::JOB_RETRIED, Some(ws_id), json!({"job_id": job_id, "operator": operator}))
-        .await?;
+    events::record(&mut tx, events::JOB_RETRIED, Some(ws_id), json!({"job_id": job_id, "operator": operator})).await?;
     tx.commit().await?;
     Ok(Retried { job_id: job_id.clone(), retry_of: job_id, created: true })
 }
@@ -142,7 +141,10 @@ pub async fn cancel(pool: &PgPool, r: &JobRef, operator: &str) -> Result<Cancele
     match op.status {
         OpStatus::Canceled => return Ok(Canceled { job_id: id.to_string(), was: "canceled".into() }),
         OpStatus::Succeeded | OpStatus::Failed => {
-            return Err(Error::Conflict(format!("op {id} is already {}; only a queued or running op is canceled", op.status)));
+            return Err(Error::Conflict(format!(
+                "op {id} is already {}; only a queued or running op is canceled",
+                op.status
+            )));
         }
         OpStatus::Queued | OpStatus::Running => {}
     }

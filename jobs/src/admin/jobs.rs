@@ -16,8 +16,8 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use crate::domain::OpKind;
-use crate::store::op_attempts::{self, OpAttempt};
 use crate::store::activity_logs;
+use crate::store::op_attempts::{self, OpAttempt};
 use crate::sweeps::SweepKind;
 use crate::{Error, Result};
 
@@ -36,9 +36,8 @@ impl JobRef {
             let (name, ms) = rest
                 .split_once('@')
                 .ok_or_else(|| invalid(format!("{raw:?} must look like sweep:<name>@<epoch ms>")))?;
-            let kind = SweepKind::parse(name).ok_or_else(|| {
-                invalid(format!("{raw:?} names no sweep; sweeps are {}", sweep_names().join(", ")))
-            })?;
+            let kind = SweepKind::parse(name)
+                .ok_or_else(|| invalid(format!("{raw:?} names no sweep; sweeps are {}", sweep_names().join(", "))))?;
             let period_ms = ms.parse().map_err(|_| invalid(format!("{raw:?} has no epoch ms after '@'")))?;
             return Ok(JobRef::Sweep { name: kind.name(), period_ms });
         }
@@ -334,7 +333,9 @@ pub async fn list<'e>(db: impl PgExecutor<'e>, f: &Filter, limit: i64) -> Result
 /// One job by its reference, in the listing's shape.
 pub async fn get<'e>(db: impl PgExecutor<'e>, r: &JobRef) -> Result<Option<Job>> {
     let q = match r {
-        JobRef::Op(id) => sqlx::query_as(concat!("SELECT ", op_job!(), " FROM workspace_ops o WHERE o.id = $1")).bind(*id),
+        JobRef::Op(id) => {
+            sqlx::query_as(concat!("SELECT ", op_job!(), " FROM workspace_ops o WHERE o.id = $1")).bind(*id)
+        }
         JobRef::Sweep { name, period_ms } => sqlx::query_as(concat!(
             "SELECT ",
             sweep_job!(),

@@ -58,12 +58,36 @@ struct Row {
 macro_rules! windows {
     ($state:literal, $done:literal) => {
         concat!(
-            "count(*) FILTER (WHERE ", $state, " = 'succeeded' AND ", $done, " > now() - interval '1 minute') AS s1m,
-             count(*) FILTER (WHERE ", $state, " = 'failed' AND ", $done, " > now() - interval '1 minute') AS f1m,
-             count(*) FILTER (WHERE ", $state, " = 'canceled' AND ", $done, " > now() - interval '1 minute') AS c1m,
-             count(*) FILTER (WHERE ", $state, " = 'succeeded' AND ", $done, " > now() - interval '1 hour') AS s1h,
-             count(*) FILTER (WHERE ", $state, " = 'failed' AND ", $done, " > now() - interval '1 hour') AS f1h,
-             count(*) FILTER (WHERE ", $state, " = 'canceled' AND ", $done, " > now() - interval '1 hour') AS c1h"
+            "count(*) FILTER (WHERE ",
+            $state,
+            " = 'succeeded' AND ",
+            $done,
+            " > now() - interval '1 minute') AS s1m,
+             count(*) FILTER (WHERE ",
+            $state,
+            " = 'failed' AND ",
+            $done,
+            " > now() - interval '1 minute') AS f1m,
+             count(*) FILTER (WHERE ",
+            $state,
+            " = 'canceled' AND ",
+            $done,
+            " > now() - interval '1 minute') AS c1m,
+             count(*) FILTER (WHERE ",
+            $state,
+            " = 'succeeded' AND ",
+            $done,
+            " > now() - interval '1 hour') AS s1h,
+             count(*) FILTER (WHERE ",
+            $state,
+            " = 'failed' AND ",
+            $done,
+            " > now() - interval '1 hour') AS f1h,
+             count(*) FILTER (WHERE ",
+            $state,
+            " = 'canceled' AND ",
+            $done,
+            " > now() - interval '1 hour') AS c1h"
         )
     };
 }

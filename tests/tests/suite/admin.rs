@@ -279,3 +279,112 @@ async fn workers_lists_a_killed_worker_as_dead() {
     })
     .await;
 }
+
+/// Runs `worker admin <args>` against the stack: (exit code, stdout, stderr).
+async fn cli(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(tests::bin("worker"));
+    cmd.arg("admin").args(args).env_remove("WS_URL").env_remove("ADMIN_TOKEN").env("WS_URL", &stack.url);
+    cmd.env("ADMIN_TOKEN", ADMIN);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(LONG, cmd.output()).await.expect("the CLI to finish").expect("run the CLI");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn cli_json(stack: &Stack, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (code, out, err) = cli(stack, &all, &[]).await;
+    assert_eq!(code, 0, "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} --json is not JSON ({e}): {out}"))
+}
+
+#[tokio::test]
+async fn the_admin_cli_drives_every_subcommand_with_tables_json_and_exit_codes() {
+    let mut stack = Stack::builder().env("DOCKER_ENABLED", "false").workers(0).start().await;
+    let a = stack.create(json!({"name": "cli-a", "tier": 2})).await;
+    let a_op = first_op(&stack, &a).await;
+
+    // jobs list / show, as a table and as JSON.
+    let (code, out, err) = cli(&stack, &["jobs", "list", "--kind", "provision"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ID") && out.contains(&a_op) && out.contains("queued"), "{out}");
+    let page = cli_json(&stack, &["jobs", "list", "--state", "queued", "--limit", "5"]).await;
+    assert_eq!(ids(&page), vec![a_op.clone()], "{page}");
+    let shown = cli_json(&stack, &["jobs", "show", &a_op]).await;
+    assert_eq!(shown["job"]["id"], a_op.as_str());
+    let (code, out, _) = cli(&stack, &["jobs", "show", &a_op], &[]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("cli-a") && out.contains("ATTEMPT"), "{out}");
+
+    // queues: pause, list, resume.
+    let (code, out, err) = cli(&stack, &["queues", "pause", "provision"], &[]).await;
+    assert_eq!((code, out.trim()), (0, "provision is paused"), "{err}");
+    let q = cli_json(&stack, &["queues"]).await;
+    let provision = q["queues"].as_array().unwrap().iter().find(|q| q["kind"] == "provision").unwrap().clone();
+    assert_eq!(provision["paused"], true, "{provision}");
+    let (code, out, _) = cli(&stack, &["queues"], &[]).await;
+    assert_eq!(code, 0);
+    assert!(out.lines().any(|l| l.starts_with("provision") && l.contains("paused")), "{out}");
+    let (code, out, _) = cli(&stack, &["queues", "resume", "provision"], &[]).await;
+    assert_eq!((code, out.trim()), (0, "provision is running"));
+
+    // jobs cancel; a retry of what is not failed is the api's 409: exit 1 with its message.
+    let (code, out, err) = cli(&stack, &["jobs", "cancel", &a_op], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("canceled") && out.contains("was queued"), "{out}");
+    let (code, _, err) = cli(&stack, &["jobs", "retry", &a_op], &[]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("409") && err.contains("only a failed op is retried"), "{err}");
+
+    // jobs retry of a failed op, and workers, once a worker without a backend failed it.
+    let b = stack.create(json!({"name": "cli-b", "tier": 2})).await;
+    let b_op = first_op(&stack, &b).await;
+    stack.add_worker(&[]);
+    eventually(LONG, "b's provision to fail", || async {
+        let d = stack.get(&format!("/admin/jobs/{b_op}")).await;
+        (d.body["job"]["state"] == "failed").then_some(())
+    })
+    .await;
+    let retried = cli_json(&stack, &["jobs", "retry", &b_op]).await;
+    assert_eq!(retried["retry_of"], b_op.as_str(), "{retried}");
+    assert_eq!(retried["created"], true, "{retried}");
+    let w = cli_json(&stack, &["workers"]).await;
+    assert_eq!(w["workers"][0]["alive"], true, "{w}");
+    let (code, out, _) = cli(&stack, &["workers"], &[]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("alive") && out.contains(&stack.workers[0].pid().to_string()), "{out}");
+
+    // workspaces list / show / ops.
+    let list = cli_json(&stack, &["workspaces", "list"]).await;
+    let names: Vec<&str> = list.as_array().unwrap().iter().filter_map(|w| w["name"].as_str()).collect();
+    assert!(names.contains(&"cli-a") && names.contains(&"cli-b"), "{list}");
+    let (code, out, _) = cli(&stack, &["workspaces", "show", &a], &[]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("cli-a") && out.contains("failed"), "{out}");
+    let ops = cli_json(&stack, &["workspaces", "ops", &b]).await;
+    assert_eq!(ops.as_array().map(Vec::len), Some(2), "the provision and its retry: {ops}");
+    let (code, out, _) = cli(&stack, &["workspaces", "ops", &b], &[]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("retry of {b_op}")), "{out}");
+
+    // Exit codes: usage 2, api error 1, unreachable 3.
+    assert_eq!(cli(&stack, &["jobs", "frob"], &[]).await.0, 2);
+    assert_eq!(cli(&stack, &["jobs", "list", "--limit", "lots"], &[]).await.0, 2);
+    let (code, _, err) = cli(&stack, &["queues", "--url", "ftp://x"], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cli(&stack, &["jobs", "list", "--kind", "reboot"], &[]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("400") && err.contains("kind"), "{err}");
+    let (code, _, err) = cli(&stack, &["workers", "--token", "wrong"], &[]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = cli(&stack, &["workers"], &[("WS_URL", "http://127.0.0.1:9")]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot reach"), "{err}");
+}
