@@ -51,15 +51,15 @@ async fn retry_op(pool: &PgPool, id: Uuid, operator: &str) -> Result<Retried> {
     if op.status != OpStatus::Failed {
         return Err(Error::Conflict(format!("op {id} is {}; only a failed op is retried", op.status)));
     }
-    let new = match op.kind {
+    let (new, created) = match op.kind {
         OpKind::Provision | OpKind::Restart => retry_start(&mut tx, &ws, op.kind, &reason, operator).await?,
-        OpKind::Stop => {
-            if ws.status == Status::Removed && ws.instance_ref.is_none() {
-                return Err(Error::Conflict(format!("workspace {} has no instance left to stop", ws.id)));
-            }
-            ops::request(&mut tx, &ws, OpKind::Stop, &reason, operator).await?.0
-        }
+        OpKind::Stop => ops::request(&mut tx, &ws, OpKind::Stop, &reason, operator).await?,
     };
+    if !created {
+        // A restart joined a start already queued: that start is the retry.
+        tx.commit().await?;
+        return Ok(Retried { job_id: new.id.to_string(), retry_of: id.to_string(), created: false });
+    }
     events::record(
         &mut tx,
         events::JOB_RETRIED,
@@ -73,17 +73,23 @@ async fn retry_op(pool: &PgPool, id: Uuid, operator: &str) -> Result<Retried> {
 }
 
 /// A start runs only for a workspace waiting for it: a failed one waits again.
-async fn retry_start(conn: &mut PgConnection, ws: &Workspace, kind: OpKind, reason: &str, by: &str) -> Result<Op> {
+async fn retry_start(
+    conn: &mut PgConnection,
+    ws: &Workspace,
+    kind: OpKind,
+    reason: &str,
+    by: &str,
+) -> Result<(Op, bool)> {
     match ws.status {
         Status::Removed => return Err(Error::Conflict(format!("workspace {} is removed; nothing to start", ws.id))),
         Status::Paused => return Err(Error::Paused { id: ws.id }),
         _ => {}
     }
-    let (op, _) = ops::request(conn, ws, kind, reason, by).await?;
-    if ws.status == Status::Failed {
+    let (op, new) = ops::request(conn, ws, kind, reason, by).await?;
+    if new && ws.status == Status::Failed {
         transition::set_status(conn, ws, Status::Provisioning, None, json!({"op_id": op.id, "reason": reason})).await?;
     }
-    Ok(op)
+    Ok((op, new))
 }
 
 async fn retry_item(pool: &PgPool, id: i64, operator: &str) -> Result<Retried> {

@@ -388,3 +388,58 @@ async fn the_admin_cli_drives_every_subcommand_with_tables_json_and_exit_codes()
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("cannot reach"), "{err}");
 }
+
+#[tokio::test]
+async fn an_undeliverable_inbox_item_is_listed_and_a_retry_pushes_it_once_more() {
+    let stack = Stack::builder()
+        .env("DOCKER_ENABLED", "false")
+        .env("INBOX_RETRY_MAX_ATTEMPTS", "1")
+        .env("INBOX_PUSH_CONNECT_TIMEOUT_SECONDS", "1")
+        .workers(1)
+        .start()
+        .await;
+    // Nothing listens on port 9 (discard): every push is refused at once.
+    let r = stack
+        .post(
+            "/workspaces",
+            json!({"name": "unreachable", "external": true, "url": "http://127.0.0.1:9/a2a", "delivery_mode": "push"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let ws = r.body["id"].as_str().expect("id").to_string();
+    let msg = json!({"jsonrpc": "2.0", "id": 1, "method": "message/send",
+        "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": "anyone?"}]}}});
+    let r = stack.post(&format!("/workspaces/{ws}/a2a"), msg).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let job = format!("inbox:{}", r.body["id"].as_i64().expect("item id"));
+    let failed = eventually(LONG, "the item to be given up", || async {
+        let d = stack.get(&format!("/admin/jobs/{job}")).await;
+        (d.body["job"]["state"] == "failed").then_some(d.body)
+    })
+    .await;
+    assert_eq!(failed["job"]["kind"], "inbox_push");
+    assert_eq!(failed["job"]["attempts"], 1);
+    assert_eq!(failed["attempts"].as_array().map(Vec::len), Some(1), "{failed}");
+    assert_eq!(failed["attempts"][0]["outcome"], "failed");
+    assert!(failed["job"]["last_error"].as_str().is_some_and(|e| e.contains("undeliverable")), "{failed}");
+    let listed = jobs(&stack, &format!("kind=inbox_push&state=failed&workspace_id={ws}")).await;
+    assert_eq!(ids(&listed), vec![job.clone()], "{listed}");
+    let q = stack.get("/admin/queues").await;
+    let inbox = q.body["queues"].as_array().unwrap().iter().find(|q| q["kind"] == "inbox_push").unwrap().clone();
+    assert_eq!(inbox["last_hour"]["failed"], 1, "{inbox}");
+
+    let r = stack.post(&format!("/admin/jobs/{job}/retry"), json!({})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["job"]["id"], job.as_str(), "the item itself is re-armed");
+    let again = eventually(LONG, "the retried push to be tried and given up", || async {
+        let d = stack.get(&format!("/admin/jobs/{job}")).await;
+        (d.body["job"]["state"] == "failed" && d.body["attempts"].as_array().map(Vec::len) == Some(2)).then_some(d.body)
+    })
+    .await;
+    assert_eq!(again["job"]["attempts"], 2, "{again}");
+    let retried = events_of(&stack, "JOB_RETRIED").await;
+    assert_eq!(retried, vec![json!({"job_id": job, "operator": "admin"})]);
+    // Only lifecycle ops are canceled.
+    let r = stack.post(&format!("/admin/jobs/{job}/cancel"), json!({})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+}
