@@ -465,3 +465,46 @@ pub async fn task_id_of<'e>(db: impl PgExecutor<'e>, r: &JobRef) -> Result<Optio
     }
     .flatten())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_round_trip_and_bad_ones_name_the_shapes() {
+        let op = Uuid::new_v4();
+        for r in [JobRef::Op(op), JobRef::Sweep { name: "liveness", period_ms: 1_700_000_000_000 }, JobRef::Inbox(42)] {
+            assert_eq!(JobRef::parse(&r.to_string()).unwrap(), r);
+        }
+        for bad in ["", "nope", "sweep:liveness", "sweep:nothing@1", "sweep:liveness@x", "inbox:", "inbox:1.5"] {
+            let e = JobRef::parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("job id "), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn kinds_and_states_parse_and_unknown_ones_list_what_is_allowed() {
+        assert_eq!(JobKind::parse("stop").unwrap(), JobKind::Op(OpKind::Stop));
+        assert_eq!(JobKind::parse("sweep").unwrap(), JobKind::Sweep(None));
+        assert_eq!(JobKind::parse("sweep:orphans").unwrap(), JobKind::Sweep(Some(SweepKind::Orphans)));
+        assert_eq!(JobKind::parse("inbox_push").unwrap(), JobKind::InboxPush);
+        let e = JobKind::parse("sweep:nothing").unwrap_err().to_string();
+        assert!(e.contains("sweep:retention") && e.contains("inbox_push"), "{e}");
+        for s in JobState::ALL {
+            assert_eq!(JobState::parse(s).unwrap().as_str(), s);
+        }
+        assert!(JobState::parse("pending").unwrap_err().to_string().contains("canceled"));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let c = Cursor {
+            created_at: DateTime::from_timestamp_micros(1_795_330_397_123_456).unwrap(),
+            id: "sweep:liveness@5".into(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
+        for bad in ["", "x.y", "123", "123.", "99999999999999999999.a"] {
+            assert!(Cursor::decode(bad).is_err(), "{bad}");
+        }
+    }
+}
