@@ -183,9 +183,20 @@ async fn a_queued_op_is_canceled_with_its_task_and_a_running_one_is_fenced() {
         jobs::ops::ClaimResult::Claimed(c) => c,
         other => panic!("not claimed: {other:?}"),
     };
+    // The claim shows as running, under its worker, in the listing and the worker list.
+    jobs::store::worker_processes::heartbeat(&stack.pool, "test-worker", "test-host", 1, &[]).await.unwrap();
+    let running = jobs(&stack, "state=running").await;
+    assert_eq!(ids(&running), vec![op.to_string()], "{running}");
+    assert_eq!(running["jobs"][0]["claimed_by"], "test-worker");
+    let w = stack.get("/admin/workers").await;
+    let me = w.body["workers"].as_array().unwrap().iter().find(|w| w["id"] == "test-worker").unwrap().clone();
+    assert_eq!(me["running"][0]["id"], op.to_string(), "{me}");
+    assert_eq!(me["running"][0]["kind"], "provision", "{me}");
     let r = stack.post(&format!("/admin/jobs/{op}/cancel"), json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["was"], "running");
+    let w = stack.get("/admin/workers").await;
+    assert!(w.body["workers"].as_array().unwrap().iter().all(|w| w["running"] == json!([])), "{}", w.body);
     let mut tx = stack.pool.begin().await.unwrap();
     assert!(claim.fence(&mut tx).await.unwrap().is_err(), "the holder's next write is fenced");
     drop(tx);
