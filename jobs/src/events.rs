@@ -31,6 +31,12 @@ pub const TOKENS_REVOKED: &str = "TOKENS_REVOKED";
 /// Recorded without a workspace id: the workspace's own events go with it.
 pub const WORKSPACE_PURGED: &str = "WORKSPACE_PURGED";
 pub const EXTERNAL_CREDENTIALS_ROTATED: &str = "EXTERNAL_CREDENTIALS_ROTATED";
+/// An operator re-ran a failed job; the payload names the job, the new one and the operator.
+pub const JOB_RETRIED: &str = "JOB_RETRIED";
+/// An operator canceled a queued or running job.
+pub const JOB_CANCELED: &str = "JOB_CANCELED";
+pub const QUEUE_PAUSED: &str = "QUEUE_PAUSED";
+pub const QUEUE_RESUMED: &str = "QUEUE_RESUMED";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Event {

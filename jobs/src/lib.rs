@@ -3,6 +3,7 @@
 //! the backends that run workspaces. Both the `api` and the `worker` binaries are thin
 //! shells around this crate.
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod db;

@@ -1,8 +1,10 @@
 //! The worker process: runs lifecycle and sweep jobs from the durable queue.
 //!
 //! `worker run` (default) starts the job runners and the sweep scheduler; `worker migrate`
-//! applies migrations and exits (the Procfile's `release`).
+//! applies migrations and exits (the Procfile's `release`); `worker admin ...` is the
+//! operators' command line over the admin api (it needs no database).
 
+mod admin_cli;
 mod bench;
 mod bench_inbox;
 mod bench_queue;
@@ -24,6 +26,9 @@ use tokio::sync::watch;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("admin") {
+        return admin_cli::main(std::env::args().skip(1).collect()).await;
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -46,7 +51,7 @@ async fn main() -> ExitCode {
         }
         other => {
             eprintln!(
-                "worker: unknown command {other:?}; use `worker run`, `worker migrate` or `worker bench retention|inbox`"
+                "worker: unknown command {other:?}; use `worker run`, `worker migrate`, `worker admin` or `worker bench retention|inbox`"
             );
             return ExitCode::from(2);
         }

@@ -1,4 +1,5 @@
 pub mod activity;
+pub mod admin;
 pub mod delegations;
 pub mod events;
 pub mod external;
@@ -49,6 +50,14 @@ pub fn router(state: AppState) -> Router {
         .route("/workspaces/{id}/memories/{memory_id}", axum::routing::patch(memories::edit).delete(memories::delete))
         .route("/admin/delegations", get(delegations::admin_list))
         .route("/admin/delegations/stats", get(delegations::admin_stats))
+        .route("/admin/jobs", get(admin::list))
+        .route("/admin/jobs/{id}", get(admin::get))
+        .route("/admin/jobs/{id}/retry", post(admin::retry))
+        .route("/admin/jobs/{id}/cancel", post(admin::cancel))
+        .route("/admin/queues", get(admin::queues))
+        .route("/admin/queues/{kind}/pause", post(admin::pause))
+        .route("/admin/queues/{kind}/resume", post(admin::resume))
+        .route("/admin/workers", get(admin::workers))
         .route("/registry/register", post(registry::register))
         .route("/registry/heartbeat", post(registry::heartbeat))
         .route("/org/import", post(org::import))

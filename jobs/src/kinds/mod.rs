@@ -134,7 +134,14 @@ pub async fn run_op(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> 
         };
         tracing::info!(?outcome, "op attempt ended");
         if ops::finish(&ctx.pool, &claim, outcome, ctx.retry.for_kind(kind)).await? == Finished::Fenced {
-            tracing::warn!("op was claimed by another worker meanwhile; this attempt's outcome is dropped");
+            // An operator's cancel fences like a takeover; the op row says which it was.
+            match workspace_ops::get(&ctx.pool, op_id).await? {
+                Some(op) if op.status == crate::domain::OpStatus::Canceled => tracing::warn!(
+                    why = op.last_error.as_deref().unwrap_or("canceled"),
+                    "op was canceled while this attempt ran; its outcome is dropped"
+                ),
+                _ => tracing::warn!("op was claimed by another worker meanwhile; this attempt's outcome is dropped"),
+            }
         }
         Ok(())
     }

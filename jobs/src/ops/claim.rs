@@ -12,7 +12,7 @@ use crate::backend::BackendKind;
 use crate::domain::{Op, OpKind, Status, Workspace};
 use crate::fleet::Snapshot;
 use crate::notify::OPS_CHANNEL;
-use crate::store::{worker_processes, workspace_ops, workspaces};
+use crate::store::{paused_queues, worker_processes, workspace_ops, workspaces};
 
 /// Who claims: a worker process, what it can reach, and how long its lease lasts.
 #[derive(Debug, Clone)]
@@ -74,6 +74,9 @@ const DEFER_MARGIN: Duration = Duration::from_millis(500);
 /// How long an op left to other workers waits for its next delivery.
 const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
 
+/// How often an op of a paused kind is offered again: how soon it starts once resumed.
+const PAUSED_DELAY: Duration = Duration::from_secs(2);
+
 /// Claims `op_id` for the delivery of apalis task `task_id`. Two cases give the op a new
 /// task and drop this one instead:
 /// - a running op whose lease has not expired is not taken over: its holder is alive (it
@@ -130,6 +133,16 @@ pub async fn claim_seen(
             "op is running under a live lease held by {}; redelivery deferred by {} ms as task {task}",
             op.claimed_by.as_deref().unwrap_or("an unknown worker"),
             (left + DEFER_MARGIN).as_millis()
+        )));
+    }
+    if paused_queues::is_paused(&mut *tx, op.kind.as_str()).await? {
+        // Not an attempt: the op waits, as queued, for its kind to be resumed.
+        let task = deliver(&mut tx, op.id, Some(PAUSED_DELAY)).await?;
+        tx.commit().await?;
+        return Ok(ClaimResult::Skip(format!(
+            "{} ops are paused by an operator; redelivered as task {task} in {} ms",
+            op.kind.as_str(),
+            PAUSED_DELAY.as_millis()
         )));
     }
     if let Some(needed) = needed_elsewhere(&mut tx, &op, &ws, claimant).await? {

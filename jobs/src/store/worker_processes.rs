@@ -10,13 +10,14 @@ pub async fn heartbeat<'e>(
     backends: &[&str],
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO worker_processes (id, hostname, pid, backends) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (id) DO UPDATE SET last_seen = now(), backends = EXCLUDED.backends",
+        "INSERT INTO worker_processes (id, hostname, pid, backends, version) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (id) DO UPDATE SET last_seen = now(), backends = EXCLUDED.backends, version = EXCLUDED.version",
     )
     .bind(id)
     .bind(hostname)
     .bind(pid as i32)
     .bind(backends)
+    .bind(env!("CARGO_PKG_VERSION"))
     .execute(db)
     .await?;
     Ok(())

@@ -22,6 +22,27 @@ macro_rules! columns {
     };
 }
 
+/// The statement that records the attempt a claim begins, for the op row `u` it returns.
+macro_rules! opened_attempt {
+    () => {
+        "INSERT INTO op_attempts (op_id, attempt, worker) SELECT id, attempts, claimed_by FROM u"
+    };
+}
+
+/// The statement that ends the attempt of the op row `u` it returns, with an outcome and an
+/// error (SQL expressions).
+macro_rules! closed_attempt {
+    ($outcome:literal, $error:literal) => {
+        concat!(
+            "UPDATE op_attempts SET finished_at = now(), outcome = ",
+            $outcome,
+            ", error = ",
+            $error,
+            " FROM u WHERE op_attempts.op_id = u.id AND op_attempts.attempt = u.attempts"
+        )
+    };
+}
+
 pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Op>> {
     Ok(sqlx::query_as::<_, Op>(concat!("SELECT ", columns!(), " FROM workspace_ops WHERE id = $1"))
         .bind(id)
@@ -167,6 +188,47 @@ pub async fn cancel_queued_starts(conn: &mut PgConnection, workspace_id: Uuid, w
     .await?)
 }
 
+/// An operator's cancel of a queued or running op: final at once, its lease bumped so a
+/// running holder is fenced, its open attempt closed with `why`; announced on `channel`.
+pub async fn cancel_by_operator(conn: &mut PgConnection, id: Uuid, why: &str, channel: &str) -> Result<Op> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "WITH u AS (
+             UPDATE workspace_ops
+                SET status = 'canceled', lease = lease + 1, lease_until = NULL, last_error = $2,
+                    finished_at = now(), updated_at = now()
+              WHERE id = $1 AND status IN ('queued', 'running') RETURNING ",
+        columns!(),
+        "),
+         a AS (
+             UPDATE op_attempts SET finished_at = now(), outcome = 'canceled', error = $2
+               FROM u WHERE op_attempts.op_id = u.id AND op_attempts.finished_at IS NULL)
+         SELECT ",
+        columns!(),
+        ", ",
+        announced!(3),
+        " FROM u"
+    ))
+    .bind(id)
+    .bind(why)
+    .bind(channel)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The workspace's unfinished op with exactly this reason (an operator's pending retry).
+pub async fn unfinished_with_reason(conn: &mut PgConnection, workspace_id: Uuid, reason: &str) -> Result<Option<Op>> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM workspace_ops
+          WHERE workspace_id = $1 AND status IN ('queued', 'running') AND reason = $2 ORDER BY seq LIMIT 1"
+    ))
+    .bind(workspace_id)
+    .bind(reason)
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// Names the apalis task that delivers the op (`None`: no task delivers it).
 pub async fn set_task(conn: &mut PgConnection, id: Uuid, task_id: Option<&str>) -> Result<()> {
     sqlx::query("UPDATE workspace_ops SET task_id = $2, updated_at = now() WHERE id = $1")
@@ -191,12 +253,23 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Op>> {
 /// A claim: the op runs, with one more attempt and a new lease owned by `claimed_by` for `ttl`.
 pub async fn mark_running(conn: &mut PgConnection, id: Uuid, ttl: Duration, claimed_by: &str) -> Result<Op> {
     Ok(sqlx::query_as::<_, Op>(concat!(
-        "UPDATE workspace_ops
-            SET status = 'running', attempts = attempts + 1, lease = lease + 1,
-                lease_until = clock_timestamp() + $2 * interval '1 millisecond', claimed_by = $3,
-                started_at = coalesce(started_at, now()), next_attempt_at = NULL, updated_at = now()
-          WHERE id = $1 RETURNING ",
-        columns!()
+        "WITH lost AS (
+             UPDATE op_attempts SET finished_at = now(), outcome = 'lost',
+                    error = 'the lease lapsed before the attempt ended; another claim took the op over'
+              WHERE op_id = $1 AND finished_at IS NULL),
+         u AS (
+             UPDATE workspace_ops
+                SET status = 'running', attempts = attempts + 1, lease = lease + 1,
+                    lease_until = clock_timestamp() + $2 * interval '1 millisecond', claimed_by = $3,
+                    started_at = coalesce(started_at, now()), next_attempt_at = NULL, updated_at = now()
+              WHERE id = $1 RETURNING ",
+        columns!(),
+        "),
+         a AS (",
+        opened_attempt!(),
+        ") SELECT ",
+        columns!(),
+        " FROM u"
     ))
     .bind(id)
     .bind(ttl.as_millis() as f64)
@@ -209,7 +282,8 @@ pub async fn mark_running(conn: &mut PgConnection, id: Uuid, ttl: Duration, clai
 /// the worker reaches (text[]), whether it starts instances, the backends other live
 /// workers advertise (text[]; any at all means another worker starts instances), the
 /// notification channel. Returns the
-/// op's columns and the workspace's as `ws_*`, or no row.
+/// op's columns and the workspace's as `ws_*`, or no row. A paused kind is not claimed
+/// here (the exact path re-delivers it later); the claim opens its `op_attempts` row.
 ///
 /// The workspace row is locked first, as everywhere, and re-read by the lock; the op's
 /// conditions are re-checked on its newest version by the update. Only "no earlier op is
@@ -220,7 +294,7 @@ pub const CLAIM_DIRECTLY: &str = concat!(
                 external AS ws_external
            FROM workspaces WHERE id = (SELECT workspace_id FROM workspace_ops WHERE id = $1)
             FOR UPDATE),
-     c AS (
+     u AS (
          UPDATE workspace_ops o
             SET status = 'running', attempts = o.attempts + 1, lease = o.lease + 1,
                 lease_until = clock_timestamp() + $3 * interval '1 millisecond', claimed_by = $4,
@@ -232,12 +306,16 @@ pub const CLAIM_DIRECTLY: &str = concat!(
             AND NOT (o.kind IN ('stop', 'restart') AND t.ws_backend IS NOT NULL
                      AND NOT (t.ws_backend = ANY($5)) AND t.ws_backend = ANY($7))
             AND NOT (o.kind IN ('provision', 'restart') AND NOT t.ws_external AND NOT $6 AND cardinality($7::text[]) > 0)
-      RETURNING o.*)
+            AND NOT EXISTS (SELECT 1 FROM paused_queues q WHERE q.kind = o.kind)
+      RETURNING o.*),
+     a AS (",
+    opened_attempt!(),
+    ")
      SELECT ",
     columns!(),
     ", ws_status, ws_backend, ws_instance_ref, ws_external, ",
     announced!(8),
-    " FROM c JOIN t ON t.ws_id = c.workspace_id"
+    " FROM u JOIN t ON t.ws_id = u.workspace_id"
 );
 
 /// How long the running op's current lease still has, by the database's clock; `None` when
@@ -316,6 +394,9 @@ pub async fn mark_final(
                     finished_at = now(), updated_at = now()
               WHERE id = $1 AND lease = $2 AND status = 'running' RETURNING ",
         columns!(),
+        "),
+         a AS (",
+        closed_attempt!("$3", "CASE WHEN $3 = 'succeeded' THEN NULL ELSE $4 END"),
         ") SELECT ",
         columns!(),
         ", ",
@@ -350,6 +431,9 @@ pub async fn mark_retrying(
                     next_attempt_at = now() + $4 * interval '1 millisecond', updated_at = now()
               WHERE id = $1 AND lease = $2 AND status = 'running' RETURNING ",
         columns!(),
+        "),
+         a AS (",
+        closed_attempt!("'retrying'", "$3"),
         ") SELECT ",
         columns!(),
         ", ",

@@ -9,6 +9,7 @@
 //!
 //! Run them with `./dev/test`, which starts what they need.
 
+mod admin;
 mod agents;
 mod api_input;
 mod core;
