@@ -21,6 +21,7 @@ use crate::backend::Backends;
 use crate::config::Config;
 use crate::domain::OpKind;
 use crate::fleet::Fleet;
+use crate::metrics::{self, JobEnd};
 use crate::ops::{self, Claim, ClaimResult, Claimant, Finished, Outcome};
 use crate::retry::RetryPolicies;
 use crate::store::workspace_ops;
@@ -96,20 +97,40 @@ fn push_client(
 
 /// Runs the op delivered by apalis task `task_id`. Returns an error only when the database
 /// cannot be reached to record anything; every other failure is recorded on the op.
+///
+/// Every line it logs carries the job, op and workspace ids: the span is opened before the
+/// claim, and the workspace is filled in as soon as it is known.
 pub async fn run_op(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> {
+    let span = tracing::info_span!("op", %op_id, job_id = task_id, workspace_id = tracing::field::Empty,
+        kind = tracing::field::Empty, attempt = tracing::field::Empty);
+    let result = claim_and_run(ctx, op_id, task_id).instrument(span.clone()).await;
+    if let Err(e) = &result {
+        span.in_scope(|| tracing::error!(error = %e, "could not record the op's outcome"));
+    }
+    result
+}
+
+async fn claim_and_run(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> {
     let ttl = ctx.config.worker.op_lease;
     let fleet = ctx.fleet.snapshot().await?;
+    let span = tracing::Span::current();
     let claim = match ops::claim_seen(&ctx.pool, op_id, task_id, &ctx.claimant(), &fleet).await? {
         ClaimResult::Claimed(c) => c,
         ClaimResult::Skip(why) => {
-            tracing::info!(%op_id, job_id = task_id, reason = %why, "nothing to do for task");
+            if let Some(ws) = workspace_ops::workspace_of(&ctx.pool, op_id).await? {
+                span.record("workspace_id", tracing::field::display(ws));
+            }
+            tracing::info!(reason = %why, "nothing to do for task");
             return Ok(());
         }
     };
     let kind = claim.op.kind;
-    let span = tracing::info_span!("op", %op_id, job_id = task_id, workspace_id = %claim.op.workspace_id,
-        kind = kind.as_str(), attempt = claim.op.attempts);
-    async {
+    let claimed_at = std::time::Instant::now();
+    metrics::claimed(kind);
+    span.record("workspace_id", tracing::field::display(claim.op.workspace_id));
+    span.record("kind", kind.as_str());
+    span.record("attempt", claim.op.attempts);
+    {
         tracing::info!(reason = %claim.op.reason, "op started");
         let work = AssertUnwindSafe(execute(ctx, &claim, kind)).catch_unwind();
         // The lease is renewed beside the work, not by it, so a handler blocked in a
@@ -133,13 +154,15 @@ pub async fn run_op(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> 
             }
         };
         tracing::info!(?outcome, "op attempt ended");
+        let end = outcome.job_end(&claim.op);
         if ops::finish(&ctx.pool, &claim, outcome, ctx.retry.for_kind(kind)).await? == Finished::Fenced {
             tracing::warn!("op was claimed by another worker meanwhile; this attempt's outcome is dropped");
+            metrics::ended(kind, JobEnd::Other, claimed_at.elapsed());
+        } else {
+            metrics::ended(kind, end, claimed_at.elapsed());
         }
         Ok(())
     }
-    .instrument(span)
-    .await
 }
 
 /// Renews the claim's lease every third of its length until dropped. A renewal that finds
