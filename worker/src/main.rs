@@ -125,7 +125,9 @@ async fn run(config: Config, metrics_addr: Option<std::net::SocketAddr>) -> jobs
         let mut stop = stop_rx.clone();
         async move {
             let grace = ctx.config.sweeps.orphans.start_grace;
-            tracing::info!(grace_secs = grace.as_secs_f64(), "orphans sweep at start waits for the grace period");
+            if !grace.is_zero() {
+                tracing::info!(grace_secs = grace.as_secs_f64(), "orphans sweep at start waits for the grace period");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {}
                 _ = stop.changed() => return,

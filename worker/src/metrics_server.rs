@@ -17,11 +17,9 @@ pub fn addr_from_env() -> Result<Option<SocketAddr>, String> {
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => Err(format!("{ADDR_VAR} is not valid UTF-8")),
         Ok(v) if v.trim().is_empty() => Ok(None),
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{ADDR_VAR}={v:?} is not host:port (e.g. 127.0.0.1:9100)")),
+        Ok(v) => {
+            v.trim().parse().map(Some).map_err(|_| format!("{ADDR_VAR}={v:?} is not host:port (e.g. 127.0.0.1:9100)"))
+        }
     }
 }
 

@@ -18,9 +18,9 @@ use uuid::Uuid;
 
 use super::JobContext;
 use crate::domain::{AgentUrl, DeliveryMode, Status};
+use crate::metrics::{self, JobEnd, JobKind};
 use crate::store::activity_logs::{self, DrainClaim, PendingItem};
 use crate::store::workspaces;
-use crate::metrics::{self, JobEnd, JobKind};
 use crate::{Result, delegations, events, inbox};
 
 pub const INBOX_UNDELIVERABLE: &str = "INBOX_UNDELIVERABLE";

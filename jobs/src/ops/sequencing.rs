@@ -5,8 +5,8 @@ use uuid::Uuid;
 
 use super::{announce, deliver, new_task};
 use crate::Result;
-use crate::metrics;
 use crate::domain::{Op, OpKind, OpStatus, Workspace};
+use crate::metrics;
 use crate::notify::OPS_CHANNEL;
 use crate::retry;
 use crate::store::{apalis, workspace_ops};

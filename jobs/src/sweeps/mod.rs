@@ -22,9 +22,9 @@ use sqlx::PgPool;
 pub use report::Report;
 
 use crate::Result;
-use crate::metrics::{self, JobEnd, JobKind};
 use crate::config::Env;
 use crate::kinds::JobContext;
+use crate::metrics::{self, JobEnd, JobKind};
 use crate::queue::{self, SWEEP_QUEUE, SweepTask};
 use crate::store::sweep_runs;
 

@@ -89,8 +89,9 @@ pub async fn run(pool: &PgPool, backends: &Backends, settings: &Settings) -> Res
         }
     }
     let revoked = revoke_stale_tokens(pool, settings, &inventoried, &running_workspaces).await?;
-    let text =
-        format!("{reaped} reaped, {stop_ops} stop op(s) queued, {revoked} stale token(s) revoked, {failures} failure(s)");
+    let text = format!(
+        "{reaped} reaped, {stop_ops} stop op(s) queued, {revoked} stale token(s) revoked, {failures} failure(s)"
+    );
     // A failure did nothing, but an operator should see the summary beside its warnings.
     Ok(Report::new(text, reaped + stop_ops + revoked + failures > 0))
 }
