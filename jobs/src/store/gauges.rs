@@ -9,7 +9,7 @@ use crate::Result;
 /// and sweep runs while their task is pending. Waiting is measured from when a job became
 /// due, so a retry's backoff is not counted as waiting.
 pub async fn queues<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(String, i64, f64)>> {
-    Ok(sqlx::query_as(concat!(
+    Ok(sqlx::query_as(
         "SELECT kind, count(*)::bigint,
                 COALESCE(EXTRACT(EPOCH FROM max(GREATEST(now() - COALESCE(next_attempt_at, created_at),
                                                          interval '0'))), 0)::float8
@@ -19,7 +19,7 @@ pub async fn queues<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(String, i64, f64
                 COALESCE(EXTRACT(EPOCH FROM max(GREATEST(now() - run_at, interval '0'))), 0)::float8
            FROM apalis.jobs WHERE job_type IN ('inbox', 'sweeps') AND status = 'Pending'
           GROUP BY job_type",
-    ))
+    )
     .fetch_all(db)
     .await?)
 }

@@ -251,6 +251,23 @@ async fn metrics_count_a_create_and_a_restart_on_the_api_and_the_worker() {
     assert_eq!(resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("trace-me-42"));
     let resp = client.get(format!("{}/health", stack.url)).send().await.unwrap();
     assert!(resp.headers().get("x-request-id").is_some_and(|v| !v.is_empty()));
+    // A handler's log line carries the route template and the request's id.
+    let resp = client
+        .post(format!("{}/org/tokens", stack.url))
+        .bearer_auth(tests::ADMIN)
+        .header("x-request-id", "mint-req-7")
+        .json(&json!({"name": "metrics"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let api = stack.api.as_ref().expect("api");
+    let line = eventually(Duration::from_secs(10), "the mint's log line", || {
+        let text = api.log_text();
+        async move { text.lines().find(|l| l.contains("org token minted")).map(str::to_string) }
+    })
+    .await;
+    assert!(line.contains("route=/org/tokens") && line.contains("request_id=mint-req-7"), "{line}");
     // Unmatched paths share one label, so a scan cannot create series.
     let r = stack.get("/no/such/path/123").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
@@ -336,4 +353,41 @@ async fn quiet_sweeps_log_at_debug_and_a_sweep_that_acts_logs_at_info() {
     })
     .await;
     assert!(acted.contains("liveness"), "{acted}");
+}
+
+#[test]
+fn the_dashboard_and_the_docs_name_only_exported_metrics() {
+    use jobs::metrics as m;
+    let exported = [
+        m::JOBS_ENQUEUED,
+        m::JOBS_CLAIMED,
+        m::JOBS_SUCCEEDED,
+        m::JOBS_FAILED,
+        m::JOBS_RETRIED,
+        m::JOB_DURATION,
+        m::QUEUE_DEPTH,
+        m::QUEUE_OLDEST_WAITING,
+        m::HTTP_REQUESTS,
+        m::HTTP_DURATION,
+        m::WORKSPACES,
+        m::OP_RESCUES,
+        m::ORPHANS_REAPED,
+        m::LEAK_SUSPECTS,
+    ];
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    let dashboard = std::fs::read_to_string(docs.join("grafana-dashboard.json")).expect("dashboard");
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
+    let guide = std::fs::read_to_string(docs.join("metrics.md")).expect("metrics.md");
+    let named = |text: &str| -> HashSet<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("ws_") && w.len() > 3)
+            .map(|w| w.strip_suffix("_bucket").unwrap_or(w).to_string())
+            .collect()
+    };
+    for name in named(&dashboard).iter().chain(named(&guide).iter()) {
+        assert!(exported.contains(&name.as_str()), "{name} is not exported");
+    }
+    for name in exported {
+        assert!(guide.contains(&format!("`{name}`")), "{name} is not documented");
+    }
 }
