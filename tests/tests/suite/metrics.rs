@@ -267,7 +267,7 @@ async fn metrics_count_a_create_and_a_restart_on_the_api_and_the_worker() {
         async move { text.lines().find(|l| l.contains("org token minted")).map(str::to_string) }
     })
     .await;
-    assert!(line.contains("route=/org/tokens") && line.contains("request_id=mint-req-7"), "{line}");
+    assert!(line.contains(r#"route="/org/tokens""#) && line.contains(r#"request_id="mint-req-7""#), "{line}");
     // Unmatched paths share one label, so a scan cannot create series.
     let r = stack.get("/no/such/path/123").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
