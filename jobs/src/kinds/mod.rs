@@ -130,39 +130,37 @@ async fn claim_and_run(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<(
     span.record("workspace_id", tracing::field::display(claim.op.workspace_id));
     span.record("kind", kind.as_str());
     span.record("attempt", claim.op.attempts);
-    {
-        tracing::info!(reason = %claim.op.reason, "op started");
-        let work = AssertUnwindSafe(execute(ctx, &claim, kind)).catch_unwind();
-        // The lease is renewed beside the work, not by it, so a handler blocked in a
-        // backend call still holds its op; the renewal ends with the work.
-        let outcome = tokio::select! {
-            done = work => done,
-            never = keep_lease(ctx, &claim, ttl) => match never {},
-        };
-        let outcome = match outcome {
-            Ok(Ok(o)) => o,
-            // Database trouble mid-job: the work is idempotent, so try again later.
-            Ok(Err(e)) => Outcome::Retry(format!("internal error: {e}")),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                tracing::error!(panic = %msg, "op handler panicked");
-                Outcome::Retry(format!("internal error: handler panicked: {msg}"))
-            }
-        };
-        tracing::info!(?outcome, "op attempt ended");
-        let end = outcome.job_end(&claim.op);
-        if ops::finish(&ctx.pool, &claim, outcome, ctx.retry.for_kind(kind)).await? == Finished::Fenced {
-            tracing::warn!("op was claimed by another worker meanwhile; this attempt's outcome is dropped");
-            metrics::ended(kind, JobEnd::Other, claimed_at.elapsed());
-        } else {
-            metrics::ended(kind, end, claimed_at.elapsed());
+    tracing::info!(reason = %claim.op.reason, "op started");
+    let work = AssertUnwindSafe(execute(ctx, &claim, kind)).catch_unwind();
+    // The lease is renewed beside the work, not by it, so a handler blocked in a
+    // backend call still holds its op; the renewal ends with the work.
+    let outcome = tokio::select! {
+        done = work => done,
+        never = keep_lease(ctx, &claim, ttl) => match never {},
+    };
+    let outcome = match outcome {
+        Ok(Ok(o)) => o,
+        // Database trouble mid-job: the work is idempotent, so try again later.
+        Ok(Err(e)) => Outcome::Retry(format!("internal error: {e}")),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %msg, "op handler panicked");
+            Outcome::Retry(format!("internal error: handler panicked: {msg}"))
         }
-        Ok(())
+    };
+    tracing::info!(?outcome, "op attempt ended");
+    let end = outcome.job_end(&claim.op);
+    if ops::finish(&ctx.pool, &claim, outcome, ctx.retry.for_kind(kind)).await? == Finished::Fenced {
+        tracing::warn!("op was claimed by another worker meanwhile; this attempt's outcome is dropped");
+        metrics::ended(kind, JobEnd::Other, claimed_at.elapsed());
+    } else {
+        metrics::ended(kind, end, claimed_at.elapsed());
     }
+    Ok(())
 }
 
 /// Renews the claim's lease every third of its length until dropped. A renewal that finds
