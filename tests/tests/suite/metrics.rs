@@ -391,3 +391,53 @@ fn the_dashboard_and_the_docs_name_only_exported_metrics() {
         assert!(guide.contains(&format!("`{name}`")), "{name} is not documented");
     }
 }
+
+#[tokio::test]
+async fn the_api_samples_waiting_jobs_and_workspaces_at_scrape_time() {
+    // No worker: the provision waits.
+    let stack = Stack::builder().workers(0).start().await;
+    let url = format!("{}/metrics", stack.url);
+    let id = stack.create(json!({"name": "waiting"})).await;
+    let s = scrape(&stack.client, &url).await;
+    assert_eq!(s.value("ws_queue_depth", &[("kind", "provision")]), 1.0);
+    assert_eq!(s.value("ws_workspaces", &[("status", "provisioning")]), 1.0);
+    eventually(Duration::from_secs(20), "the provision to have waited a second", || async {
+        let s = scrape(&stack.client, &url).await;
+        (s.value("ws_queue_oldest_waiting_seconds", &[("kind", "provision")]) >= 1.0).then_some(())
+    })
+    .await;
+    // Removed: the op is canceled and the gauges follow.
+    let r = stack.delete(&format!("/workspaces/{id}")).await;
+    assert!(r.status.is_success(), "{}", r.body);
+    let s = scrape(&stack.client, &url).await;
+    assert_eq!(s.value("ws_queue_depth", &[("kind", "provision")]), 0.0);
+    assert_eq!(s.value("ws_queue_oldest_waiting_seconds", &[("kind", "provision")]), 0.0);
+    assert_eq!(s.value("ws_workspaces", &[("status", "provisioning")]), 0.0);
+}
+
+#[tokio::test]
+async fn an_orphan_reaped_by_the_sweep_is_counted_on_the_worker() {
+    let image = require_docker_image();
+    let port = free_port();
+    let stack = Stack::builder()
+        .worker_env("WORKER_METRICS_ADDR", &format!("127.0.0.1:{port}"))
+        .worker_env("SWEEP_ORPHANS_SECONDS", "1")
+        .start()
+        .await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    eventually(Duration::from_secs(30), "the worker's metrics listener", || {
+        let text = stack.workers[0].log_text();
+        async move { text.contains("metrics listening on").then_some(()) }
+    })
+    .await;
+    assert_eq!(scrape(&stack.client, &url).await.value("ws_orphans_reaped_total", &[]), 0.0);
+    // A container of this platform for a workspace that has no row.
+    let ghost = tests::run_labelled_container(&uuid::Uuid::new_v4().to_string(), &stack.db.name, &image);
+    eventually(LONG, "the orphan to be reaped and counted", || async {
+        let s = scrape(&stack.client, &url).await;
+        (s.value("ws_orphans_reaped_total", &[]) == 1.0).then_some(())
+    })
+    .await;
+    let left = tests::docker(&["ps", "-q", "--filter", &format!("name={ghost}")]);
+    assert!(left.is_empty(), "the ghost container still runs");
+}
