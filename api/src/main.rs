@@ -49,6 +49,8 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
     let registry_rate = Arc::new(RateLimiter::new(config.api.registry_burst, config.api.registry_per_second));
     let org_token_rate = Arc::new(RateLimiter::per_hour("org token mints from", config.api.org_token_mints_per_hour));
     let fleet = Arc::new(jobs::fleet::Fleet::new(pool.clone()));
+    let metrics = jobs::metrics::install()?;
+    tokio::spawn(jobs::metrics::keep_up(metrics.clone()));
     let state = AppState {
         pool,
         config: Arc::new(config.clone()),
@@ -57,6 +59,7 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
         registry_rate,
         org_token_rate,
         fleet,
+        metrics,
     };
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await

@@ -21,4 +21,6 @@ pub struct AppState {
     pub org_token_rate: Arc<RateLimiter<IpAddr>>,
     /// The live workers, read at most once a second while some reach a backend.
     pub fleet: Arc<Fleet>,
+    /// Renders this process's metrics for `GET /metrics`.
+    pub metrics: jobs::metrics::Handle,
 }

@@ -16,6 +16,7 @@ pub mod inbox;
 pub mod kinds;
 pub mod lifecycle;
 pub mod memories;
+pub mod metrics;
 pub mod notify;
 pub mod ops;
 pub mod org_import;

@@ -8,6 +8,7 @@ mod admin_cli;
 mod bench;
 mod bench_inbox;
 mod bench_queue;
+mod metrics_server;
 mod percentile;
 mod probe;
 mod runners;
@@ -40,7 +41,13 @@ async fn main() -> ExitCode {
     let cmd = std::env::args().nth(1).unwrap_or_else(|| "run".into());
     let result = match cmd.as_str() {
         "migrate" => migrate(&config).await,
-        "run" => run(config).await,
+        "run" => match metrics_server::addr_from_env() {
+            Ok(metrics_addr) => run(config, metrics_addr).await,
+            Err(e) => {
+                eprintln!("worker: {e}");
+                return ExitCode::from(2);
+            }
+        },
         "bench" => {
             let args: Vec<String> = std::env::args().skip(2).collect();
             match args.first().map(String::as_str) {
@@ -89,7 +96,7 @@ async fn connect_backends(config: &Config, platform_id: &str) -> jobs::Result<Ba
     Ok(backends)
 }
 
-async fn run(config: Config) -> jobs::Result<()> {
+async fn run(config: Config, metrics_addr: Option<std::net::SocketAddr>) -> jobs::Result<()> {
     let config = Arc::new(config);
     let pool =
         jobs::db::connect_with(&config.database_url, config.database_max_connections, Some(config.worker.op_lease))
@@ -109,6 +116,9 @@ async fn run(config: Config) -> jobs::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = metrics_addr {
+        tasks.spawn(metrics_server::start(addr, stop_rx.clone()).await?);
+    }
     tasks.spawn(runners::supervise_lifecycle(ctx.clone(), process_id.clone(), stop_rx.clone()));
     tasks.spawn(runners::supervise_sweeps(ctx.clone(), process_id.clone(), stop_rx.clone()));
     tasks.spawn(runners::supervise_inbox(ctx.clone(), process_id.clone(), stop_rx.clone()));
@@ -120,13 +130,16 @@ async fn run(config: Config) -> jobs::Result<()> {
         let mut stop = stop_rx.clone();
         async move {
             let grace = ctx.config.sweeps.orphans.start_grace;
-            tracing::info!(grace_secs = grace.as_secs_f64(), "orphans sweep at start waits for the grace period");
+            if !grace.is_zero() {
+                tracing::info!(grace_secs = grace.as_secs_f64(), "orphans sweep at start waits for the grace period");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {}
                 _ = stop.changed() => return,
             }
             match jobs::sweeps::orphans::run(&ctx.pool, &ctx.backends, &ctx.config.sweeps.orphans).await {
-                Ok(outcome) => tracing::info!(%outcome, "orphans sweep at start"),
+                Ok(outcome) if outcome.acted => tracing::info!(%outcome, "orphans sweep at start"),
+                Ok(outcome) => tracing::debug!(%outcome, "orphans sweep at start"),
                 Err(e) => tracing::warn!(error = %e, "orphans sweep at start failed"),
             }
         }

@@ -125,7 +125,7 @@ async fn lifecycle_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext
         }
     };
     if let Err(e) = kinds::run_op(&ctx, task.op_id, &task_id).await {
-        tracing::error!(job_id = %task_id, op_id = %task.op_id, error = %e, "could not record the op's outcome");
+        // Logged by run_op, inside the op's span.
         tokio::time::sleep(DATABASE_TROUBLE_PAUSE).await;
         return Err(Box::new(e));
     }

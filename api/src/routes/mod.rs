@@ -5,6 +5,7 @@ pub mod events;
 pub mod external;
 pub mod health;
 pub mod memories;
+pub mod metrics;
 pub mod ops;
 pub mod org;
 pub mod org_tokens;
@@ -14,10 +15,15 @@ pub mod workspaces;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderName;
 use axum::routing::{get, post};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// Ties a request's log lines to the caller's view of it.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Bodies beyond this are refused with 413 before they are read.
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -25,6 +31,7 @@ const BODY_LIMIT: usize = 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
+        .route("/metrics", get(metrics::metrics))
         .route("/workspaces", post(workspaces::create).get(workspaces::list))
         .route("/workspaces/{id}", get(workspaces::get).patch(workspaces::patch).delete(workspaces::delete))
         .route("/workspaces/{id}/restart", post(workspaces::restart))
@@ -70,10 +77,18 @@ pub fn router(state: AppState) -> Router {
             (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"error": "method not allowed"})))
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {
             // The path without the query: a query can carry a credential (`/ws?token=`),
-            // and spans end up in the logs.
-            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+            // and spans end up in the logs. At INFO, so every line a handler logs carries
+            // the route and the request id.
+            let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
+            let request_id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), route, path = %req.uri().path(), request_id)
         }))
+        // Outermost: a request gets its id (unless the caller sent one) before it is
+        // traced, and the response carries it back.
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
 }

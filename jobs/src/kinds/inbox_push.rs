@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::JobContext;
 use crate::domain::{AgentUrl, DeliveryMode, Status};
+use crate::metrics::{self, JobEnd, JobKind};
 use crate::store::activity_logs::{self, DrainClaim, PendingItem};
 use crate::store::workspaces;
 use crate::{Result, delegations, events, inbox};
@@ -63,6 +64,16 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
         }
     };
     tx.commit().await?;
+    let claimed_at = std::time::Instant::now();
+    metrics::claimed(JobKind::InboxPush);
+    let result = deliver_pending(ctx, ws_id, lease, ttl).await;
+    let end = if result.is_ok() { JobEnd::Succeeded } else { JobEnd::Failed };
+    metrics::ended(JobKind::InboxPush, end, claimed_at.elapsed());
+    result
+}
+
+/// Pushes the workspace's pending items under the drain's lease until none is due.
+async fn deliver_pending(ctx: &JobContext, ws_id: Uuid, lease: i64, ttl: Duration) -> Result<()> {
     let mut delivered = 0u64;
     loop {
         let Some(item) = activity_logs::next_pending(&ctx.pool, ws_id).await? else {
@@ -157,6 +168,7 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
                 } else {
                     let delay = policy.delay_after(attempt);
                     tracing::info!(item = item.id, attempt, delay_ms = delay.as_millis() as u64, %error, "push failed; retrying later");
+                    metrics::retried(JobKind::InboxPush);
                     activity_logs::mark_failed(&mut tx, item.id, &error, Some(delay)).await?;
                 }
             }

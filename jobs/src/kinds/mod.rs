@@ -21,6 +21,7 @@ use crate::backend::Backends;
 use crate::config::Config;
 use crate::domain::OpKind;
 use crate::fleet::Fleet;
+use crate::metrics::{self, JobEnd};
 use crate::ops::{self, Claim, ClaimResult, Claimant, Finished, Outcome};
 use crate::retry::RetryPolicies;
 use crate::store::workspace_ops;
@@ -96,57 +97,77 @@ fn push_client(
 
 /// Runs the op delivered by apalis task `task_id`. Returns an error only when the database
 /// cannot be reached to record anything; every other failure is recorded on the op.
+///
+/// Every line it logs carries the job, op and workspace ids: the span is opened before the
+/// claim, and the workspace is filled in as soon as it is known.
 pub async fn run_op(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> {
+    let span = tracing::info_span!("op", %op_id, job_id = task_id, workspace_id = tracing::field::Empty,
+        kind = tracing::field::Empty, attempt = tracing::field::Empty);
+    let result = claim_and_run(ctx, op_id, task_id).instrument(span.clone()).await;
+    if let Err(e) = &result {
+        span.in_scope(|| tracing::error!(error = %e, "could not record the op's outcome"));
+    }
+    result
+}
+
+async fn claim_and_run(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> {
     let ttl = ctx.config.worker.op_lease;
     let fleet = ctx.fleet.snapshot().await?;
+    let span = tracing::Span::current();
     let claim = match ops::claim_seen(&ctx.pool, op_id, task_id, &ctx.claimant(), &fleet).await? {
         ClaimResult::Claimed(c) => c,
         ClaimResult::Skip(why) => {
-            tracing::info!(%op_id, job_id = task_id, reason = %why, "nothing to do for task");
+            if let Some(ws) = workspace_ops::workspace_of(&ctx.pool, op_id).await? {
+                span.record("workspace_id", tracing::field::display(ws));
+            }
+            tracing::info!(reason = %why, "nothing to do for task");
             return Ok(());
         }
     };
     let kind = claim.op.kind;
-    let span = tracing::info_span!("op", %op_id, job_id = task_id, workspace_id = %claim.op.workspace_id,
-        kind = kind.as_str(), attempt = claim.op.attempts);
-    async {
-        tracing::info!(reason = %claim.op.reason, "op started");
-        let work = AssertUnwindSafe(execute(ctx, &claim, kind)).catch_unwind();
-        // The lease is renewed beside the work, not by it, so a handler blocked in a
-        // backend call still holds its op; the renewal ends with the work.
-        let outcome = tokio::select! {
-            done = work => done,
-            never = keep_lease(ctx, &claim, ttl) => match never {},
-        };
-        let outcome = match outcome {
-            Ok(Ok(o)) => o,
-            // Database trouble mid-job: the work is idempotent, so try again later.
-            Ok(Err(e)) => Outcome::Retry(format!("internal error: {e}")),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                tracing::error!(panic = %msg, "op handler panicked");
-                Outcome::Retry(format!("internal error: handler panicked: {msg}"))
-            }
-        };
-        tracing::info!(?outcome, "op attempt ended");
-        if ops::finish(&ctx.pool, &claim, outcome, ctx.retry.for_kind(kind)).await? == Finished::Fenced {
-            // An operator's cancel fences like a takeover; the op row says which it was.
-            match workspace_ops::get(&ctx.pool, op_id).await? {
-                Some(op) if op.status == crate::domain::OpStatus::Canceled => tracing::warn!(
-                    why = op.last_error.as_deref().unwrap_or("canceled"),
-                    "op was canceled while this attempt ran; its outcome is dropped"
-                ),
-                _ => tracing::warn!("op was claimed by another worker meanwhile; this attempt's outcome is dropped"),
-            }
+    let claimed_at = std::time::Instant::now();
+    metrics::claimed(kind);
+    span.record("workspace_id", tracing::field::display(claim.op.workspace_id));
+    span.record("kind", kind.as_str());
+    span.record("attempt", claim.op.attempts);
+    tracing::info!(reason = %claim.op.reason, "op started");
+    let work = AssertUnwindSafe(execute(ctx, &claim, kind)).catch_unwind();
+    // The lease is renewed beside the work, not by it, so a handler blocked in a
+    // backend call still holds its op; the renewal ends with the work.
+    let outcome = tokio::select! {
+        done = work => done,
+        never = keep_lease(ctx, &claim, ttl) => match never {},
+    };
+    let outcome = match outcome {
+        Ok(Ok(o)) => o,
+        // Database trouble mid-job: the work is idempotent, so try again later.
+        Ok(Err(e)) => Outcome::Retry(format!("internal error: {e}")),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(panic = %msg, "op handler panicked");
+            Outcome::Retry(format!("internal error: handler panicked: {msg}"))
         }
-        Ok(())
+    };
+    tracing::info!(?outcome, "op attempt ended");
+    let end = outcome.job_end(&claim.op);
+    if ops::finish(&ctx.pool, &claim, outcome, ctx.retry.for_kind(kind)).await? == Finished::Fenced {
+        // An operator's cancel fences like a takeover; the op row says which it was.
+        match workspace_ops::get(&ctx.pool, op_id).await? {
+            Some(op) if op.status == crate::domain::OpStatus::Canceled => tracing::warn!(
+                why = op.last_error.as_deref().unwrap_or("canceled"),
+                "op was canceled while this attempt ran; its outcome is dropped"
+            ),
+            _ => tracing::warn!("op was claimed by another worker meanwhile; this attempt's outcome is dropped"),
+        }
+        metrics::ended(kind, JobEnd::Other, claimed_at.elapsed());
+    } else {
+        metrics::ended(kind, end, claimed_at.elapsed());
     }
-    .instrument(span)
-    .await
+    Ok(())
 }
 
 /// Renews the claim's lease every third of its length until dropped. A renewal that finds

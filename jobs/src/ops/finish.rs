@@ -9,6 +9,7 @@ use super::{Claim, advance, new_task};
 use crate::Result;
 use crate::domain::{Op, OpKind, OpStatus, Status, Workspace};
 use crate::events;
+use crate::metrics::JobEnd;
 use crate::notify::OPS_CHANNEL;
 use crate::retry::RetryPolicy;
 use crate::store::{workspace_ops, workspaces};
@@ -24,6 +25,23 @@ pub enum Outcome {
     Retry(String),
     /// Final, whatever the attempts left.
     Failed(String),
+}
+
+impl Outcome {
+    /// Whether recording this outcome schedules another attempt of `op`.
+    pub fn retries(&self, op: &Op) -> bool {
+        matches!(self, Outcome::Retry(_)) && op.attempts < op.max_attempts
+    }
+
+    /// How the attempt counts in the job metrics.
+    pub fn job_end(&self, op: &Op) -> JobEnd {
+        match self {
+            Outcome::Succeeded(_) => JobEnd::Succeeded,
+            Outcome::Skipped(_) => JobEnd::Other,
+            Outcome::Retry(_) if self.retries(op) => JobEnd::Retried,
+            Outcome::Retry(_) | Outcome::Failed(_) => JobEnd::Failed,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -49,7 +67,7 @@ pub async fn finish(pool: &PgPool, claim: &Claim, outcome: Outcome, policy: Retr
             let why = format!("skipped: {why}");
             workspace_ops::mark_final(&mut tx, op.id, claim.lease, OpStatus::Canceled, &why, OPS_CHANNEL).await?
         }
-        Outcome::Retry(err) if attempts < op.max_attempts => {
+        Outcome::Retry(err) if outcome.retries(op) => {
             let delay = policy.delay_after(attempts);
             tracing::warn!(op_id = %op.id, attempts, delay_ms = delay.as_millis() as u64, error = %err, "op attempt failed; retrying");
             let task = new_task(&mut tx, op.id, Some(delay)).await?;
@@ -112,5 +130,6 @@ pub async fn report_leak_suspect(
         json!({"op_id": op_id, "backend": ws.backend, "instance_ref": ws.instance_ref, "error": err}),
     )
     .await?;
+    crate::metrics::leak_suspected();
     Ok(())
 }

@@ -25,5 +25,6 @@ pub async fn redeliver_stranded(pool: &PgPool, older_than: Duration) -> Result<V
         }
         tx.commit().await?;
     }
+    crate::metrics::ops_rescued(redelivered.len());
     Ok(redelivered)
 }

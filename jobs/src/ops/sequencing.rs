@@ -6,6 +6,7 @@ use uuid::Uuid;
 use super::{announce, deliver, new_task};
 use crate::Result;
 use crate::domain::{Op, OpKind, OpStatus, Workspace};
+use crate::metrics;
 use crate::notify::OPS_CHANNEL;
 use crate::retry;
 use crate::store::{apalis, workspace_ops};
@@ -27,6 +28,7 @@ pub async fn request(
     }
     let max_attempts = retry::default_policy(kind).max_attempts;
     let mut op = workspace_ops::insert(conn, ws.id, kind, reason, max_attempts, requested_by).await?;
+    metrics::enqueued(kind);
     announce(conn, &op).await?;
     if let Some((head, task)) = advance(conn, ws.id).await?
         && head == op.id
@@ -48,6 +50,7 @@ pub async fn request_first(
     let max_attempts = retry::default_policy(kind).max_attempts;
     let id = Uuid::new_v4();
     let task = new_task(conn, id, None).await?;
+    metrics::enqueued(kind);
     workspace_ops::insert_delivered(conn, id, ws.id, kind, reason, max_attempts, requested_by, &task, OPS_CHANNEL).await
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use super::Report;
 use crate::Result;
 use crate::config::Env;
 use crate::delegations;
@@ -36,7 +37,7 @@ impl Settings {
     }
 }
 
-pub async fn run(pool: &PgPool, s: &Settings) -> Result<String> {
+pub async fn run(pool: &PgPool, s: &Settings) -> Result<Report> {
     let (mut failed, mut stuck) = (0u64, 0u64);
     for id in ledger::overdue(pool, s.stuck_after, BATCH).await? {
         // Judged again under the row lock: the agent may have finished it meanwhile.
@@ -66,5 +67,6 @@ pub async fn run(pool: &PgPool, s: &Settings) -> Result<String> {
         tx.commit().await?;
         rearmed += 1;
     }
-    Ok(format!("{failed} past their deadline failed, {stuck} stuck, {rearmed} inbox drain(s) re-armed"))
+    let text = format!("{failed} past their deadline failed, {stuck} stuck, {rearmed} inbox drain(s) re-armed");
+    Ok(Report::new(text, failed + stuck + rearmed > 0))
 }

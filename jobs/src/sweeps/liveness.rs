@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::PgPool;
 
+use super::Report;
 use crate::Result;
 use crate::config::Env;
 use crate::domain::Status;
@@ -35,7 +36,7 @@ impl Settings {
     }
 }
 
-pub async fn run(pool: &PgPool, settings: &Settings) -> Result<String> {
+pub async fn run(pool: &PgPool, settings: &Settings) -> Result<Report> {
     let stale = settings.stale_after;
     let ids = workspaces::silent_since(pool, stale).await?;
     let mut restarted = 0;
@@ -66,5 +67,6 @@ pub async fn run(pool: &PgPool, settings: &Settings) -> Result<String> {
     if !redelivered.is_empty() {
         tracing::warn!(ops = ?redelivered, "re-delivered ops whose task had vanished");
     }
-    Ok(format!("{} stale, {restarted} restart(s) queued, {} op(s) re-delivered", ids.len(), redelivered.len()))
+    let text = format!("{} stale, {restarted} restart(s) queued, {} op(s) re-delivered", ids.len(), redelivered.len());
+    Ok(Report::new(text, !ids.is_empty() || !redelivered.is_empty()))
 }

@@ -13,15 +13,19 @@ pub mod liveness;
 pub mod orphans;
 pub mod pending_uploads;
 pub mod provision_timeout;
+pub mod report;
 pub mod retention;
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 
+pub use report::Report;
+
 use crate::Result;
 use crate::config::Env;
 use crate::kinds::JobContext;
+use crate::metrics::{self, JobEnd, JobKind};
 use crate::queue::{self, SWEEP_QUEUE, SweepTask};
 use crate::store::sweep_runs;
 
@@ -107,6 +111,7 @@ pub async fn claim_period(pool: &PgPool, kind: SweepKind, period: Duration) -> R
     let task_id = queue::enqueue(&mut tx, SWEEP_QUEUE, &task, None).await?;
     sweep_runs::set_task(&mut tx, kind.name(), period_start, &task_id).await?;
     tx.commit().await?;
+    metrics::enqueued(JobKind::Sweep);
     Ok(true)
 }
 
@@ -125,27 +130,41 @@ pub async fn run(ctx: &JobContext, task: &SweepTask) -> Result<()> {
         return Ok(());
     }
     sweep_runs::mark_started(&ctx.pool, kind.name(), task.period_start).await?;
+    let started = std::time::Instant::now();
+    metrics::claimed(JobKind::Sweep);
     let settings = &ctx.config.sweeps;
     let outcome = match kind {
         SweepKind::ProvisionTimeout => {
             provision_timeout::run(&ctx.pool, &settings.provision_timeout, &ctx.config.platform_url).await
         }
         SweepKind::Liveness => liveness::run(&ctx.pool, &settings.liveness).await,
-        SweepKind::Orphans if ctx.started.elapsed() < settings.orphans.start_grace => Ok(format!(
+        SweepKind::Orphans if ctx.started.elapsed() < settings.orphans.start_grace => Ok(Report::idle(format!(
             "skipped: this worker started {}s ago and reaps nothing before ORPHANS_START_GRACE_SECONDS={}",
             ctx.started.elapsed().as_secs(),
             settings.orphans.start_grace.as_secs()
-        )),
+        ))),
         SweepKind::Orphans => orphans::run(&ctx.pool, &ctx.backends, &settings.orphans).await,
-        SweepKind::Retention => retention::run(&ctx.pool, &settings.retention).await.map(|p| p.to_string()),
+        SweepKind::Retention => {
+            retention::run(&ctx.pool, &settings.retention).await.map(|p| Report::new(p.to_string(), p.acted()))
+        }
         SweepKind::Delegations => delegations::run(&ctx.pool, &settings.delegations).await,
         SweepKind::PendingUploads => pending_uploads::run(&ctx.pool).await,
     };
-    let text = match &outcome {
-        Ok(s) => s.clone(),
-        Err(e) => format!("error: {e}"),
+    let (text, end) = match outcome {
+        Ok(r) if r.acted => {
+            tracing::info!(sweep = kind.name(), outcome = %r, "sweep finished");
+            (r.text, JobEnd::Succeeded)
+        }
+        Ok(r) => {
+            tracing::debug!(sweep = kind.name(), outcome = %r, "sweep finished");
+            (r.text, JobEnd::Succeeded)
+        }
+        Err(e) => {
+            tracing::warn!(sweep = kind.name(), error = %e, "sweep failed");
+            (format!("error: {e}"), JobEnd::Failed)
+        }
     };
-    tracing::info!(sweep = kind.name(), outcome = %text, "sweep finished");
+    metrics::ended(JobKind::Sweep, end, started.elapsed());
     sweep_runs::mark_finished(&ctx.pool, kind.name(), task.period_start, &text).await?;
     guard.commit().await?;
     Ok(())

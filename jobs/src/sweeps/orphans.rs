@@ -20,6 +20,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::Report;
 use crate::Result;
 use crate::backend::{Backend, BackendKind, Backends, InstanceState, ManagedInstance};
 use crate::config::Env;
@@ -55,7 +56,7 @@ impl Settings {
     }
 }
 
-pub async fn run(pool: &PgPool, backends: &Backends, settings: &Settings) -> Result<String> {
+pub async fn run(pool: &PgPool, backends: &Backends, settings: &Settings) -> Result<Report> {
     let mut running_workspaces: HashSet<Uuid> = HashSet::new();
     let mut inventoried: Vec<BackendKind> = vec![];
     let (mut reaped, mut stop_ops, mut failures) = (0, 0, 0);
@@ -88,9 +89,11 @@ pub async fn run(pool: &PgPool, backends: &Backends, settings: &Settings) -> Res
         }
     }
     let revoked = revoke_stale_tokens(pool, settings, &inventoried, &running_workspaces).await?;
-    Ok(format!(
+    let text = format!(
         "{reaped} reaped, {stop_ops} stop op(s) queued, {revoked} stale token(s) revoked, {failures} failure(s)"
-    ))
+    );
+    // A failure did nothing, but an operator should see the summary beside its warnings.
+    Ok(Report::new(text, reaped + stop_ops + revoked + failures > 0))
 }
 
 enum Verdict {
@@ -172,6 +175,7 @@ async fn reap(
     )
     .await?;
     tx.commit().await?;
+    crate::metrics::orphan_reaped();
     Ok(Verdict::Reaped)
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use super::Report;
 use crate::Result;
 use crate::config::Env;
 use crate::store::pending_uploads;
@@ -25,7 +26,7 @@ impl Settings {
     }
 }
 
-pub async fn run(pool: &PgPool) -> Result<String> {
+pub async fn run(pool: &PgPool) -> Result<Report> {
     let (files, batches) = super::retention::in_batches(BATCH, || pending_uploads::purge_done(pool, BATCH)).await?;
-    Ok(format!("deleted {files} staged upload(s) in {batches} batch(es)"))
+    Ok(Report::new(format!("deleted {files} staged upload(s) in {batches} batch(es)"), files > 0))
 }

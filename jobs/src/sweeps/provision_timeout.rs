@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::PgPool;
 
+use super::Report;
 use crate::Result;
 use crate::config::Env;
 use crate::domain::Status;
@@ -43,7 +44,7 @@ impl Settings {
 }
 
 /// `platform_url` is named in the reason: an agent that cannot reach it never registers.
-pub async fn run(pool: &PgPool, settings: &Settings, platform_url: &str) -> Result<String> {
+pub async fn run(pool: &PgPool, settings: &Settings, platform_url: &str) -> Result<Report> {
     let mut failed = 0;
     for (id, runtime, since, started_for) in workspaces::provisioning(pool).await? {
         let timeout = settings.timeout(&runtime);
@@ -76,7 +77,7 @@ pub async fn run(pool: &PgPool, settings: &Settings, platform_url: &str) -> Resu
         tx.commit().await?;
         failed += 1;
     }
-    Ok(format!("{failed} workspace(s) failed by timeout"))
+    Ok(Report::new(format!("{failed} workspace(s) failed by timeout"), failed > 0))
 }
 
 #[cfg(test)]

@@ -53,6 +53,13 @@ pub struct Purged {
     pub activity: u64,
 }
 
+impl Purged {
+    /// Whether the pass deleted anything.
+    pub fn acted(&self) -> bool {
+        self.jobs + self.ops + self.events + self.activity > 0
+    }
+}
+
 impl std::fmt::Display for Purged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

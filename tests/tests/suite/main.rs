@@ -22,6 +22,7 @@ mod hardening;
 mod leaks;
 mod lifecycle;
 mod memories;
+mod metrics;
 mod org_import;
 mod org_tokens;
 mod platform;
