@@ -31,6 +31,10 @@ pub const TOKENS_REVOKED: &str = "TOKENS_REVOKED";
 /// Recorded without a workspace id: the workspace's own events go with it.
 pub const WORKSPACE_PURGED: &str = "WORKSPACE_PURGED";
 pub const EXTERNAL_CREDENTIALS_ROTATED: &str = "EXTERNAL_CREDENTIALS_ROTATED";
+/// A Docker engine taken out of service; recorded without a workspace id.
+pub const DOCKER_ENGINE_RETIRED: &str = "DOCKER_ENGINE_RETIRED";
+/// A worker met a task payload version it does not know and left the task for another.
+pub const TASK_VERSION_UNKNOWN: &str = "TASK_VERSION_UNKNOWN";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Event {

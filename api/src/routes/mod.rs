@@ -1,5 +1,6 @@
 pub mod activity;
 pub mod delegations;
+pub mod engines;
 pub mod events;
 pub mod external;
 pub mod health;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/workspaces/{id}/memories/{memory_id}", axum::routing::patch(memories::edit).delete(memories::delete))
         .route("/admin/delegations", get(delegations::admin_list))
         .route("/admin/delegations/stats", get(delegations::admin_stats))
+        .route("/admin/engines/{engine_id}/retire", post(engines::retire))
         .route("/registry/register", post(registry::register))
         .route("/registry/heartbeat", post(registry::heartbeat))
         .route("/org/import", post(org::import))

@@ -99,6 +99,9 @@ pub struct DockerConfig {
     /// `DOCKER_PROBE_SECONDS`: how often the worker checks the engine still answers (or
     /// answers again).
     pub probe_every: Duration,
+    /// `DOCKER_ENGINE_ID`: what this worker calls the engine it reaches; unset, the
+    /// engine's own id. Workers on one host share it, workers on others must not.
+    pub engine_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +279,7 @@ impl DockerConfig {
             tiers,
             call_timeout: env.secs("DOCKER_CALL_TIMEOUT_SECONDS", 60)?,
             probe_every: env.secs("DOCKER_PROBE_SECONDS", 10)?,
+            engine_id: env.get("DOCKER_ENGINE_ID").map(|id| id.trim().to_owned()).filter(|id| !id.is_empty()),
         })
     }
 }

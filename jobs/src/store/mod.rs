@@ -7,9 +7,10 @@
 pub mod activity_logs;
 pub mod apalis;
 pub mod delegations;
-pub mod org_api_tokens;
+pub mod docker_engines;
 pub mod memories;
 pub mod memory_audit;
+pub mod org_api_tokens;
 pub mod platform;
 pub mod structure_events;
 pub mod sweep_runs;

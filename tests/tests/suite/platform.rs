@@ -181,6 +181,7 @@ async fn the_orphans_sweep_decides_on_the_locked_row_so_a_resume_in_between_is_n
         tiers: [(256 << 20, 512); 4],
         call_timeout: Duration::from_secs(30),
         platform_id: stack.db.name.clone(),
+        engine_id: None,
     };
     backends.set_docker(Some(std::sync::Arc::new(DockerBackend::connect(settings).await.expect("docker"))));
     let sweep_settings = orphans::Settings {
