@@ -84,6 +84,10 @@ pub struct WorkerConfig {
     /// the backend started the instance and before the outcome is recorded, so tests can
     /// kill a worker in the middle of a provision.
     pub failpoint_after_start: Option<Duration>,
+    /// The newest task payload version this worker runs (`TASK_PAYLOAD_VERSION_MAX`,
+    /// default the version it was built with). Newer tasks are left for newer workers.
+    /// Only tests raise it, to stand in for a newer build during a rolling deploy.
+    pub payload_version_max: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +219,7 @@ impl WorkerConfig {
             shutdown_grace: env.secs("SHUTDOWN_GRACE_SECONDS", 30)?,
             retry_delay_scale,
             failpoint_after_start: env.opt_secs("FAILPOINT_AFTER_START_SECONDS")?,
+            payload_version_max: env.num("TASK_PAYLOAD_VERSION_MAX", crate::queue::PAYLOAD_VERSION)?,
         })
     }
 }

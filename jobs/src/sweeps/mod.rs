@@ -96,7 +96,7 @@ pub async fn claim_period(pool: &PgPool, kind: SweepKind, period: Duration) -> R
     let Some(period_start) = sweep_runs::claim(&mut tx, kind.name(), period).await? else {
         return Ok(false);
     };
-    let task = SweepTask { v: 1, sweep: kind.name().to_string(), period_start };
+    let task = SweepTask { v: queue::PAYLOAD_VERSION, sweep: kind.name().to_string(), period_start };
     let task_id = queue::enqueue(&mut tx, SWEEP_QUEUE, &task, None).await?;
     sweep_runs::set_task(&mut tx, kind.name(), period_start, &task_id).await?;
     tx.commit().await?;
@@ -130,7 +130,9 @@ pub async fn run(ctx: &JobContext, task: &SweepTask) -> Result<()> {
             settings.orphans.start_grace.as_secs()
         )),
         // The platform-wide period covers EC2; each Docker engine has its own.
-        SweepKind::Orphans => orphans::run_on(&ctx.pool, ctx.backends.ec2.iter().cloned().collect(), &settings.orphans).await,
+        SweepKind::Orphans => {
+            orphans::run_on(&ctx.pool, ctx.backends.ec2.iter().cloned().collect(), &settings.orphans).await
+        }
         SweepKind::Retention => retention::run(&ctx.pool, &settings.retention).await.map(|p| p.to_string()),
         SweepKind::Delegations => delegations::run(&ctx.pool, &settings.delegations).await,
     };
@@ -165,8 +167,13 @@ pub async fn claim_engine_orphans(ctx: &JobContext) -> Result<bool> {
     tx.commit().await?;
     let mut guard = ctx.pool.begin().await?;
     if !sweep_runs::try_lock(&mut guard, &name).await? {
-        sweep_runs::mark_finished(&ctx.pool, &name, period_start, "skipped: the previous run of this sweep is still going")
-            .await?;
+        sweep_runs::mark_finished(
+            &ctx.pool,
+            &name,
+            period_start,
+            "skipped: the previous run of this sweep is still going",
+        )
+        .await?;
         return Ok(true);
     }
     sweep_runs::mark_started(&ctx.pool, &name, period_start).await?;

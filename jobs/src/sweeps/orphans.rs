@@ -202,7 +202,8 @@ async fn revoke_stale_tokens(
         return Ok(0);
     }
     let running: Vec<Uuid> = running.iter().copied().collect();
-    let revoked = workspace_tokens::revoke_unused(pool, inventoried, docker_engine, &running, settings.stale_token_after).await?;
+    let revoked =
+        workspace_tokens::revoke_unused(pool, inventoried, docker_engine, &running, settings.stale_token_after).await?;
     if !revoked.is_empty() {
         let mut tx = pool.begin().await?;
         for id in &revoked {
