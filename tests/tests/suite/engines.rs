@@ -39,7 +39,12 @@ async fn worker_ids(stack: &Stack, workers: &[usize]) -> Vec<String> {
 
 /// The engine label of the workspace's container.
 fn engine_label(id: &str) -> String {
-    docker(&["inspect", "-f", &format!("{{{{ index .Config.Labels \"{LABEL_DOCKER_ENGINE}\" }}}}"), &container_name(id)])
+    docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{ index .Config.Labels \"{LABEL_DOCKER_ENGINE}\" }}}}"),
+        &container_name(id),
+    ])
 }
 
 /// Creates a workspace and waits for it to come online; returns its id and engine.
@@ -95,7 +100,10 @@ async fn new_workspaces_spread_across_engines_and_only_their_engines_workers_res
     for (id, engine) in &placed {
         assert_eq!(&engine_label(id), engine, "the container is labelled with its engine");
         let provision = last_op(&stack, id, "provision").await;
-        assert!(groups[engine.as_str()].contains(&provision["claimed_by"].as_str().unwrap().to_string()), "{provision}");
+        assert!(
+            groups[engine.as_str()].contains(&provision["claimed_by"].as_str().unwrap().to_string()),
+            "{provision}"
+        );
         let result = provision["result"].as_str().unwrap();
         assert!(result.ends_with(&format!("on engine {engine}")), "the op records the chosen engine: {result}");
     }
@@ -249,12 +257,13 @@ async fn each_engines_orphans_sweep_reaps_its_own_containers_only() {
     assert!(exists(&container_name(&on_a)), "engine-b's sweep left engine-a's workspace alone");
     let reaped = stack.get("/events?type=ORPHAN_REAPED").await;
     assert_eq!(reaped.body.as_array().unwrap().len(), 1, "{}", reaped.body);
-    let engine_a_runs: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM sweep_runs WHERE sweep = 'orphans:docker:engine-a' AND started_at > $1")
-            .bind(since)
-            .fetch_one(&stack.pool)
-            .await
-            .unwrap();
+    let engine_a_runs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sweep_runs WHERE sweep = 'orphans:docker:engine-a' AND started_at > $1",
+    )
+    .bind(since)
+    .fetch_one(&stack.pool)
+    .await
+    .unwrap();
     assert_eq!(engine_a_runs, 0, "nobody serves engine-a, so nobody sweeps it");
     docker(&["rm", "-f", &ghost_a]);
 }
