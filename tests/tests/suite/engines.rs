@@ -329,3 +329,84 @@ async fn a_task_of_an_unknown_payload_version_is_left_queued_and_run_by_a_worker
     assert_eq!(provision["claimed_by"], newer_id.as_str(), "{provision}");
     stack.wait_status(&id, "online", LONG).await;
 }
+
+/// The claim itself, at the database level: a worker of another engine leaves the op to a
+/// live worker of the workspace's engine, or, with none alive, leaves it waiting with the
+/// reason; neither uses an attempt, and only a worker of the engine claims it.
+#[tokio::test]
+async fn the_claim_gives_a_workspaces_op_only_to_a_worker_of_its_engine() {
+    use jobs::ops::{self, ClaimResult, Claimant};
+
+    let db = tests::TestDb::create().await;
+    let pool = jobs::db::connect(&db.url, 5).await.expect("connect");
+    jobs::db::migrate(&pool).await.expect("migrate");
+    let request = jobs::domain::CreateRequest {
+        name: "on-a".into(),
+        role: None,
+        runtime: "langgraph".into(),
+        tier: 1,
+        model: "m".into(),
+        parent_id: None,
+        external: false,
+        url: None,
+        delivery_mode: jobs::domain::DeliveryMode::Push,
+        max_concurrent_tasks: 1,
+        canvas: None,
+    };
+    let (ws, op) = match jobs::lifecycle::create(&pool, request, "test").await.expect("create") {
+        jobs::lifecycle::Created::Provisioning { workspace, op } => (workspace.id, *op),
+        jobs::lifecycle::Created::External { .. } => panic!("not external"),
+    };
+    sqlx::query("UPDATE workspaces SET backend = 'docker', docker_engine = 'engine-a' WHERE id = $1")
+        .bind(ws)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let claimant = |worker: &'static str, engine: &str| Claimant {
+        worker,
+        lease: Duration::from_secs(30),
+        starts: true,
+        reaches: vec![jobs::backend::BackendKind::Docker],
+        engines: vec![engine.to_owned()],
+        new_on_engine: Some(engine.to_owned()),
+    };
+    let task_of = || async { ops::get(&pool, op.id).await.unwrap().task_id.expect("a task") };
+    let heartbeat = |id: &'static str, engine: &'static str| {
+        let pool = pool.clone();
+        async move {
+            jobs::store::worker_processes::heartbeat(&pool, id, "host", 1, &["docker"], &[engine.to_owned()])
+                .await
+                .unwrap()
+        }
+    };
+    heartbeat("worker-a", "engine-a").await;
+    heartbeat("worker-b", "engine-b").await;
+
+    let task = task_of().await;
+    match ops::claim(&pool, op.id, &task, &claimant("worker-b", "engine-b")).await.unwrap() {
+        ClaimResult::Skip(why) => assert!(why.contains("left to another worker"), "{why}"),
+        ClaimResult::Claimed(c) => panic!("worker-b claimed engine-a's op: {c:?}"),
+    }
+    let after = ops::get(&pool, op.id).await.unwrap();
+    assert_eq!((after.attempts, after.last_error.as_deref()), (0, None), "{after:?}");
+    assert_ne!(after.task_id.as_deref(), Some(task.as_str()), "redelivered by a new task");
+
+    // engine-a's only worker leaves the fleet.
+    jobs::store::worker_processes::remove(&pool, "worker-a").await.unwrap();
+    let task = task_of().await;
+    match ops::claim(&pool, op.id, &task, &claimant("worker-b", "engine-b")).await.unwrap() {
+        ClaimResult::Skip(why) => assert!(why.contains("waiting for engine engine-a"), "{why}"),
+        ClaimResult::Claimed(c) => panic!("worker-b claimed engine-a's op: {c:?}"),
+    }
+    let waiting = ops::get(&pool, op.id).await.unwrap();
+    assert_eq!(waiting.status, jobs::domain::OpStatus::Queued);
+    assert_eq!(waiting.attempts, 0);
+    assert_eq!(waiting.last_error.as_deref(), Some("waiting for engine engine-a: no live worker serves it"));
+
+    heartbeat("worker-a2", "engine-a").await;
+    let task = task_of().await;
+    match ops::claim(&pool, op.id, &task, &claimant("worker-a2", "engine-a")).await.unwrap() {
+        ClaimResult::Claimed(c) => assert_eq!((c.op.claimed_by.as_deref(), c.op.attempts), (Some("worker-a2"), 1)),
+        ClaimResult::Skip(why) => panic!("engine-a's worker did not claim: {why}"),
+    }
+}
