@@ -209,6 +209,14 @@ impl WorkerConfig {
         if !(retry_delay_scale > 0.0 && retry_delay_scale <= 1000.0) {
             return Err(Error::Config("RETRY_DELAY_SCALE must be a positive number, at most 1000".into()));
         }
+        let payload_version_max: u32 = env.num("TASK_PAYLOAD_VERSION_MAX", crate::queue::PAYLOAD_VERSION)?;
+        if payload_version_max < crate::queue::PAYLOAD_VERSION {
+            // Such a worker would pass every task it enqueues itself back to the queue.
+            return Err(Error::Config(format!(
+                "TASK_PAYLOAD_VERSION_MAX must be at least {}, the version this build writes",
+                crate::queue::PAYLOAD_VERSION
+            )));
+        }
         Ok(WorkerConfig {
             concurrency,
             inbox_concurrency,
@@ -219,7 +227,7 @@ impl WorkerConfig {
             shutdown_grace: env.secs("SHUTDOWN_GRACE_SECONDS", 30)?,
             retry_delay_scale,
             failpoint_after_start: env.opt_secs("FAILPOINT_AFTER_START_SECONDS")?,
-            payload_version_max: env.num("TASK_PAYLOAD_VERSION_MAX", crate::queue::PAYLOAD_VERSION)?,
+            payload_version_max,
         })
     }
 }
@@ -359,6 +367,13 @@ mod tests {
     }
 
     #[test]
+    fn the_docker_engine_id_is_optional_and_trimmed() {
+        assert_eq!(Config::read(&Env::from_pairs([("DOCKER_ENGINE_ID", " ")])).unwrap().docker.engine_id, None);
+        let c = Config::read(&Env::from_pairs([("DOCKER_ENGINE_ID", " host-a ")])).unwrap();
+        assert_eq!(c.docker.engine_id.as_deref(), Some("host-a"));
+    }
+
+    #[test]
     fn a_malformed_value_names_its_variable() {
         for (k, v) in [
             ("RETENTION_BATCH", "0"),
@@ -368,6 +383,7 @@ mod tests {
             ("REGISTRY_RATE_BURST", "0"),
             ("REGISTRY_RATE_PER_SECOND", "-1"),
             ("ORG_TOKEN_MINTS_PER_HOUR", "0"),
+            ("TASK_PAYLOAD_VERSION_MAX", "0"),
         ] {
             let err = Config::read(&Env::from_pairs([(k, v)])).unwrap_err().to_string();
             assert!(err.contains(k), "{k}={v}: {err}");

@@ -82,8 +82,10 @@ const DEFER_MARGIN: Duration = Duration::from_millis(500);
 /// How long an op left to other workers waits for its next delivery.
 const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
 
-/// How often an op waiting for a Docker engine no live worker serves looks again.
-const ENGINE_WAIT_DELAY: Duration = Duration::from_secs(3);
+/// How often an op waiting for a Docker engine no live worker serves looks again: a quarter
+/// of how long it has waited, within these bounds, so a host that is back soon is found
+/// soon, and the many ops of a host that stays down cost little.
+const ENGINE_WAIT_DELAY: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(30));
 
 /// A fresh start is left to another engine when that engine has at least this many fewer
 /// live workspaces than the claimant's: small enough to spread, large enough that two
@@ -156,8 +158,9 @@ pub async fn claim_seen(
             return Ok(ClaimResult::Skip(format!("{why}: left to another worker, redelivered as task {task}")));
         }
         EngineRoute::Wait(why) => {
-            workspace_ops::set_waiting(&mut tx, op.id, &why).await?;
-            let task = deliver(&mut tx, op.id, Some(ENGINE_WAIT_DELAY)).await?;
+            let waited = workspace_ops::set_waiting(&mut tx, op.id, &why).await?;
+            let delay = (waited / 4).clamp(ENGINE_WAIT_DELAY.0, ENGINE_WAIT_DELAY.1);
+            let task = deliver(&mut tx, op.id, Some(delay)).await?;
             tx.commit().await?;
             tracing::warn!(op_id = %op.id, workspace_id = %ws.id, reason = %why, "op waits for its Docker engine");
             return Ok(ClaimResult::Skip(format!("{why}; redelivered as task {task}")));

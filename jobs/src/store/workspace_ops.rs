@@ -247,13 +247,17 @@ pub const CLAIM_DIRECTLY: &str = concat!(
 );
 
 /// Shows why a queued op is not being run (`last_error`), without using up an attempt.
-pub async fn set_waiting(conn: &mut PgConnection, id: Uuid, why: &str) -> Result<()> {
-    sqlx::query("UPDATE workspace_ops SET last_error = $2, updated_at = now() WHERE id = $1 AND status = 'queued'")
-        .bind(id)
-        .bind(why)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// Returns how long the op has existed, by the database's clock.
+pub async fn set_waiting(conn: &mut PgConnection, id: Uuid, why: &str) -> Result<Duration> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "UPDATE workspace_ops SET last_error = $2, updated_at = now() WHERE id = $1 AND status = 'queued'
+         RETURNING extract(epoch FROM now() - created_at)::float8",
+    )
+    .bind(id)
+    .bind(why)
+    .fetch_optional(conn)
+    .await?;
+    Ok(Duration::from_secs_f64(secs.unwrap_or(0.0).max(0.0)))
 }
 
 /// How long the running op's current lease still has, by the database's clock; `None` when
