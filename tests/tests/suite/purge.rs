@@ -85,10 +85,7 @@ async fn purge_deletes_every_row_keyed_on_a_removed_workspace_once_its_stop_has_
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     for (id, scope) in [(&team, "GLOBAL"), (&member, "LOCAL")] {
         let r = stack
-            .post(
-                &format!("/workspaces/{id}/memories"),
-                json!({"content": "the build runs on Fridays", "scope": scope}),
-            )
+            .post(&format!("/workspaces/{id}/memories"), json!({"content": "the build runs on Fridays", "scope": scope}))
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
