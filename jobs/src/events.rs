@@ -37,6 +37,10 @@ pub const JOB_RETRIED: &str = "JOB_RETRIED";
 pub const JOB_CANCELED: &str = "JOB_CANCELED";
 pub const QUEUE_PAUSED: &str = "QUEUE_PAUSED";
 pub const QUEUE_RESUMED: &str = "QUEUE_RESUMED";
+/// A Docker engine taken out of service; recorded without a workspace id.
+pub const DOCKER_ENGINE_RETIRED: &str = "DOCKER_ENGINE_RETIRED";
+/// A worker met a task payload version it does not know and left the task for another.
+pub const TASK_VERSION_UNKNOWN: &str = "TASK_VERSION_UNKNOWN";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Event {

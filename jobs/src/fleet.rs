@@ -22,12 +22,27 @@ pub const FRESH_FOR: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub workers: Vec<(String, Vec<String>)>,
+    /// The Docker engines each live worker serves.
+    pub engines: Vec<(String, Vec<String>)>,
 }
 
 impl Snapshot {
     /// `None` when no worker is alive; otherwise whether any live worker reaches a backend.
     pub fn any_live_backend(&self) -> Option<bool> {
         if self.workers.is_empty() { None } else { Some(self.workers.iter().any(|(_, b)| !b.is_empty())) }
+    }
+
+    /// Whether a live worker other than `me` serves a Docker engine other than `mine`: only
+    /// then can a new workspace go elsewhere to spread the load.
+    pub fn other_engines_live(&self, me: &str, mine: &str) -> bool {
+        self.engines.iter().any(|(id, e)| id != me && e.iter().any(|e| e != mine))
+    }
+
+    /// Reads the live workers from the table.
+    pub async fn read(pool: &PgPool) -> Result<Snapshot> {
+        let rows = worker_processes::live_with_engines(pool).await?;
+        let (workers, engines) = rows.into_iter().map(|(id, b, e)| ((id.clone(), b), (id, e))).unzip();
+        Ok(Snapshot { workers, engines })
     }
 
     /// The backends advertised by live workers other than `me`.
@@ -59,7 +74,7 @@ impl Fleet {
         {
             return Ok(snap.clone());
         }
-        let snap = Arc::new(Snapshot { workers: worker_processes::live(&self.pool).await? });
+        let snap = Arc::new(Snapshot::read(&self.pool).await?);
         *cached = Some((Instant::now(), snap.clone()));
         Ok(snap)
     }

@@ -77,7 +77,8 @@ pub async fn append(pool: &sqlx::PgPool, mode: DeliveryMode, a: NewActivity) -> 
 /// Enqueues a drain task for the workspace (after `delay`) and names it the due one. The
 /// caller holds the head lock.
 pub async fn arm_drain(conn: &mut PgConnection, workspace_id: Uuid, delay: Option<Duration>) -> Result<String> {
-    let task = queue::enqueue(conn, INBOX_QUEUE, &InboxTask { v: 1, workspace_id }, delay).await?;
+    let task =
+        queue::enqueue(conn, INBOX_QUEUE, &InboxTask { v: crate::queue::PAYLOAD_VERSION, workspace_id }, delay).await?;
     crate::metrics::enqueued(crate::metrics::JobKind::InboxPush);
     activity_logs::set_drain_task(conn, workspace_id, Some(&task)).await?;
     Ok(task)

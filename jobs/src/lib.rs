@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod delegations;
 pub mod domain;
+pub mod engines;
 pub mod error;
 pub mod events;
 pub mod fleet;

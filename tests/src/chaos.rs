@@ -1223,8 +1223,13 @@ impl Chaos {
         let swept = crate::poll_until(deadline, Duration::from_millis(500), || {
             let pool = pool.clone();
             async move {
+                // Every orphans sweep seen (the platform-wide one and each Docker engine's)
+                // has finished a run that started after `since`.
                 let swept: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM sweep_runs WHERE sweep = 'orphans' AND claimed_at > $1 AND finished_at IS NOT NULL)",
+                    "SELECT EXISTS (SELECT 1 FROM sweep_runs WHERE sweep LIKE 'orphans%' AND claimed_at > $1 AND finished_at IS NOT NULL)
+                        AND NOT EXISTS (SELECT 1 FROM sweep_runs s WHERE s.sweep LIKE 'orphans%'
+                              AND NOT EXISTS (SELECT 1 FROM sweep_runs r WHERE r.sweep = s.sweep AND r.claimed_at > $1
+                                                AND r.finished_at IS NOT NULL))",
                 )
                 .bind(since)
                 .fetch_one(&pool)

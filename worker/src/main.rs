@@ -172,7 +172,10 @@ async fn announce(ctx: Arc<JobContext>, id: String, hostname: String, mut stop: 
     loop {
         // Read every time: the Docker probe changes what this process reaches.
         let names = ctx.backends.names();
-        if let Err(e) = worker_processes::heartbeat(&ctx.pool, &id, &hostname, std::process::id(), &names).await {
+        let engines: Vec<String> = ctx.backends.docker_engine().into_iter().collect();
+        if let Err(e) =
+            worker_processes::heartbeat(&ctx.pool, &id, &hostname, std::process::id(), &names, &engines).await
+        {
             tracing::warn!(error = %e, "could not record worker heartbeat");
         }
         tokio::select! {

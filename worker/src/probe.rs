@@ -19,6 +19,7 @@ pub fn settings(config: &Config, platform_id: &str) -> DockerSettings {
         tiers: docker.tiers,
         call_timeout: docker.call_timeout,
         platform_id: platform_id.to_string(),
+        engine_id: docker.engine_id.clone(),
     }
 }
 

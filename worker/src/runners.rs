@@ -113,10 +113,42 @@ pub async fn supervise_inbox(ctx: Arc<JobContext>, process_id: String, stop: wat
     .await
 }
 
+/// Whether the task was left for a newer worker: its payload declares a version this worker
+/// does not know, which happens in a rolling deploy while newer workers enqueue. It is
+/// never dropped; a worker that knows the version runs it.
+async fn left_for_newer(ctx: &JobContext, queue: &str, task_id: &str, args: &Payload) -> Result<bool, BoxDynError> {
+    let known = ctx.config.worker.payload_version_max;
+    let Some(version) = jobs::queue::payload_version(args).filter(|v| *v > u64::from(known)) else {
+        return Ok(false);
+    };
+    if let Err(e) = jobs::queue::leave_for_newer(
+        &ctx.pool,
+        queue,
+        task_id,
+        args,
+        version,
+        known,
+        &ctx.process_id,
+        jobs::queue::NEWER_WORKER_DELAY,
+    )
+    .await
+    {
+        // Not acknowledged: apalis offers the task again.
+        tracing::error!(queue, job_id = task_id, error = %e, "could not leave the task for a newer worker");
+        tokio::time::sleep(DATABASE_TROUBLE_PAUSE).await;
+        return Err(Box::new(e));
+    }
+    Ok(true)
+}
+
 /// A payload that does not decode is logged and dropped (returning an error would make
-/// apalis re-run it at once, and nothing valid can come of it).
+/// apalis re-run it at once, and nothing valid can come of it), unless it is of a version
+/// this worker does not know: that one is left for a worker that does.
 async fn lifecycle_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
     let task_id = task_id.to_string();
+    if left_for_newer(&ctx, LIFECYCLE_QUEUE, &task_id, &args).await? {
+        return Ok(());
+    }
     let task: OpTask = match serde_json::from_value(args) {
         Ok(t) => t,
         Err(e) => {
@@ -134,6 +166,9 @@ async fn lifecycle_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext
 
 async fn inbox_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
     let task_id = task_id.to_string();
+    if left_for_newer(&ctx, INBOX_QUEUE, &task_id, &args).await? {
+        return Ok(());
+    }
     let task: InboxTask = match serde_json::from_value(args) {
         Ok(t) => t,
         Err(e) => {
@@ -152,6 +187,9 @@ async fn inbox_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext>>) 
 }
 
 async fn sweep_task(args: Payload, task_id: TaskId, ctx: Data<Arc<JobContext>>) -> Result<(), BoxDynError> {
+    if left_for_newer(&ctx, SWEEP_QUEUE, &task_id.to_string(), &args).await? {
+        return Ok(());
+    }
     let task: SweepTask = match serde_json::from_value(args) {
         Ok(t) => t,
         Err(e) => {

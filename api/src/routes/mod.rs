@@ -1,6 +1,7 @@
 pub mod activity;
 pub mod admin;
 pub mod delegations;
+pub mod engines;
 pub mod events;
 pub mod external;
 pub mod health;
@@ -65,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/queues/{kind}/pause", post(admin::pause))
         .route("/admin/queues/{kind}/resume", post(admin::resume))
         .route("/admin/workers", get(admin::workers))
+        .route("/admin/engines/{engine_id}/retire", post(engines::retire))
         .route("/registry/register", post(registry::register))
         .route("/registry/heartbeat", post(registry::heartbeat))
         .route("/org/import", post(org::import))

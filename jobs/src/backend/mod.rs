@@ -21,6 +21,9 @@ pub const LABEL_PLATFORM: &str = "molecule.platform.id";
 pub const LABEL_OP_ID: &str = "molecule.op_id";
 pub const LABEL_OP_SEQ: &str = "molecule.op_seq";
 pub const LABEL_OP_LEASE: &str = "molecule.op_lease";
+/// The Docker engine a container was made on (`DOCKER_ENGINE_ID`): each engine's orphan
+/// sweep and stops see only their own engine's containers.
+pub const LABEL_DOCKER_ENGINE: &str = "molecule.docker_engine";
 
 /// Whether an instance made by op sequence `made_by` (0: unknown, older than all) is spared
 /// by a stop keeping what ops from `keep_from_seq` on started.
@@ -128,6 +131,12 @@ impl BackendError {
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
 
+    /// The engine this backend drives, for backends that live on one host (Docker); its
+    /// instances can only be reached through it.
+    fn engine(&self) -> Option<&str> {
+        None
+    }
+
     /// Start the workspace's instance. Must be idempotent: a retried start finds and reuses
     /// or replaces the instance an earlier attempt made, never leaving two, and never
     /// replaces one a newer start made ([`BackendError::Superseded`]).
@@ -191,6 +200,11 @@ impl Backends {
             (Some(ec2), true) => Some(ec2.clone()),
             _ => self.docker(),
         }
+    }
+
+    /// The id of the Docker engine this process reaches now, if any.
+    pub fn docker_engine(&self) -> Option<String> {
+        self.docker().and_then(|d| d.engine().map(str::to_owned))
     }
 
     /// Every reachable backend, for inventory.

@@ -84,6 +84,10 @@ pub struct WorkerConfig {
     /// the backend started the instance and before the outcome is recorded, so tests can
     /// kill a worker in the middle of a provision.
     pub failpoint_after_start: Option<Duration>,
+    /// The newest task payload version this worker runs (`TASK_PAYLOAD_VERSION_MAX`,
+    /// default the version it was built with). Newer tasks are left for newer workers.
+    /// Only tests raise it, to stand in for a newer build during a rolling deploy.
+    pub payload_version_max: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +103,9 @@ pub struct DockerConfig {
     /// `DOCKER_PROBE_SECONDS`: how often the worker checks the engine still answers (or
     /// answers again).
     pub probe_every: Duration,
+    /// `DOCKER_ENGINE_ID`: what this worker calls the engine it reaches; unset, the
+    /// engine's own id. Workers on one host share it, workers on others must not.
+    pub engine_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -202,6 +209,14 @@ impl WorkerConfig {
         if !(retry_delay_scale > 0.0 && retry_delay_scale <= 1000.0) {
             return Err(Error::Config("RETRY_DELAY_SCALE must be a positive number, at most 1000".into()));
         }
+        let payload_version_max: u32 = env.num("TASK_PAYLOAD_VERSION_MAX", crate::queue::PAYLOAD_VERSION)?;
+        if payload_version_max < crate::queue::PAYLOAD_VERSION {
+            // Such a worker would pass every task it enqueues itself back to the queue.
+            return Err(Error::Config(format!(
+                "TASK_PAYLOAD_VERSION_MAX must be at least {}, the version this build writes",
+                crate::queue::PAYLOAD_VERSION
+            )));
+        }
         Ok(WorkerConfig {
             concurrency,
             inbox_concurrency,
@@ -212,6 +227,7 @@ impl WorkerConfig {
             shutdown_grace: env.secs("SHUTDOWN_GRACE_SECONDS", 30)?,
             retry_delay_scale,
             failpoint_after_start: env.opt_secs("FAILPOINT_AFTER_START_SECONDS")?,
+            payload_version_max,
         })
     }
 }
@@ -276,6 +292,7 @@ impl DockerConfig {
             tiers,
             call_timeout: env.secs("DOCKER_CALL_TIMEOUT_SECONDS", 60)?,
             probe_every: env.secs("DOCKER_PROBE_SECONDS", 10)?,
+            engine_id: env.get("DOCKER_ENGINE_ID").map(|id| id.trim().to_owned()).filter(|id| !id.is_empty()),
         })
     }
 }
@@ -350,6 +367,13 @@ mod tests {
     }
 
     #[test]
+    fn the_docker_engine_id_is_optional_and_trimmed() {
+        assert_eq!(Config::read(&Env::from_pairs([("DOCKER_ENGINE_ID", " ")])).unwrap().docker.engine_id, None);
+        let c = Config::read(&Env::from_pairs([("DOCKER_ENGINE_ID", " host-a ")])).unwrap();
+        assert_eq!(c.docker.engine_id.as_deref(), Some("host-a"));
+    }
+
+    #[test]
     fn a_malformed_value_names_its_variable() {
         for (k, v) in [
             ("RETENTION_BATCH", "0"),
@@ -359,6 +383,7 @@ mod tests {
             ("REGISTRY_RATE_BURST", "0"),
             ("REGISTRY_RATE_PER_SECOND", "-1"),
             ("ORG_TOKEN_MINTS_PER_HOUR", "0"),
+            ("TASK_PAYLOAD_VERSION_MAX", "0"),
         ] {
             let err = Config::read(&Env::from_pairs([(k, v)])).unwrap_err().to_string();
             assert!(err.contains(k), "{k}={v}: {err}");

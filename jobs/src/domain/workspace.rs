@@ -153,6 +153,9 @@ pub struct Workspace {
     pub status_changed_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The Docker engine the workspace's container lives on (`DOCKER_ENGINE_ID` of the
+    /// workers that reach it); its ops go only to workers serving that engine.
+    pub docker_engine: Option<String>,
 }
 
 /// How an agent receives its inbox: pushed to its URL, or polled by the agent.

@@ -54,7 +54,7 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
             let next = crate::queue::enqueue(
                 &mut tx,
                 crate::queue::INBOX_QUEUE,
-                &crate::queue::InboxTask { v: 1, workspace_id: ws_id },
+                &crate::queue::InboxTask { v: crate::queue::PAYLOAD_VERSION, workspace_id: ws_id },
                 Some(left + Duration::from_millis(200)),
             )
             .await?;

@@ -77,6 +77,8 @@ impl JobContext {
             lease: self.config.worker.op_lease,
             starts: self.backends.for_new_instance().is_some(),
             reaches,
+            engines: self.backends.docker_engine().into_iter().collect(),
+            new_on_engine: self.backends.for_new_instance().and_then(|b| b.engine().map(str::to_owned)),
         }
     }
 }

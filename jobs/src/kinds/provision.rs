@@ -62,8 +62,9 @@ pub async fn start_instance(ctx: &JobContext, claim: &Claim) -> Result<Outcome> 
     // Recorded before the start: if this worker dies mid-start, stop and the orphan sweep
     // still know where to look.
     let kind = backend.kind();
+    let engine = backend.engine().map(str::to_owned);
     let provisional_ref = ws.instance_ref.clone().filter(|_| ws.backend == Some(kind)).unwrap_or_default();
-    workspaces::mark_starting(&mut tx, ws.id, kind, &provisional_ref).await?;
+    workspaces::mark_starting(&mut tx, ws.id, kind, &provisional_ref, engine.as_deref()).await?;
     // Old credentials die with the old instance: only the one started now can register.
     workspace_tokens::revoke_all(&mut tx, ws.id).await?;
     let valid_for = ctx.config.sweeps.provision_timeout.timeout(&ws.runtime);
@@ -106,15 +107,26 @@ pub async fn start_instance(ctx: &JobContext, claim: &Claim) -> Result<Outcome> 
         }
         return Ok(Outcome::Skipped(f.to_string()));
     }
-    workspaces::record_instance(&mut tx, ws.id, kind, &started.instance_ref, started.image.as_deref()).await?;
+    workspaces::record_instance(
+        &mut tx,
+        ws.id,
+        kind,
+        &started.instance_ref,
+        started.image.as_deref(),
+        engine.as_deref(),
+    )
+    .await?;
     events::record(
         &mut tx,
         events::WORKSPACE_STARTED,
         Some(ws.id),
         json!({"backend": kind, "instance_ref": started.instance_ref, "image": started.image, "op_id": claim.op.id,
-            "reset_session": claim.op.reset_session}),
+            "reset_session": claim.op.reset_session, "docker_engine": engine}),
     )
     .await?;
     tx.commit().await?;
-    Ok(Outcome::Succeeded(format!("started {} {}", kind.as_str(), started.instance_ref)))
+    Ok(Outcome::Succeeded(match &engine {
+        Some(engine) => format!("started {} {} on engine {engine}", kind.as_str(), started.instance_ref),
+        None => format!("started {} {}", kind.as_str(), started.instance_ref),
+    }))
 }

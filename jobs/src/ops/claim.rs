@@ -12,7 +12,7 @@ use crate::backend::BackendKind;
 use crate::domain::{Op, OpKind, Status, Workspace};
 use crate::fleet::Snapshot;
 use crate::notify::OPS_CHANNEL;
-use crate::store::{paused_queues, worker_processes, workspace_ops, workspaces};
+use crate::store::{docker_engines, paused_queues, worker_processes, workspace_ops, workspaces};
 
 /// Who claims: a worker process, what it can reach, and how long its lease lasts.
 #[derive(Debug, Clone)]
@@ -24,6 +24,11 @@ pub struct Claimant<'a> {
     pub starts: bool,
     /// The backends it reaches for instances already recorded.
     pub reaches: Vec<BackendKind>,
+    /// The Docker engines it serves: a workspace recorded on an engine is handled only by
+    /// workers serving it.
+    pub engines: Vec<String>,
+    /// The engine its new instances start on, when they start on Docker.
+    pub new_on_engine: Option<String>,
 }
 
 /// A claimed op: the lease fences every write made on its behalf.
@@ -47,6 +52,8 @@ pub struct ClaimedWorkspace {
     pub instance_ref: Option<String>,
     #[sqlx(rename = "ws_external")]
     pub external: bool,
+    #[sqlx(rename = "ws_docker_engine")]
+    pub docker_engine: Option<String>,
 }
 
 impl From<&Workspace> for ClaimedWorkspace {
@@ -56,6 +63,7 @@ impl From<&Workspace> for ClaimedWorkspace {
             backend: ws.backend,
             instance_ref: ws.instance_ref.clone(),
             external: ws.external,
+            docker_engine: ws.docker_engine.clone(),
         }
     }
 }
@@ -77,6 +85,16 @@ const ELSEWHERE_DELAY: Duration = Duration::from_secs(2);
 /// How often an op of a paused kind is offered again: how soon it starts once resumed.
 const PAUSED_DELAY: Duration = Duration::from_secs(2);
 
+/// How often an op waiting for a Docker engine no live worker serves looks again: a quarter
+/// of how long it has waited, within these bounds, so a host that is back soon is found
+/// soon, and the many ops of a host that stays down cost little.
+const ENGINE_WAIT_DELAY: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(30));
+
+/// A fresh start is left to another engine when that engine has at least this many fewer
+/// live workspaces than the claimant's: small enough to spread, large enough that two
+/// engines with near-equal load do not pass every new workspace back and forth.
+pub const SPREAD_MARGIN: i64 = 2;
+
 /// Claims `op_id` for the delivery of apalis task `task_id`. Two cases give the op a new
 /// task and drop this one instead:
 /// - a running op whose lease has not expired is not taken over: its holder is alive (it
@@ -85,7 +103,7 @@ const PAUSED_DELAY: Duration = Duration::from_secs(2);
 /// - an op needing a backend the claimant lacks, while another live worker advertises it:
 ///   claiming it here would only use up an attempt.
 pub async fn claim(pool: &PgPool, op_id: Uuid, task_id: &str, claimant: &Claimant<'_>) -> Result<ClaimResult> {
-    let fleet = Snapshot { workers: worker_processes::live(pool).await? };
+    let fleet = Snapshot::read(pool).await?;
     claim_seen(pool, op_id, task_id, claimant, &fleet).await
 }
 
@@ -145,6 +163,22 @@ pub async fn claim_seen(
             PAUSED_DELAY.as_millis()
         )));
     }
+    match engine_route(&mut tx, &op, &ws, claimant).await? {
+        EngineRoute::Here => {}
+        EngineRoute::Elsewhere(why) => {
+            let task = deliver(&mut tx, op.id, Some(ELSEWHERE_DELAY)).await?;
+            tx.commit().await?;
+            return Ok(ClaimResult::Skip(format!("{why}: left to another worker, redelivered as task {task}")));
+        }
+        EngineRoute::Wait(why) => {
+            let waited = workspace_ops::set_waiting(&mut tx, op.id, &why).await?;
+            let delay = (waited / 4).clamp(ENGINE_WAIT_DELAY.0, ENGINE_WAIT_DELAY.1);
+            let task = deliver(&mut tx, op.id, Some(delay)).await?;
+            tx.commit().await?;
+            tracing::warn!(op_id = %op.id, workspace_id = %ws.id, reason = %why, "op waits for its Docker engine");
+            return Ok(ClaimResult::Skip(format!("{why}; redelivered as task {task}")));
+        }
+    }
     if let Some(needed) = needed_elsewhere(&mut tx, &op, &ws, claimant).await? {
         let task = deliver(&mut tx, op.id, Some(ELSEWHERE_DELAY)).await?;
         tx.commit().await?;
@@ -179,6 +213,7 @@ async fn claim_directly(
     }
     let reaches: Vec<&str> = claimant.reaches.iter().map(|k| k.as_str()).collect();
     let others = fleet.others_backends(claimant.worker);
+    let weigh_spread = claimant.new_on_engine.as_deref().is_some_and(|e| fleet.other_engines_live(claimant.worker, e));
     let row: Option<Row> = sqlx::query_as(workspace_ops::CLAIM_DIRECTLY)
         .bind(op_id)
         .bind(task_id)
@@ -188,9 +223,62 @@ async fn claim_directly(
         .bind(claimant.starts)
         .bind(&others)
         .bind(OPS_CHANNEL)
+        .bind(&claimant.engines)
+        .bind(weigh_spread)
         .fetch_optional(pool)
         .await?;
     Ok(row.map(|r| Claim { lease: r.op.lease, op: r.op, workspace: r.workspace }))
+}
+
+/// Where an op must run as far as Docker engines go.
+enum EngineRoute {
+    Here,
+    /// Another live worker should take it.
+    Elsewhere(String),
+    /// No live worker serves the engine the workspace's container is on: the op waits for
+    /// one, and never runs anywhere else.
+    Wait(String),
+}
+
+/// A workspace recorded on an engine is handled by that engine's workers only. A fresh
+/// start on Docker goes to the claimant's engine unless another live engine is less loaded
+/// by [`SPREAD_MARGIN`] or more (or the claimant's engine is retired).
+async fn engine_route(
+    conn: &mut PgConnection,
+    op: &Op,
+    ws: &Workspace,
+    claimant: &Claimant<'_>,
+) -> Result<EngineRoute> {
+    if let Some(engine) = ws.docker_engine.as_deref() {
+        if claimant.engines.iter().any(|e| e == engine) {
+            return Ok(EngineRoute::Here);
+        }
+        if worker_processes::others_serve_engine(&mut *conn, claimant.worker, engine).await? {
+            return Ok(EngineRoute::Elsewhere(format!(
+                "the workspace is on Docker engine {engine}, which this worker does not serve"
+            )));
+        }
+        return Ok(EngineRoute::Wait(format!("waiting for engine {engine}: no live worker serves it")));
+    }
+    let (Some(mine), OpKind::Provision | OpKind::Restart, false) =
+        (claimant.new_on_engine.as_deref(), op.kind, ws.external)
+    else {
+        return Ok(EngineRoute::Here);
+    };
+    let load = docker_engines::live_load(&mut *conn).await?;
+    let my_load = load.iter().find(|(e, _, _)| e == mine);
+    let my_count = my_load.map_or(0, |(_, n, _)| *n);
+    let my_retired = my_load.is_some_and(|(_, _, retired)| *retired);
+    let lightest = load.iter().filter(|(e, _, retired)| e != mine && !retired).min_by_key(|(_, n, _)| *n);
+    Ok(match lightest {
+        Some((other, n, _)) if my_retired => {
+            EngineRoute::Elsewhere(format!("engine {mine} is retired; engine {other} ({n} workspaces) takes new ones"))
+        }
+        Some((other, n, _)) if my_count - n >= SPREAD_MARGIN => EngineRoute::Elsewhere(format!(
+            "engine {other} has {n} live workspaces to this engine's ({mine}) {my_count}"
+        )),
+        _ => EngineRoute::Here,
+    })
 }
 
 /// The backend the op needs when the claimant lacks it and another live worker advertises it.

@@ -35,7 +35,7 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Op> {
 /// Enqueues a task for the op, due after `delay`. It delivers the op only once the op's row
 /// names it (see [`deliver`]); the retry path names it in the same update as its status.
 async fn new_task(conn: &mut PgConnection, op_id: Uuid, delay: Option<Duration>) -> Result<String> {
-    queue::enqueue(conn, LIFECYCLE_QUEUE, &OpTask { v: 1, op_id }, delay).await
+    queue::enqueue(conn, LIFECYCLE_QUEUE, &OpTask { v: queue::PAYLOAD_VERSION, op_id }, delay).await
 }
 
 /// Gives the op a new task and records it as the op's deliverer: any earlier task of the

@@ -33,6 +33,18 @@ pub async fn insert_task(conn: &mut PgConnection, queue: &str, body: &[u8], dela
     Ok(id)
 }
 
+/// Makes task `new` the deliverer of whatever row task `old` was delivering (an op, a sweep
+/// period, an inbox drain), so a copy of a task can take its place.
+pub async fn hand_over(conn: &mut PgConnection, queue: &str, old: &str, new: &str) -> Result<u64> {
+    let sql = match queue {
+        crate::queue::LIFECYCLE_QUEUE => "UPDATE workspace_ops SET task_id = $2, updated_at = now() WHERE task_id = $1",
+        crate::queue::SWEEP_QUEUE => "UPDATE sweep_runs SET task_id = $2 WHERE task_id = $1",
+        crate::queue::INBOX_QUEUE => "UPDATE inbox_heads SET drain_task_id = $2 WHERE drain_task_id = $1",
+        _ => return Ok(0),
+    };
+    Ok(sqlx::query(sql).bind(old).bind(new).execute(conn).await?.rows_affected())
+}
+
 /// Stops a task that has not been fetched yet. A task already fetched is not affected; its
 /// handler finds its row final and does nothing.
 pub async fn kill_task(conn: &mut PgConnection, task_id: &str) -> Result<()> {

@@ -7,6 +7,7 @@
 pub mod activity_logs;
 pub mod apalis;
 pub mod delegations;
+pub mod docker_engines;
 pub mod gauges;
 pub mod memories;
 pub mod memory_audit;

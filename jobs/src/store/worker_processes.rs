@@ -8,15 +8,19 @@ pub async fn heartbeat<'e>(
     hostname: &str,
     pid: u32,
     backends: &[&str],
+    docker_engines: &[String],
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO worker_processes (id, hostname, pid, backends, version) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (id) DO UPDATE SET last_seen = now(), backends = EXCLUDED.backends, version = EXCLUDED.version",
+        "INSERT INTO worker_processes (id, hostname, pid, backends, docker_engines, version)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET last_seen = now(), backends = EXCLUDED.backends,
+                                        docker_engines = EXCLUDED.docker_engines, version = EXCLUDED.version",
     )
     .bind(id)
     .bind(hostname)
     .bind(pid as i32)
     .bind(backends)
+    .bind(docker_engines)
     .bind(env!("CARGO_PKG_VERSION"))
     .execute(db)
     .await?;
@@ -45,6 +49,27 @@ pub async fn live<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(String, Vec<String
     Ok(sqlx::query_as("SELECT id, backends FROM worker_processes WHERE last_seen > now() - interval '30 seconds'")
         .fetch_all(db)
         .await?)
+}
+
+/// Live workers, each with the backends and the Docker engines it advertises.
+pub async fn live_with_engines<'e>(db: impl PgExecutor<'e>) -> Result<Vec<(String, Vec<String>, Vec<String>)>> {
+    Ok(sqlx::query_as(
+        "SELECT id, backends, docker_engines FROM worker_processes WHERE last_seen > now() - interval '30 seconds'",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Whether a live worker other than `me` serves Docker engine `engine`.
+pub async fn others_serve_engine<'e>(db: impl PgExecutor<'e>, me: &str, engine: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM worker_processes
+                         WHERE last_seen > now() - interval '30 seconds' AND id <> $1 AND $2 = ANY(docker_engines))",
+    )
+    .bind(me)
+    .bind(engine)
+    .fetch_one(db)
+    .await?)
 }
 
 /// Whether a live worker other than `me` advertises `backend` (`None`: any backend).

@@ -281,9 +281,13 @@ pub async fn mark_running(conn: &mut PgConnection, id: Uuid, ttl: Duration, clai
 /// `ops::claim`'s one-statement path. Binds: op id, task id, lease ms, worker, the backends
 /// the worker reaches (text[]), whether it starts instances, the backends other live
 /// workers advertise (text[]; any at all means another worker starts instances), the
-/// notification channel. Returns the
+/// notification channel, the Docker engines the worker serves (text[]), whether a fresh
+/// start must first be weighed against other engines' load. Returns the
 /// op's columns and the workspace's as `ws_*`, or no row. A paused kind is not claimed
 /// here (the exact path re-delivers it later); the claim opens its `op_attempts` row.
+///
+/// An op of a workspace recorded on a Docker engine the worker does not serve is never
+/// taken here, nor a fresh start another engine might take instead: the exact path decides.
 ///
 /// The workspace row is locked first, as everywhere, and re-read by the lock; the op's
 /// conditions are re-checked on its newest version by the update. Only "no earlier op is
@@ -291,7 +295,7 @@ pub async fn mark_running(conn: &mut PgConnection, id: Uuid, ttl: Duration, clai
 pub const CLAIM_DIRECTLY: &str = concat!(
     "WITH t AS (
          SELECT id AS ws_id, status AS ws_status, backend AS ws_backend, instance_ref AS ws_instance_ref,
-                external AS ws_external
+                external AS ws_external, docker_engine AS ws_docker_engine
            FROM workspaces WHERE id = (SELECT workspace_id FROM workspace_ops WHERE id = $1)
             FOR UPDATE),
      u AS (
@@ -306,6 +310,8 @@ pub const CLAIM_DIRECTLY: &str = concat!(
             AND NOT (o.kind IN ('stop', 'restart') AND t.ws_backend IS NOT NULL
                      AND NOT (t.ws_backend = ANY($5)) AND t.ws_backend = ANY($7))
             AND NOT (o.kind IN ('provision', 'restart') AND NOT t.ws_external AND NOT $6 AND cardinality($7::text[]) > 0)
+            AND NOT (t.ws_docker_engine IS NOT NULL AND NOT (t.ws_docker_engine = ANY($9::text[])))
+            AND NOT ($10 AND o.kind IN ('provision', 'restart') AND NOT t.ws_external AND t.ws_docker_engine IS NULL)
             AND NOT EXISTS (SELECT 1 FROM paused_queues q WHERE q.kind = o.kind)
       RETURNING o.*),
      a AS (",
@@ -313,10 +319,24 @@ pub const CLAIM_DIRECTLY: &str = concat!(
     ")
      SELECT ",
     columns!(),
-    ", ws_status, ws_backend, ws_instance_ref, ws_external, ",
+    ", ws_status, ws_backend, ws_instance_ref, ws_external, ws_docker_engine, ",
     announced!(8),
     " FROM u JOIN t ON t.ws_id = u.workspace_id"
 );
+
+/// Shows why a queued op is not being run (`last_error`), without using up an attempt.
+/// Returns how long the op has existed, by the database's clock.
+pub async fn set_waiting(conn: &mut PgConnection, id: Uuid, why: &str) -> Result<Duration> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "UPDATE workspace_ops SET last_error = $2, updated_at = now() WHERE id = $1 AND status = 'queued'
+         RETURNING extract(epoch FROM now() - created_at)::float8",
+    )
+    .bind(id)
+    .bind(why)
+    .fetch_optional(conn)
+    .await?;
+    Ok(Duration::from_secs_f64(secs.unwrap_or(0.0).max(0.0)))
+}
 
 /// How long the running op's current lease still has, by the database's clock; `None` when
 /// the op is not running or its lease has expired.

@@ -46,21 +46,26 @@ pub async fn validate<'e>(db: impl PgExecutor<'e>, plaintext: &str) -> Result<Op
 pub async fn revoke_unused<'e>(
     db: impl PgExecutor<'e>,
     backends: &[BackendKind],
+    docker_engine: Option<&str>,
     running: &[Uuid],
     unused_for: Duration,
 ) -> Result<Vec<Uuid>> {
+    // Docker workspaces are judged only by the inventory of their own engine (`$4`); rows
+    // from before engines were recorded count as on it.
     Ok(sqlx::query_scalar(
         "UPDATE workspace_tokens t SET revoked_at = now()
            FROM workspaces w
           WHERE t.workspace_id = w.id AND t.revoked_at IS NULL
             AND w.status NOT IN ('removed', 'provisioning') AND NOT w.external
             AND w.backend = ANY($1) AND NOT (w.id = ANY($2))
+            AND (w.backend <> 'docker' OR coalesce(w.docker_engine, $4) IS NOT DISTINCT FROM $4)
             AND coalesce(t.last_used_at, t.created_at) < now() - $3 * interval '1 millisecond'
           RETURNING t.workspace_id",
     )
     .bind(backends)
     .bind(running)
     .bind(unused_for.as_millis() as f64)
+    .bind(docker_engine)
     .fetch_all(db)
     .await?)
 }

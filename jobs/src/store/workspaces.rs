@@ -16,7 +16,7 @@ macro_rules! columns {
     () => {
         "id, name, role, runtime, tier, model, parent_id, status, last_sample_error, url, delivery_mode, external, \
          max_concurrent_tasks, collapsed, backend, instance_ref, runtime_image, last_heartbeat_at, active_tasks, \
-         current_task, uptime_seconds, last_error_rate, status_changed_at, created_at, updated_at"
+         current_task, uptime_seconds, last_error_rate, status_changed_at, created_at, updated_at, docker_engine"
     };
 }
 
@@ -237,16 +237,18 @@ pub async fn record_instance(
     backend: BackendKind,
     instance_ref: &str,
     image: Option<&str>,
+    docker_engine: Option<&str>,
 ) -> Result<()> {
     sqlx::query(
         "UPDATE workspaces SET backend = $2, instance_ref = $3, runtime_image = coalesce($4, runtime_image),
-                updated_at = now()
+                docker_engine = $5, updated_at = now()
           WHERE id = $1",
     )
     .bind(id)
     .bind(backend)
     .bind(instance_ref)
     .bind(image)
+    .bind(docker_engine)
     .execute(conn)
     .await?;
     Ok(())
@@ -255,14 +257,22 @@ pub async fn record_instance(
 /// Records where a start is about to run, and when it began: the provision timeout counts
 /// from here, never from time spent in the queue. `clock_timestamp()`, not `now()`: the
 /// transaction may have begun before the one that made the workspace `provisioning`.
-pub async fn mark_starting(conn: &mut PgConnection, id: Uuid, backend: BackendKind, instance_ref: &str) -> Result<()> {
+/// `docker_engine` names the engine a Docker start runs on (`None` for other backends).
+pub async fn mark_starting(
+    conn: &mut PgConnection,
+    id: Uuid,
+    backend: BackendKind,
+    instance_ref: &str,
+    docker_engine: Option<&str>,
+) -> Result<()> {
     sqlx::query(
         "UPDATE workspaces SET backend = $2, instance_ref = $3, instance_started_at = clock_timestamp(),
-                updated_at = now() WHERE id = $1",
+                docker_engine = $4, updated_at = now() WHERE id = $1",
     )
     .bind(id)
     .bind(backend)
     .bind(instance_ref)
+    .bind(docker_engine)
     .execute(conn)
     .await?;
     Ok(())

@@ -107,7 +107,7 @@ pub async fn claim_period(pool: &PgPool, kind: SweepKind, period: Duration) -> R
     let Some(period_start) = sweep_runs::claim(&mut tx, kind.name(), period).await? else {
         return Ok(false);
     };
-    let task = SweepTask { v: 1, sweep: kind.name().to_string(), period_start };
+    let task = SweepTask { v: queue::PAYLOAD_VERSION, sweep: kind.name().to_string(), period_start };
     let task_id = queue::enqueue(&mut tx, SWEEP_QUEUE, &task, None).await?;
     sweep_runs::set_task(&mut tx, kind.name(), period_start, &task_id).await?;
     tx.commit().await?;
@@ -143,7 +143,10 @@ pub async fn run(ctx: &JobContext, task: &SweepTask) -> Result<()> {
             ctx.started.elapsed().as_secs(),
             settings.orphans.start_grace.as_secs()
         ))),
-        SweepKind::Orphans => orphans::run(&ctx.pool, &ctx.backends, &settings.orphans).await,
+        // The platform-wide period covers EC2; each Docker engine has its own.
+        SweepKind::Orphans => {
+            orphans::run_on(&ctx.pool, ctx.backends.ec2.iter().cloned().collect(), &settings.orphans).await
+        }
         SweepKind::Retention => {
             retention::run(&ctx.pool, &settings.retention).await.map(|p| Report::new(p.to_string(), p.acted()))
         }
@@ -168,4 +171,63 @@ pub async fn run(ctx: &JobContext, task: &SweepTask) -> Result<()> {
     sweep_runs::mark_finished(&ctx.pool, kind.name(), task.period_start, &text).await?;
     guard.commit().await?;
     Ok(())
+}
+
+/// The period name of the orphans sweep of one Docker engine.
+pub fn engine_orphans_name(engine: &str) -> String {
+    format!("orphans:docker:{engine}")
+}
+
+/// Claims the current period of this worker's Docker engine's orphans sweep and, if won,
+/// runs it here: only a worker on the engine's host can read its inventory, so the period
+/// is not handed to the shared queue. Returns whether this worker won the period.
+pub async fn claim_engine_orphans(ctx: &JobContext) -> Result<bool> {
+    let (Some(docker), Some(engine)) = (ctx.backends.docker(), ctx.backends.docker_engine()) else {
+        return Ok(false);
+    };
+    let name = engine_orphans_name(&engine);
+    let settings = &ctx.config.sweeps.orphans;
+    let mut tx = ctx.pool.begin().await?;
+    let Some(period_start) = sweep_runs::claim(&mut tx, &name, settings.every).await? else {
+        return Ok(false);
+    };
+    tx.commit().await?;
+    let mut guard = ctx.pool.begin().await?;
+    if !sweep_runs::try_lock(&mut guard, &name).await? {
+        sweep_runs::mark_finished(
+            &ctx.pool,
+            &name,
+            period_start,
+            "skipped: the previous run of this sweep is still going",
+        )
+        .await?;
+        return Ok(true);
+    }
+    sweep_runs::mark_started(&ctx.pool, &name, period_start).await?;
+    let outcome = if ctx.started.elapsed() < settings.start_grace {
+        Ok(Report::idle(format!(
+            "skipped: this worker started {}s ago and reaps nothing before ORPHANS_START_GRACE_SECONDS={}",
+            ctx.started.elapsed().as_secs(),
+            settings.start_grace.as_secs()
+        )))
+    } else {
+        orphans::run_on(&ctx.pool, vec![docker], settings).await
+    };
+    let text = match outcome {
+        Ok(r) if r.acted => {
+            tracing::info!(sweep = %name, outcome = %r, "sweep finished");
+            r.text
+        }
+        Ok(r) => {
+            tracing::debug!(sweep = %name, outcome = %r, "sweep finished");
+            r.text
+        }
+        Err(e) => {
+            tracing::warn!(sweep = %name, error = %e, "sweep failed");
+            format!("error: {e}")
+        }
+    };
+    sweep_runs::mark_finished(&ctx.pool, &name, period_start, &text).await?;
+    guard.commit().await?;
+    Ok(true)
 }

@@ -11,6 +11,10 @@
 //!
 //! Then live tokens of workspaces with no running instance, unused for a while, are revoked,
 //! so a re-created instance bootstraps a fresh one.
+//!
+//! A Docker engine is reachable only from its own host, so its inventory is swept by one of
+//! its own workers, once per period per engine ([`super::claim_engine_orphans`]); EC2's by
+//! whichever worker wins the platform-wide period.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -56,11 +60,18 @@ impl Settings {
     }
 }
 
+/// Sweeps every backend this process reaches.
 pub async fn run(pool: &PgPool, backends: &Backends, settings: &Settings) -> Result<Report> {
+    run_on(pool, backends.all(), settings).await
+}
+
+/// Sweeps the inventories of `backends` only.
+pub async fn run_on(pool: &PgPool, backends: Vec<Arc<dyn Backend>>, settings: &Settings) -> Result<Report> {
     let mut running_workspaces: HashSet<Uuid> = HashSet::new();
     let mut inventoried: Vec<BackendKind> = vec![];
+    let mut engine: Option<String> = None;
     let (mut reaped, mut stop_ops, mut failures) = (0, 0, 0);
-    for backend in backends.all() {
+    for backend in backends {
         let kind = backend.kind();
         let instances = match backend.list_managed().await {
             Ok(list) => list,
@@ -71,6 +82,7 @@ pub async fn run(pool: &PgPool, backends: &Backends, settings: &Settings) -> Res
             }
         };
         inventoried.push(kind);
+        engine = engine.or(backend.engine().map(str::to_owned));
         for inst in instances {
             if inst.running
                 && let Some(id) = inst.workspace_id
@@ -88,7 +100,7 @@ pub async fn run(pool: &PgPool, backends: &Backends, settings: &Settings) -> Res
             }
         }
     }
-    let revoked = revoke_stale_tokens(pool, settings, &inventoried, &running_workspaces).await?;
+    let revoked = revoke_stale_tokens(pool, settings, &inventoried, engine.as_deref(), &running_workspaces).await?;
     let text = format!(
         "{reaped} reaped, {stop_ops} stop op(s) queued, {revoked} stale token(s) revoked, {failures} failure(s)"
     );
@@ -121,7 +133,10 @@ async fn judge(pool: &PgPool, backend: &Arc<dyn Backend>, inst: &ManagedInstance
         return reap(tx, backend, inst, "no workspace row", true).await;
     };
     let unfinished = workspace_ops::has_unfinished(&mut *tx, ws.id).await?;
-    let on_recorded_backend = ws.backend == Some(kind);
+    // On a Docker engine, "recorded" means this engine: another engine's workspace has no
+    // business here (rows from before engines were recorded count as this engine's).
+    let on_recorded_backend = ws.backend == Some(kind)
+        && ws.docker_engine.as_deref().is_none_or(|recorded| backend.engine().is_none_or(|e| e == recorded));
     match ws.status {
         Status::Removed | Status::Paused if on_recorded_backend => {
             if unfinished || (ws.status == Status::Paused && !inst.running) {
@@ -184,13 +199,15 @@ async fn revoke_stale_tokens(
     pool: &PgPool,
     settings: &Settings,
     inventoried: &[BackendKind],
+    docker_engine: Option<&str>,
     running: &HashSet<Uuid>,
 ) -> Result<u64> {
     if inventoried.is_empty() {
         return Ok(0);
     }
     let running: Vec<Uuid> = running.iter().copied().collect();
-    let revoked = workspace_tokens::revoke_unused(pool, inventoried, &running, settings.stale_token_after).await?;
+    let revoked =
+        workspace_tokens::revoke_unused(pool, inventoried, docker_engine, &running, settings.stale_token_after).await?;
     if !revoked.is_empty() {
         let mut tx = pool.begin().await?;
         for id in &revoked {

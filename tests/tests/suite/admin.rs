@@ -178,13 +178,20 @@ async fn a_queued_op_is_canceled_with_its_task_and_a_running_one_is_fenced() {
     let ws = stack.create(json!({"name": "running", "tier": 2})).await;
     let op: Uuid = first_op(&stack, &ws).await.parse().unwrap();
     let task = jobs::ops::get(&stack.pool, op).await.unwrap().task_id.expect("the head has its task");
-    let claimant = jobs::ops::Claimant { worker: "test-worker", lease: LONG, starts: true, reaches: vec![] };
+    let claimant = jobs::ops::Claimant {
+        worker: "test-worker",
+        lease: LONG,
+        starts: true,
+        reaches: vec![],
+        engines: vec![],
+        new_on_engine: None,
+    };
     let claim = match jobs::ops::claim(&stack.pool, op, &task, &claimant).await.unwrap() {
         jobs::ops::ClaimResult::Claimed(c) => c,
         other => panic!("not claimed: {other:?}"),
     };
     // The claim shows as running, under its worker, in the listing and the worker list.
-    jobs::store::worker_processes::heartbeat(&stack.pool, "test-worker", "test-host", 1, &[]).await.unwrap();
+    jobs::store::worker_processes::heartbeat(&stack.pool, "test-worker", "test-host", 1, &[], &[]).await.unwrap();
     let running = jobs(&stack, "state=running").await;
     assert_eq!(ids(&running), vec![op.to_string()], "{running}");
     assert_eq!(running["jobs"][0]["claimed_by"], "test-worker");

@@ -77,6 +77,8 @@ fn claimant(worker: &str) -> ops::Claimant<'_> {
         lease: LEASE,
         starts: true,
         reaches: vec![jobs::backend::BackendKind::Docker, jobs::backend::BackendKind::Ec2],
+        engines: vec![],
+        new_on_engine: None,
     }
 }
 

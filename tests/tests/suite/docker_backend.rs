@@ -121,6 +121,7 @@ fn settings(default_image: Option<&str>) -> DockerSettings {
         tiers: TIERS,
         call_timeout: Duration::from_secs(30),
         platform_id: "docker-backend-test".to_owned(),
+        engine_id: None,
     }
 }
 

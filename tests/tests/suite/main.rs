@@ -17,6 +17,7 @@ mod credentials;
 mod docker_backend;
 mod ec2;
 mod ec2_backend;
+mod engines;
 mod faults;
 mod hardening;
 mod leaks;

@@ -22,20 +22,23 @@ fn docker_socket() -> String {
     }
 }
 
-/// How many runs of the named sweeps finished after `since` with an outcome like `outcome`.
+/// How many runs of the sweeps named like `sweeps` (LIKE patterns) finished after `since`
+/// with an outcome like `outcome`.
 async fn sweeps_finished(
     pool: &sqlx::PgPool,
     sweeps: &[&str],
     since: chrono::DateTime<chrono::Utc>,
     outcome: &str,
 ) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM sweep_runs WHERE sweep = ANY($1) AND finished_at > $2 AND outcome LIKE $3")
-        .bind(sweeps)
-        .bind(since)
-        .bind(outcome)
-        .fetch_one(pool)
-        .await
-        .expect("sweep_runs")
+    sqlx::query_scalar(
+        "SELECT count(*) FROM sweep_runs WHERE sweep LIKE ANY($1) AND finished_at > $2 AND outcome LIKE $3",
+    )
+    .bind(sweeps)
+    .bind(since)
+    .bind(outcome)
+    .fetch_one(pool)
+    .await
+    .expect("sweep_runs")
 }
 
 async fn advertised(stack: &Stack, pid: u32) -> Option<Vec<String>> {
@@ -124,7 +127,7 @@ async fn without_platform_id_each_database_is_its_own_platform_and_reaps_only_it
     assert_ne!(platform_a, platform_b);
     let since = chrono::Utc::now();
     eventually(LONG, "two orphan sweeps of B to finish", || async {
-        (sweeps_finished(&b.pool, &["orphans"], since, "0 reaped%").await >= 2).then_some(())
+        (sweeps_finished(&b.pool, &["orphans:docker:%"], since, "0 reaped%").await >= 2).then_some(())
     })
     .await;
     assert_eq!(containers_of(&id), vec![tests::container_name(&id)], "B left A's container alone");
@@ -142,8 +145,13 @@ async fn a_new_worker_reaps_no_orphan_before_its_grace_is_over() {
     eventually(LONG, "the ghost container to be reaped", || async { containers_of(&ghost).is_empty().then_some(()) })
         .await;
     assert!(started.elapsed() >= Duration::from_secs(4), "reaped after {:?}, inside the grace", started.elapsed());
-    let skipped =
-        sweeps_finished(&stack.pool, &["orphans"], chrono::DateTime::UNIX_EPOCH, "skipped: this worker started%").await;
+    let skipped = sweeps_finished(
+        &stack.pool,
+        &["orphans:docker:%"],
+        chrono::DateTime::UNIX_EPOCH,
+        "skipped: this worker started%",
+    )
+    .await;
     assert!(skipped >= 1, "periods inside the grace say why they reaped nothing");
     assert!(stack.workers[w].log_text().contains("waits for the grace period"));
 }
@@ -181,6 +189,7 @@ async fn the_orphans_sweep_decides_on_the_locked_row_so_a_resume_in_between_is_n
         tiers: [(256 << 20, 512); 4],
         call_timeout: Duration::from_secs(30),
         platform_id: stack.db.name.clone(),
+        engine_id: None,
     };
     backends.set_docker(Some(std::sync::Arc::new(DockerBackend::connect(settings).await.expect("docker"))));
     let sweep_settings = orphans::Settings {

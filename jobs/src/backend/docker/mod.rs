@@ -28,8 +28,8 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::{
-    Backend, BackendError, BackendKind, InstanceState, LABEL_MANAGED, LABEL_OP_ID, LABEL_OP_LEASE, LABEL_OP_SEQ,
-    LABEL_PLATFORM, LABEL_WORKSPACE_ID, ManagedInstance, StartSpec, Started, kept,
+    Backend, BackendError, BackendKind, InstanceState, LABEL_DOCKER_ENGINE, LABEL_MANAGED, LABEL_OP_ID, LABEL_OP_LEASE,
+    LABEL_OP_SEQ, LABEL_PLATFORM, LABEL_WORKSPACE_ID, ManagedInstance, StartSpec, Started, kept,
 };
 use archive::token_archive;
 use engine::{bounded, engine_error, force_remove, is_no_such_image, status_of, vanished};
@@ -48,6 +48,8 @@ const CREATE_ATTEMPTS: usize = 3;
 pub struct DockerBackend {
     docker: Docker,
     settings: DockerSettings,
+    /// The engine's id among workers: configured, else the engine's own.
+    engine: String,
 }
 
 impl DockerBackend {
@@ -64,8 +66,26 @@ impl DockerBackend {
         bounded(timeout, "ping the Docker engine", docker.ping())
             .await?
             .map_err(|err| engine_error("ping the Docker engine", err))?;
-        debug!(api_version = %docker.client_version(), "connected to the Docker engine");
-        Ok(Self { docker, settings })
+        let engine = match settings.engine_id.clone() {
+            Some(id) => id,
+            None => bounded(timeout, "read the engine's id", docker.info())
+                .await?
+                .map_err(|err| engine_error("read the engine's id", err))?
+                .id
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| {
+                    BackendError::Permanent("the Docker engine reports no id: set DOCKER_ENGINE_ID".to_owned())
+                })?,
+        };
+        debug!(api_version = %docker.client_version(), engine, "connected to the Docker engine");
+        Ok(Self { docker, settings, engine })
+    }
+
+    /// Whether a container with these labels belongs to this engine's inventory. Containers
+    /// made before engines were labelled carry no engine label: they are on whatever engine
+    /// lists them, so they count as this one's.
+    fn on_this_engine(&self, labels: Option<&HashMap<String, String>>) -> bool {
+        labels.and_then(|l| l.get(LABEL_DOCKER_ENGINE)).is_none_or(|e| *e == self.engine)
     }
 
     pub fn container_name(workspace_id: Uuid) -> String {
@@ -82,6 +102,7 @@ impl DockerBackend {
             (LABEL_OP_ID.to_owned(), spec.op_id.to_string()),
             (LABEL_OP_SEQ.to_owned(), spec.op_seq.to_string()),
             (LABEL_OP_LEASE.to_owned(), spec.lease.to_string()),
+            (LABEL_DOCKER_ENGINE.to_owned(), self.engine.clone()),
         ]);
         let mut env = vec![
             format!("WORKSPACE_ID={}", spec.workspace_id),
@@ -269,6 +290,10 @@ impl Backend for DockerBackend {
         BackendKind::Docker
     }
 
+    fn engine(&self) -> Option<&str> {
+        Some(&self.engine)
+    }
+
     async fn start(&self, spec: &StartSpec) -> Result<Started, BackendError> {
         let image = self.image_id(spec).await?;
         let image = image.as_str();
@@ -328,7 +353,9 @@ impl Backend for DockerBackend {
                 .call("list containers", self.docker.list_containers(Some(options)))
                 .await?
                 .map_err(|err| engine_error("list containers", err))?;
-            for c in labelled {
+            // Another engine's container of the workspace is not ours to remove: that
+            // engine's workers stop it.
+            for c in labelled.into_iter().filter(|c| self.on_this_engine(c.labels.as_ref())) {
                 // The recorded container is normally among the labelled ones: remove it once.
                 let named = c.names.iter().flatten().any(|n| n.trim_start_matches('/') == recorded);
                 recorded_listed |= named || c.id.as_deref() == Some(recorded.as_str());
@@ -395,7 +422,8 @@ impl Backend for DockerBackend {
             .call("list containers", self.docker.list_containers(Some(options)))
             .await?
             .map_err(|err| engine_error("list containers", err))?;
-        let instances: Vec<ManagedInstance> = containers.into_iter().map(managed_instance).collect();
+        let instances: Vec<ManagedInstance> =
+            containers.into_iter().filter(|c| self.on_this_engine(c.labels.as_ref())).map(managed_instance).collect();
         debug!(count = instances.len(), "listed managed containers");
         Ok(instances)
     }

@@ -23,6 +23,9 @@ pub struct DockerSettings {
     /// This deployment's id (`PLATFORM_ID`), labelled on every container: inventory and the
     /// orphan sweep only ever see their own platform's containers on a shared engine.
     pub platform_id: String,
+    /// `DOCKER_ENGINE_ID`: the name this engine goes by among workers on several hosts;
+    /// `None` takes the engine's own id (`docker info`).
+    pub engine_id: Option<String>,
 }
 
 impl DockerSettings {
@@ -60,6 +63,7 @@ mod tests {
             tiers: [(1, 10), (2, 20), (3, 30), (4, 40)],
             call_timeout: Duration::from_secs(5),
             platform_id: "unit".to_owned(),
+            engine_id: None,
         }
     }
 
