@@ -29,8 +29,8 @@ macro_rules! opened_attempt {
     };
 }
 
-/// The statement that ends the attempt of the op row `u` it returns, with an outcome and an
-/// error (SQL expressions).
+/// The statement that ends the open attempt of the op row `u` it returns, if any (a queued
+/// op has none), with an outcome and an error (SQL expressions).
 macro_rules! closed_attempt {
     ($outcome:literal, $error:literal) => {
         concat!(
@@ -38,7 +38,7 @@ macro_rules! closed_attempt {
             $outcome,
             ", error = ",
             $error,
-            " FROM u WHERE op_attempts.op_id = u.id AND op_attempts.attempt = u.attempts"
+            " FROM u WHERE op_attempts.op_id = u.id AND op_attempts.finished_at IS NULL"
         )
     };
 }
@@ -199,9 +199,9 @@ pub async fn cancel_by_operator(conn: &mut PgConnection, id: Uuid, why: &str, ch
               WHERE id = $1 AND status IN ('queued', 'running') RETURNING ",
         columns!(),
         "),
-         a AS (
-             UPDATE op_attempts SET finished_at = now(), outcome = 'canceled', error = $2
-               FROM u WHERE op_attempts.op_id = u.id AND op_attempts.finished_at IS NULL)
+         a AS (",
+        closed_attempt!("'canceled'", "$2"),
+        ")
          SELECT ",
         columns!(),
         ", ",

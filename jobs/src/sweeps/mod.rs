@@ -16,8 +16,10 @@ pub mod provision_timeout;
 pub mod report;
 pub mod retention;
 
+use std::future::Future;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 pub use report::Report;
@@ -121,56 +123,80 @@ pub async fn run(ctx: &JobContext, task: &SweepTask) -> Result<()> {
         tracing::warn!(sweep = %task.sweep, "unknown sweep kind; ignoring");
         return Ok(());
     };
+    let settings = &ctx.config.sweeps;
+    // Lazy: it runs only once the period's lock is held.
+    let work = async {
+        match kind {
+            SweepKind::ProvisionTimeout => {
+                provision_timeout::run(&ctx.pool, &settings.provision_timeout, &ctx.config.platform_url).await
+            }
+            SweepKind::Liveness => liveness::run(&ctx.pool, &settings.liveness).await,
+            SweepKind::Orphans => match orphans_in_grace(ctx) {
+                Some(skipped) => Ok(skipped),
+                // The platform-wide period covers EC2; each Docker engine has its own.
+                None => orphans::run_on(&ctx.pool, ctx.backends.ec2.iter().cloned().collect(), &settings.orphans).await,
+            },
+            SweepKind::Retention => {
+                retention::run(&ctx.pool, &settings.retention).await.map(|p| Report::new(p.to_string(), p.acted()))
+            }
+            SweepKind::Delegations => delegations::run(&ctx.pool, &settings.delegations).await,
+            SweepKind::PendingUploads => pending_uploads::run(&ctx.pool).await,
+        }
+    };
+    run_period(ctx, kind.name(), task.period_start, work).await
+}
+
+/// Runs one claimed period of sweep `name`, unless its previous run still holds the
+/// sweep's lock, and records the outcome on the period's row. Sweeps that found nothing
+/// to do log at DEBUG.
+async fn run_period(
+    ctx: &JobContext,
+    name: &str,
+    period_start: DateTime<Utc>,
+    work: impl Future<Output = Result<Report>>,
+) -> Result<()> {
     // Held (one idle connection) for the whole run; the sweep's own statements use others.
     let mut guard = ctx.pool.begin().await?;
-    if !sweep_runs::try_lock(&mut guard, kind.name()).await? {
+    if !sweep_runs::try_lock(&mut guard, name).await? {
         let text = "skipped: the previous run of this sweep is still going";
-        tracing::info!(sweep = kind.name(), "{text}");
-        sweep_runs::mark_finished(&ctx.pool, kind.name(), task.period_start, text).await?;
+        tracing::info!(sweep = name, "{text}");
+        sweep_runs::mark_finished(&ctx.pool, name, period_start, text).await?;
         return Ok(());
     }
-    sweep_runs::mark_started(&ctx.pool, kind.name(), task.period_start).await?;
+    sweep_runs::mark_started(&ctx.pool, name, period_start).await?;
     let started = std::time::Instant::now();
     metrics::claimed(JobKind::Sweep);
-    let settings = &ctx.config.sweeps;
-    let outcome = match kind {
-        SweepKind::ProvisionTimeout => {
-            provision_timeout::run(&ctx.pool, &settings.provision_timeout, &ctx.config.platform_url).await
-        }
-        SweepKind::Liveness => liveness::run(&ctx.pool, &settings.liveness).await,
-        SweepKind::Orphans if ctx.started.elapsed() < settings.orphans.start_grace => Ok(Report::idle(format!(
-            "skipped: this worker started {}s ago and reaps nothing before ORPHANS_START_GRACE_SECONDS={}",
-            ctx.started.elapsed().as_secs(),
-            settings.orphans.start_grace.as_secs()
-        ))),
-        // The platform-wide period covers EC2; each Docker engine has its own.
-        SweepKind::Orphans => {
-            orphans::run_on(&ctx.pool, ctx.backends.ec2.iter().cloned().collect(), &settings.orphans).await
-        }
-        SweepKind::Retention => {
-            retention::run(&ctx.pool, &settings.retention).await.map(|p| Report::new(p.to_string(), p.acted()))
-        }
-        SweepKind::Delegations => delegations::run(&ctx.pool, &settings.delegations).await,
-        SweepKind::PendingUploads => pending_uploads::run(&ctx.pool).await,
-    };
-    let (text, end) = match outcome {
+    let (text, end) = match work.await {
         Ok(r) if r.acted => {
-            tracing::info!(sweep = kind.name(), outcome = %r, "sweep finished");
+            tracing::info!(sweep = name, outcome = %r, "sweep finished");
             (r.text, JobEnd::Succeeded)
         }
         Ok(r) => {
-            tracing::debug!(sweep = kind.name(), outcome = %r, "sweep finished");
+            tracing::debug!(sweep = name, outcome = %r, "sweep finished");
             (r.text, JobEnd::Succeeded)
         }
         Err(e) => {
-            tracing::warn!(sweep = kind.name(), error = %e, "sweep failed");
+            tracing::warn!(sweep = name, error = %e, "sweep failed");
             (format!("error: {e}"), JobEnd::Failed)
         }
     };
     metrics::ended(JobKind::Sweep, end, started.elapsed());
-    sweep_runs::mark_finished(&ctx.pool, kind.name(), task.period_start, &text).await?;
+    sweep_runs::mark_finished(&ctx.pool, name, period_start, &text).await?;
     guard.commit().await?;
     Ok(())
+}
+
+/// A worker reaps nothing in its first `ORPHANS_START_GRACE_SECONDS`: what looks orphaned
+/// may be a start a peer has not recorded yet.
+fn orphans_in_grace(ctx: &JobContext) -> Option<Report> {
+    let grace = ctx.config.sweeps.orphans.start_grace;
+    (ctx.started.elapsed() < grace).then(|| {
+        Report::idle(format!(
+            "skipped: this worker started {}s ago and reaps nothing before ORPHANS_START_GRACE_SECONDS={}",
+            ctx.started.elapsed().as_secs(),
+            grace.as_secs()
+        ))
+    })
 }
 
 /// The period name of the orphans sweep of one Docker engine.
@@ -192,42 +218,12 @@ pub async fn claim_engine_orphans(ctx: &JobContext) -> Result<bool> {
         return Ok(false);
     };
     tx.commit().await?;
-    let mut guard = ctx.pool.begin().await?;
-    if !sweep_runs::try_lock(&mut guard, &name).await? {
-        sweep_runs::mark_finished(
-            &ctx.pool,
-            &name,
-            period_start,
-            "skipped: the previous run of this sweep is still going",
-        )
-        .await?;
-        return Ok(true);
-    }
-    sweep_runs::mark_started(&ctx.pool, &name, period_start).await?;
-    let outcome = if ctx.started.elapsed() < settings.start_grace {
-        Ok(Report::idle(format!(
-            "skipped: this worker started {}s ago and reaps nothing before ORPHANS_START_GRACE_SECONDS={}",
-            ctx.started.elapsed().as_secs(),
-            settings.start_grace.as_secs()
-        )))
-    } else {
-        orphans::run_on(&ctx.pool, vec![docker], settings).await
-    };
-    let text = match outcome {
-        Ok(r) if r.acted => {
-            tracing::info!(sweep = %name, outcome = %r, "sweep finished");
-            r.text
-        }
-        Ok(r) => {
-            tracing::debug!(sweep = %name, outcome = %r, "sweep finished");
-            r.text
-        }
-        Err(e) => {
-            tracing::warn!(sweep = %name, error = %e, "sweep failed");
-            format!("error: {e}")
+    let work = async {
+        match orphans_in_grace(ctx) {
+            Some(skipped) => Ok(skipped),
+            None => orphans::run_on(&ctx.pool, vec![docker], settings).await,
         }
     };
-    sweep_runs::mark_finished(&ctx.pool, &name, period_start, &text).await?;
-    guard.commit().await?;
+    run_period(ctx, &name, period_start, work).await?;
     Ok(true)
 }
