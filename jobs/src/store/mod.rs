@@ -43,6 +43,16 @@ pub async fn allow_idle(conn: &mut PgConnection) -> Result<()> {
     Ok(())
 }
 
+/// Serialises, until the caller's transaction ends, everyone acting on one backend
+/// instance: sweeps that judge instances with no workspace row have no row lock to share.
+pub async fn lock_instance(conn: &mut PgConnection, instance_ref: &str) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('instance:' || $1, 0))")
+        .bind(instance_ref)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// A round trip to the database, for health checks.
 pub async fn ping<'e>(db: impl PgExecutor<'e>) -> Result<()> {
     sqlx::query("SELECT 1").execute(db).await?;

@@ -180,6 +180,12 @@ async fn reap(
 ) -> Result<Verdict> {
     let kind = backend.kind();
     let ws_id = inst.workspace_id.unwrap_or(Uuid::nil());
+    // Two sweeps of one inventory (a worker's start-up sweep and its period's) can judge the
+    // same instance from their own listings: the later one finds it gone and reports nothing.
+    store::lock_instance(&mut tx, &inst.instance_ref).await?;
+    if backend.status(&inst.instance_ref).await? == InstanceState::Missing {
+        return Ok(Verdict::Keep);
+    }
     backend.stop(if whole_workspace { ws_id } else { Uuid::nil() }, &inst.instance_ref, None).await?;
     tracing::warn!(workspace_id = %ws_id, backend = kind.as_str(), instance = %inst.instance_ref, reason = why, "orphans: reaped instance");
     events::record(
