@@ -25,16 +25,18 @@ pub async fn page(State(state): State<AppState>, session: UiSession) -> Result<R
 
     let queued: i64 = queues.iter().map(|q| q.queued).sum();
     let running: i64 = queues.iter().map(|q| q.running).sum();
-    let failed_hour: i64 = queues.iter().map(|q| q.last_hour.failed).sum();
-    let succeeded_hour: i64 = queues.iter().map(|q| q.last_hour.succeeded).sum();
+    // Lifecycle ops only, like the chart: sweeps succeed every period and would drown them.
+    let ops = || queues.iter().filter(|q| queues::pausable(&q.kind).is_some());
+    let failed_hour: i64 = ops().map(|q| q.last_hour.failed).sum();
+    let succeeded_hour: i64 = ops().map(|q| q.last_hour.succeeded).sum();
     let live = workers.iter().filter(|w| w.alive).count();
 
     let body = html! {
         div.stats {
             div.stat #stat-queued { b { (queued) } span { "queued" } }
             div.stat #stat-running { b { (running) } span { "running" } }
-            div.stat #stat-succeeded { b { (succeeded_hour) } span { "succeeded, last hour" } }
-            div.stat #stat-failed { b { (failed_hour) } span { "failed, last hour" } }
+            div.stat #stat-succeeded { b { (succeeded_hour) } span { "ops succeeded, last hour" } }
+            div.stat #stat-failed { b { (failed_hour) } span { "ops failed, last hour" } }
             div.stat #stat-workers { b { (live) } span { "live workers" } }
         }
         section.card.chart {
@@ -47,11 +49,12 @@ pub async fn page(State(state): State<AppState>, session: UiSession) -> Result<R
                 table {
                     thead { tr {
                         th { "kind" } th.num { "queued" } th.num { "running" } th { "oldest waiting" }
-                        th.num title="succeeded / failed / canceled in the last hour" { "last hour ✓ / ✗ / ⊘" } th {}
+                        th.num title="succeeded in the last hour" { "✓ 1 h" } th.num title="failed in the last hour" { "✗ 1 h" }
+                        th.num title="canceled in the last hour" { "⊘ 1 h" } th {}
                     } }
                     tbody {
                         @for q in &queues {
-                            tr {
+                            tr id={ "queue-" (q.kind.replace(':', "-")) } {
                                 td {
                                     a href={ "/admin/ui/jobs?kind=" (q.kind) } { code { (q.kind) } }
                                     @if q.paused { " " (state("paused")) }
@@ -59,7 +62,9 @@ pub async fn page(State(state): State<AppState>, session: UiSession) -> Result<R
                                 td.num { (q.queued) }
                                 td.num { (q.running) }
                                 td { @match q.oldest_waiting_seconds { Some(s) => (human_seconds(s)), None => span.muted { "—" } } }
-                                td.num { (q.last_hour.succeeded) " / " (q.last_hour.failed) " / " (q.last_hour.canceled) }
+                                td.num.succeeded-hour { (q.last_hour.succeeded) }
+                                td.num.failed-hour { (q.last_hour.failed) }
+                                td.num.canceled-hour { (q.last_hour.canceled) }
                                 td {
                                     @if queues::pausable(&q.kind).is_some() {
                                         @if q.paused {
