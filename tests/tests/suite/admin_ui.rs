@@ -5,6 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -171,7 +172,8 @@ async fn the_dashboard_refuses_requests_without_a_session_or_a_csrf_token_and_it
     assert_eq!(r.status(), StatusCode::SEE_OTHER, "the session is gone");
 }
 
-/// A chromedriver child process on a free port, killed with the test.
+/// A chromedriver child process on a free port, in a process group of its own so that the
+/// Chromium it starts dies with it even when a failing test never closes its session.
 struct Driver {
     child: Child,
     url: String,
@@ -179,7 +181,8 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
     }
 }
@@ -188,6 +191,7 @@ async fn chromedriver() -> Driver {
     let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
     let child = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -182,7 +182,7 @@ pub async fn detail(
                     @match (&workspace, job.workspace_id) {
                         (Some(w), _) => { a href={ "/admin/ui/workspaces/" (w.id) } { (w.name) } " " (state(w.status.as_str())) }
                         (None, Some(id)) => { code { (id) } span.muted { " (gone)" } }
-                        (None, None) => span.muted { "—" },
+                        (None, None) => { span.muted { "—" } }
                     }
                 }
                 dt { "created" } dd { (when(job.created_at)) }
@@ -211,7 +211,7 @@ pub async fn detail(
                                 td { (when(a.started_at)) }
                                 td { (when_opt(a.finished_at)) }
                                 td {
-                                    @match &a.outcome { Some(o) => (state(o)), None => (state("running")) }
+                                    @match &a.outcome { Some(o) => { (state(o)) } None => { (state("running")) } }
                                     @if let Some(h) = a.http_status { " HTTP " (h) }
                                 }
                                 td { @if let Some(e) = &a.error { pre.error { (e) } } }

@@ -61,7 +61,7 @@ pub async fn page(State(state): State<AppState>, session: UiSession) -> Result<R
                                 }
                                 td.num { (q.queued) }
                                 td.num { (q.running) }
-                                td { @match q.oldest_waiting_seconds { Some(s) => (human_seconds(s)), None => span.muted { "—" } } }
+                                td { @match q.oldest_waiting_seconds { Some(s) => { (human_seconds(s)) } None => { span.muted { "—" } } } }
                                 td.num.succeeded-hour { (q.last_hour.succeeded) }
                                 td.num.failed-hour { (q.last_hour.failed) }
                                 td.num.canceled-hour { (q.last_hour.canceled) }

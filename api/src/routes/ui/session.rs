@@ -16,7 +16,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use jobs::store::admin_ui_sessions;
 use jobs::tokens::{self, constant_time_eq};
-use maud::html;
 
 use super::layout;
 use super::{LOGIN, OVERVIEW, PageError, form_pairs};
