@@ -16,12 +16,12 @@ use crate::state::AppState;
 
 const RECENT_FAILURES: i64 = 10;
 
-pub async fn page(State(state): State<AppState>, session: UiSession) -> Result<Response, PageError> {
-    let queues = queues::stats(&state.pool).await?;
-    let minutes = throughput::last_hour(&state.pool).await?;
-    let workers = workers::list(&state.pool).await?;
+pub async fn page(State(app): State<AppState>, session: UiSession) -> Result<Response, PageError> {
+    let queues = queues::stats(&app.pool).await?;
+    let minutes = throughput::last_hour(&app.pool).await?;
+    let workers = workers::list(&app.pool).await?;
     let failed = Filter { state: Some(JobState::Failed), ..Filter::default() };
-    let (failures, _) = admin_jobs::list(&state.pool, &failed, RECENT_FAILURES).await?;
+    let (failures, _) = admin_jobs::list(&app.pool, &failed, RECENT_FAILURES).await?;
 
     let queued: i64 = queues.iter().map(|q| q.queued).sum();
     let running: i64 = queues.iter().map(|q| q.running).sum();
@@ -159,23 +159,23 @@ fn chart(minutes: &[Minute]) -> Markup {
     }
 }
 
-async fn set_paused(state: &AppState, form: &Protected, kind: &str, paused: bool) -> Result<Response, PageError> {
+async fn set_paused(app: &AppState, form: &Protected, kind: &str, paused: bool) -> Result<Response, PageError> {
     let kind = queues::pausable(kind)
         .ok_or_else(|| ApiError::BadRequest(format!("kind {kind:?} cannot be paused; only lifecycle op kinds can")))?;
-    control::set_paused(&state.pool, kind.as_str(), paused, &form.session.operator).await?;
+    control::set_paused(&app.pool, kind.as_str(), paused, &form.session.operator).await?;
     Ok(Redirect::to(OVERVIEW).into_response())
 }
 
 /// `POST /admin/ui/queues/:kind/pause`.
-pub async fn pause(State(state): State<AppState>, Path(kind): Path<String>, form: Protected) -> Result<Response, PageError> {
-    set_paused(&state, &form, &kind, true).await
+pub async fn pause(State(app): State<AppState>, Path(kind): Path<String>, form: Protected) -> Result<Response, PageError> {
+    set_paused(&app, &form, &kind, true).await
 }
 
 /// `POST /admin/ui/queues/:kind/resume`.
 pub async fn resume(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     Path(kind): Path<String>,
     form: Protected,
 ) -> Result<Response, PageError> {
-    set_paused(&state, &form, &kind, false).await
+    set_paused(&app, &form, &kind, false).await
 }

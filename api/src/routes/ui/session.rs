@@ -6,7 +6,6 @@
 //!   JSON 401.
 //! - A form post whose CSRF token is missing or wrong is a JSON 403, before any action.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -78,11 +77,9 @@ impl FromRequestParts<AppState> for UiSession {
     }
 }
 
-/// A form post from the dashboard: a live session, and the form's fields once its CSRF
-/// token has been checked against that session's.
+/// A form post from the dashboard: a live session whose CSRF token the form carried.
 pub struct Protected {
     pub session: UiSession,
-    pub fields: HashMap<String, String>,
 }
 
 impl FromRequest<AppState> for Protected {
@@ -96,7 +93,7 @@ impl FromRequest<AppState> for Protected {
         let body = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
         let fields = form_pairs(&body);
         check_csrf(&session, fields.get("csrf").map(String::as_str)).map_err(IntoResponse::into_response)?;
-        Ok(Protected { session, fields })
+        Ok(Protected { session })
     }
 }
 
