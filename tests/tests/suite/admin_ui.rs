@@ -85,7 +85,9 @@ async fn the_dashboard_refuses_requests_without_a_session_or_a_csrf_token_and_it
     assert!(cookie.is_none(), "{cookie:?}");
     assert!(body.contains("id=\"login-error\"") && body.contains("not the admin token"), "{body}");
     // A workspace's own token does not open the dashboard either.
-    let (status, _, cookie, _) = login(&stack, &stack.agent_token(&ws).await).await;
+    let external = stack.post("/workspaces", json!({"name": "ui-external", "external": true})).await;
+    let ws_token = external.body["connection"]["auth_token"].as_str().expect("a workspace token").to_string();
+    let (status, _, cookie, _) = login(&stack, &ws_token).await;
     assert_eq!((status, cookie), (StatusCode::UNAUTHORIZED, None));
 
     // The admin token: a session cookie that scripts cannot read and other sites cannot send.
