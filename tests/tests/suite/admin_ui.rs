@@ -4,8 +4,8 @@
 //! HTTP, the session cookie's attributes and the refusals without a session or a CSRF token.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -68,7 +68,8 @@ async fn the_dashboard_refuses_requests_without_a_session_or_a_csrf_token_and_it
         assert_eq!(r.status(), StatusCode::SEE_OTHER, "{page}");
         assert_eq!(r.headers()[LOCATION], "/admin/ui/login", "{page}");
     }
-    let r = client.post(format!("{}/admin/ui/jobs/{failed}/retry", stack.url)).form(&[("csrf", "x")]).send().await.unwrap();
+    let r =
+        client.post(format!("{}/admin/ui/jobs/{failed}/retry", stack.url)).form(&[("csrf", "x")]).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let body: serde_json::Value = r.json().await.expect("a JSON error");
     assert!(body["error"].as_str().is_some_and(|e| e.contains("log in")), "{body}");
@@ -102,7 +103,8 @@ async fn the_dashboard_refuses_requests_without_a_session_or_a_csrf_token_and_it
     assert!(!attrs.contains(&"Secure"), "plain HTTP gets no Secure cookie: {cookie}");
     let session = attrs[0].to_string();
     assert!(session.starts_with("ws_admin=") && !session.contains(ADMIN), "{session}");
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_ui_sessions").fetch_one(&stack.pool).await.unwrap();
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM admin_ui_sessions").fetch_one(&stack.pool).await.unwrap();
     assert_eq!(stored, 1);
 
     // Behind a TLS proxy the cookie is Secure.
@@ -116,7 +118,8 @@ async fn the_dashboard_refuses_requests_without_a_session_or_a_csrf_token_and_it
     assert!(r.headers()[SET_COOKIE].to_str().unwrap().ends_with("; Secure"), "{:?}", r.headers()[SET_COOKIE]);
 
     // With the cookie: the job's page shows it failed, with its error and a Retry form.
-    let page = client.get(format!("{}/admin/ui/jobs/{failed}", stack.url)).header("cookie", &session).send().await.unwrap();
+    let page =
+        client.get(format!("{}/admin/ui/jobs/{failed}", stack.url)).header("cookie", &session).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
     assert!(html.contains(&format!("action=\"/admin/ui/jobs/{failed}/retry\"")), "{html}");

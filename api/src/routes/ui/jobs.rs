@@ -241,7 +241,11 @@ pub async fn detail(
 }
 
 /// `POST /admin/ui/jobs/:id/retry`: on to the job that runs again.
-pub async fn retry(State(app): State<AppState>, Path(id): Path<String>, form: Protected) -> Result<Response, PageError> {
+pub async fn retry(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    form: Protected,
+) -> Result<Response, PageError> {
     let r = job_ref(&id)?;
     find(&app, &r).await?;
     let retried = control::retry(&app.pool, &r, &form.session.operator).await?;
@@ -249,7 +253,11 @@ pub async fn retry(State(app): State<AppState>, Path(id): Path<String>, form: Pr
 }
 
 /// `POST /admin/ui/jobs/:id/cancel`: back to the job, now canceled.
-pub async fn cancel(State(app): State<AppState>, Path(id): Path<String>, form: Protected) -> Result<Response, PageError> {
+pub async fn cancel(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    form: Protected,
+) -> Result<Response, PageError> {
     let r = job_ref(&id)?;
     find(&app, &r).await?;
     control::cancel(&app.pool, &r, &form.session.operator).await?;

@@ -167,7 +167,11 @@ async fn set_paused(app: &AppState, form: &Protected, kind: &str, paused: bool) 
 }
 
 /// `POST /admin/ui/queues/:kind/pause`.
-pub async fn pause(State(app): State<AppState>, Path(kind): Path<String>, form: Protected) -> Result<Response, PageError> {
+pub async fn pause(
+    State(app): State<AppState>,
+    Path(kind): Path<String>,
+    form: Protected,
+) -> Result<Response, PageError> {
     set_paused(&app, &form, &kind, true).await
 }
 

@@ -54,9 +54,11 @@ async fn session_of(state: &AppState, headers: &HeaderMap) -> Result<Option<UiSe
         return Ok(None);
     };
     let id_hash = tokens::hash(id);
-    Ok(admin_ui_sessions::live(&state.pool, &id_hash)
-        .await?
-        .map(|s| UiSession { operator: s.operator, csrf: s.csrf_token, id_hash }))
+    Ok(admin_ui_sessions::live(&state.pool, &id_hash).await?.map(|s| UiSession {
+        operator: s.operator,
+        csrf: s.csrf_token,
+        id_hash,
+    }))
 }
 
 impl FromRequestParts<AppState> for UiSession {
@@ -103,9 +105,9 @@ fn check_csrf(session: &UiSession, sent: Option<&str>) -> Result<(), ApiError> {
             "missing CSRF token: dashboard actions must be posted from the dashboard's own forms".into(),
         )),
         Some(t) if constant_time_eq(t.as_bytes(), session.csrf.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::Forbidden(
-            "CSRF token does not match this session: reload the page and submit again".into(),
-        )),
+        Some(_) => {
+            Err(ApiError::Forbidden("CSRF token does not match this session: reload the page and submit again".into()))
+        }
     }
 }
 
