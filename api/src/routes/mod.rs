@@ -11,6 +11,7 @@ pub mod ops;
 pub mod org;
 pub mod org_tokens;
 pub mod registry;
+pub mod ui;
 pub mod uploads;
 pub mod workspaces;
 
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/org/tokens/{id}", axum::routing::delete(org_tokens::revoke))
         .route("/events", get(events::list))
         .route("/ws", get(events::websocket))
+        .merge(ui::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(serde_json::json!({"error": "method not allowed"})))

@@ -5,6 +5,7 @@
 pub mod control;
 pub mod jobs;
 pub mod queues;
+pub mod throughput;
 pub mod workers;
 
 pub use jobs::{JobKind, JobRef, JobState};

@@ -5,6 +5,7 @@
 //! only way a status is ever written.
 
 pub mod activity_logs;
+pub mod admin_ui_sessions;
 pub mod apalis;
 pub mod delegations;
 pub mod docker_engines;

@@ -10,6 +10,7 @@
 //! Run them with `./dev/test`, which starts what they need.
 
 mod admin;
+mod admin_ui;
 mod agents;
 mod api_input;
 mod core;

@@ -1,0 +1,81 @@
+//! The operators' dashboard at `/admin/ui`: server-rendered HTML (maud) over the same
+//! library functions the admin REST routes use, with a cookie session and CSRF-checked
+//! form posts ([`session`]). Pages reload themselves every few seconds unless the operator
+//! is typing into a form.
+
+mod delegations;
+mod jobs;
+mod layout;
+mod overview;
+mod session;
+mod workspaces;
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub const OVERVIEW: &str = "/admin/ui";
+pub const LOGIN: &str = "/admin/ui/login";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(OVERVIEW, get(overview::page))
+        .route(LOGIN, get(session::login_page).post(session::login))
+        .route("/admin/ui/logout", post(session::logout))
+        .route("/admin/ui/jobs", get(jobs::list))
+        .route("/admin/ui/jobs/{id}", get(jobs::detail))
+        .route("/admin/ui/jobs/{id}/retry", post(jobs::retry))
+        .route("/admin/ui/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/admin/ui/queues/{kind}/pause", post(overview::pause))
+        .route("/admin/ui/queues/{kind}/resume", post(overview::resume))
+        .route("/admin/ui/workspaces", get(workspaces::list))
+        .route("/admin/ui/workspaces/{id}", get(workspaces::detail))
+        .route("/admin/ui/delegations", get(delegations::list))
+}
+
+/// An [`ApiError`] shown as an HTML page. Status, headers and logging are the JSON
+/// error's (`error.rs` decides them once); only the body is a page.
+#[derive(Debug)]
+pub struct PageError(ApiError);
+
+impl From<ApiError> for PageError {
+    fn from(e: ApiError) -> Self {
+        PageError(e)
+    }
+}
+
+impl From<::jobs::Error> for PageError {
+    fn from(e: ::jobs::Error) -> Self {
+        PageError(e.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let message = match &self.0 {
+            ApiError::Internal(_) => "internal error; see the server log".to_string(),
+            e => e.to_string(),
+        };
+        let (mut parts, _) = self.0.into_response().into_parts();
+        parts.headers.remove(header::CONTENT_TYPE);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let status = parts.status;
+        (parts, layout::error(status, &message)).into_response()
+    }
+}
+
+/// The fields of a urlencoded form or query string; a repeated field keeps its last value.
+pub fn form_pairs(raw: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(raw).into_owned().collect()
+}
+
+/// A query string's fields, empty ones left out (an untouched filter is no filter).
+pub fn query_pairs(raw: Option<&str>) -> HashMap<String, String> {
+    form_pairs(raw.unwrap_or_default().as_bytes()).into_iter().filter(|(_, v)| !v.trim().is_empty()).collect()
+}
