@@ -12,8 +12,8 @@ use jobs::domain::{Op, Status, Workspace};
 use jobs::notify::Notice;
 use jobs::ops;
 use jobs::store::workspaces;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -26,10 +26,33 @@ pub const MAX_WAIT_SECS: f64 = 300.0;
 /// The backstop re-read, whatever the notices say.
 const REREAD_EVERY: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
+    /// Seconds (0 to 300) to hold the answer until the workspace settles.
+    #[param(minimum = 0, maximum = 300)]
     pub wait: Option<f64>,
+}
+
+/// The workspace as it settled within `?wait`, and the op waited for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Settled {
+    #[serde(flatten)]
+    pub workspace: Workspace,
+    pub op_id: Uuid,
+}
+
+/// `?wait` ran out: the op as it stands.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimedOut {
+    /// `provisioning`.
+    pub status: &'static str,
+    /// The workspace.
+    pub id: Uuid,
+    pub op_id: Uuid,
+    pub op: Op,
 }
 
 impl WaitQuery {
@@ -57,14 +80,10 @@ pub async fn answer(
     settled: StatusCode,
 ) -> ApiResult<Response> {
     Ok(match until_settled(state, ws_id, op_id, timeout).await? {
-        Waited::Settled(ws) => {
-            let mut body = json!(ws);
-            body["op_id"] = json!(op_id);
-            (settled, Json(body)).into_response()
-        }
+        Waited::Settled(workspace) => (settled, Json(Settled { workspace, op_id })).into_response(),
         Waited::TimedOut(op) => (
             StatusCode::ACCEPTED,
-            Json(json!({"status": "provisioning", "id": op.workspace_id, "op_id": op.id, "op": op})),
+            Json(TimedOut { status: "provisioning", id: op.workspace_id, op_id: op.id, op }),
         )
             .into_response(),
     })
