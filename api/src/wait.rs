@@ -71,16 +71,18 @@ enum Waited {
 }
 
 /// Waits for op `op_id` of workspace `ws_id`, then answers: `settled` with the workspace
-/// (and the op id), or 202 with the op as it stands when time runs out.
-pub async fn answer(
+/// (and the op id) as the route's answer `wrap` makes of it, or 202 with the op as it stands
+/// when time runs out.
+pub async fn answer<T: Serialize>(
     state: &AppState,
     ws_id: Uuid,
     op_id: Uuid,
     timeout: Duration,
     settled: StatusCode,
+    wrap: fn(Settled) -> T,
 ) -> ApiResult<Response> {
     Ok(match until_settled(state, ws_id, op_id, timeout).await? {
-        Waited::Settled(workspace) => (settled, Json(Settled { workspace, op_id })).into_response(),
+        Waited::Settled(workspace) => (settled, Json(wrap(Settled { workspace, op_id }))).into_response(),
         Waited::TimedOut(op) => (
             StatusCode::ACCEPTED,
             Json(TimedOut { status: "provisioning", id: op.workspace_id, op_id: op.id, op }),

@@ -3,7 +3,7 @@
 //! fetches the bytes, then acks. Poll and push mode stage identically: only the way the
 //! inbox item reaches the agent differs.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::inbox;

@@ -13,14 +13,13 @@ use jobs::store::activity_logs::{self, NewActivity};
 use jobs::store::workspaces;
 use jobs::domain::DeliveryMode;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{AdminOrWorkspace, Caller};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, Limit, WorkspaceId};
-use crate::openapi::{ADMIN, WORKSPACE};
 use crate::state::AppState;
 use crate::wait::WaitQuery;
 
@@ -54,7 +53,7 @@ pub(crate) async fn live_workspace(state: &AppState, id: Uuid) -> ApiResult<jobs
 /// again rather than silently skip or repeat.
 #[utoipa::path(get, path = "/workspaces/{id}/activity", tag = "activity",
     params(("id" = Uuid, Path, description = "The workspace"), ListQuery),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "Activity rows", body = Vec<activity_logs::Activity>),
         (status = 400, description = "A bad id, cursor or limit, or an unknown query parameter", body = ErrorBody),
@@ -126,7 +125,7 @@ pub struct Recorded {
 #[utoipa::path(post, path = "/workspaces/{id}/activity", tag = "activity",
     params(("id" = Uuid, Path, description = "The workspace")),
     request_body = OwnActivity,
-    security((WORKSPACE = [])),
+    security(("workspace_token" = [])),
     responses(
         (status = 201, description = "The row's id", body = Recorded),
         (status = 400, description = "A bad id or body, or a type an agent may not write", body = ErrorBody),
@@ -241,7 +240,7 @@ fn message_envelope(body: Value) -> ApiResult<Value> {
 #[utoipa::path(post, path = "/workspaces/{id}/a2a", tag = "activity",
     params(("id" = Uuid, Path, description = "The workspace whose agent gets the message"), WaitQuery),
     request_body = MessageSend,
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "Delivered within `?wait`, with the agent's answer", body = Sent),
         (status = 202, description = "Queued in the inbox (or found undeliverable within `?wait`)", body = Sent),
@@ -306,6 +305,8 @@ pub async fn send(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -18,7 +18,6 @@ use uuid::Uuid;
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiQuery, Limit};
-use crate::openapi::ADMIN;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -54,7 +53,7 @@ fn bad_filter(e: jobs::Error, allowed: Vec<String>) -> ApiError {
 /// `GET /admin/jobs`: newest first; `next_before` pages on.
 #[utoipa::path(get, path = "/admin/jobs", tag = "admin",
     params(JobsQuery),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of jobs, newest first", body = JobList),
         (status = 400, description = "A bad filter (the body adds `allowed`), limit or cursor, or an unknown query parameter", body = ErrorBody),
@@ -113,7 +112,7 @@ pub struct JobDetail {
 /// `GET /admin/jobs/:id`: the job, each attempt, its workspace and its apalis task.
 #[utoipa::path(get, path = "/admin/jobs/{id}", tag = "admin",
     params(("id" = String, Path, description = JOB_ID)),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The job", body = JobDetail),
         (status = 400, description = "Not a job id", body = ErrorBody),
@@ -150,7 +149,7 @@ pub struct RetryAnswer {
 /// `POST /admin/jobs/:id/retry`: 201 with the new job, 200 with the pending one.
 #[utoipa::path(post, path = "/admin/jobs/{id}/retry", tag = "admin",
     params(("id" = String, Path, description = JOB_ID)),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "A retry of it was pending already", body = RetryAnswer),
         (status = 201, description = "The new job", body = RetryAnswer),
@@ -183,7 +182,7 @@ pub struct CancelAnswer {
 /// `POST /admin/jobs/:id/cancel`: 200 with the canceled job (also when it already was).
 #[utoipa::path(post, path = "/admin/jobs/{id}/cancel", tag = "admin",
     params(("id" = String, Path, description = JOB_ID)),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The canceled job", body = CancelAnswer),
         (status = 400, description = "Not a job id", body = ErrorBody),
@@ -207,7 +206,7 @@ pub struct Queues {
 
 /// `GET /admin/queues`.
 #[utoipa::path(get, path = "/admin/queues", tag = "admin",
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Per-kind queue statistics", body = Queues),
         (status = 401, description = "No token, or an unknown one", body = ErrorBody),
@@ -243,7 +242,7 @@ async fn set_paused(state: &AppState, admin: &Admin, kind: &str, paused: bool) -
 /// `POST /admin/queues/:kind/pause`: idempotent (`changed` says whether it was running).
 #[utoipa::path(post, path = "/admin/queues/{kind}/pause", tag = "admin",
     params(("kind" = String, Path, description = "`provision`, `stop` or `restart`")),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The queue, paused", body = PauseAnswer),
         (status = 400, description = "A kind that cannot be paused (the body adds `allowed`)", body = ErrorBody),
@@ -261,7 +260,7 @@ pub async fn pause(
 /// `POST /admin/queues/:kind/resume`.
 #[utoipa::path(post, path = "/admin/queues/{kind}/resume", tag = "admin",
     params(("kind" = String, Path, description = "`provision`, `stop` or `restart`")),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The queue, running", body = PauseAnswer),
         (status = 400, description = "A kind that cannot be paused (the body adds `allowed`)", body = ErrorBody),
@@ -283,7 +282,7 @@ pub struct Workers {
 
 /// `GET /admin/workers`.
 #[utoipa::path(get, path = "/admin/workers", tag = "admin",
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every worker process heard from within the hour, live ones first", body = Workers),
         (status = 401, description = "No token, or an unknown one", body = ErrorBody),

@@ -18,7 +18,6 @@ use uuid::Uuid;
 use crate::auth::{Admin, AdminOrWorkspace};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, Limit};
-use crate::openapi::{ADMIN, WORKSPACE};
 use crate::state::AppState;
 
 const TASK_MAX: usize = 64 * 1024;
@@ -68,7 +67,7 @@ pub struct DelegatedAnswer {
 #[utoipa::path(post, path = "/workspaces/{id}/delegate", tag = "delegations",
     params(("id" = Uuid, Path, description = "The delegating workspace")),
     request_body = DelegateBody,
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "The delegation the idempotency key already names", body = DelegatedAnswer),
         (status = 202, description = "A new delegation", body = DelegatedAnswer),
@@ -142,7 +141,7 @@ pub struct RecordedDelegation {
 #[utoipa::path(post, path = "/workspaces/{id}/delegations/record", tag = "delegations",
     params(("id" = Uuid, Path, description = "The delegating workspace")),
     request_body = RecordBody,
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 202, description = "Recorded (or already was)", body = RecordedDelegation),
         (status = 400, description = "A bad id or body", body = ErrorBody),
@@ -183,7 +182,7 @@ pub struct Updated {
 #[utoipa::path(post, path = "/workspaces/{id}/delegations/{delegation_id}/update", tag = "delegations",
     params(("id" = Uuid, Path, description = "The caller or the callee"), ("delegation_id" = String, Path, description = "The delegation")),
     request_body = UpdateBody,
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "The delegation", body = Updated),
         (status = 400, description = "A bad id or body, or a status that cannot be reported", body = ErrorBody),
@@ -213,7 +212,7 @@ pub struct Heartbeated {
 /// `POST /workspaces/:id/delegations/:delegation_id/heartbeat`.
 #[utoipa::path(post, path = "/workspaces/{id}/delegations/{delegation_id}/heartbeat", tag = "delegations",
     params(("id" = Uuid, Path, description = "The callee"), ("delegation_id" = String, Path, description = "The delegation")),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "The delegation, its heartbeat stamped", body = Heartbeated),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -242,7 +241,7 @@ pub struct ListQuery {
 /// `GET /workspaces/:id/delegations`: as caller or callee, newest first.
 #[utoipa::path(get, path = "/workspaces/{id}/delegations", tag = "delegations",
     params(("id" = Uuid, Path, description = "The workspace"), ListQuery),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "Its delegations", body = Vec<ledger::Delegation>),
         (status = 400, description = "A bad id or limit, or an unknown query parameter", body = ErrorBody),
@@ -281,7 +280,7 @@ const ADMIN_FILTERS: [&str; 4] = ["in_flight", "stuck", "failed", "completed"];
 /// `GET /admin/delegations?status=in_flight|stuck|failed|completed&limit=1..1000`.
 #[utoipa::path(get, path = "/admin/delegations", tag = "delegations",
     params(AdminQuery),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The delegations with that status", body = AdminDelegations),
         (status = 400, description = "An unknown status (the body adds `allowed` and `requested_status`), a bad limit, or an unknown query parameter", body = ErrorBody),
@@ -313,7 +312,7 @@ pub async fn admin_list(
 
 /// `GET /admin/delegations/stats`: every status, zero-filled.
 #[utoipa::path(get, path = "/admin/delegations/stats", tag = "delegations",
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "How many delegations have each status", body = BTreeMap<String, i64>),
         (status = 401, description = "No token, or an unknown one", body = ErrorBody),

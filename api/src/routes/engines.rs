@@ -6,12 +6,11 @@ use jobs::engines::{self, Retired};
 
 use crate::auth::Admin;
 use crate::error::{ApiResult, ErrorBody};
-use crate::openapi::ADMIN;
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/admin/engines/{engine_id}/retire", tag = "admin",
     params(("engine_id" = String, Path, description = "The engine's `DOCKER_ENGINE_ID`")),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "What retiring it settled (also on a repeat)", body = Retired),
         (status = 400, description = "The engine id is empty, too long or holds control characters", body = ErrorBody),

@@ -1,6 +1,6 @@
 use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -16,7 +16,6 @@ use uuid::Uuid;
 use crate::auth::{self, Admin};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiQuery, Limit};
-use crate::openapi::{ADMIN, QUERY_TOKEN};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -35,7 +34,7 @@ pub struct ListQuery {
 /// The structure events, newest first.
 #[utoipa::path(get, path = "/events", tag = "events",
     params(ListQuery),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Events, newest first", body = Vec<Envelope>),
         (status = 400, description = "A bad filter or limit, or an unknown query parameter", body = ErrorBody),
@@ -64,7 +63,7 @@ pub struct WsQuery {
 /// Browsers cannot set headers on a WebSocket, so the token may come as `?token=`.
 #[utoipa::path(get, path = "/ws", tag = "events",
     params(WsQuery),
-    security((ADMIN = []), (QUERY_TOKEN = [])),
+    security(("admin_token" = []), ("query_token" = [])),
     responses(
         (status = 101, description = "Upgraded: every event as a text frame shaped like `Envelope`; a `RESYNC` frame when some may have been missed"),
         (status = 400, description = "Not a WebSocket upgrade request, or an unknown query parameter", body = ErrorBody),

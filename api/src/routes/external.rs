@@ -11,7 +11,6 @@ use uuid::Uuid;
 use crate::auth::Admin;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{PathId, WorkspaceId};
-use crate::openapi::ADMIN;
 use crate::state::AppState;
 
 /// What an external agent needs to connect. `auth_token` is the plaintext when one was just
@@ -54,7 +53,7 @@ pub struct ConnectionInfo {
 /// `GET /workspaces/{id}/external/connection`: how to connect, without a token.
 #[utoipa::path(get, path = "/workspaces/{id}/external/connection", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The external workspace")),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "How its agent connects (`auth_token` empty)", body = ConnectionInfo),
         (status = 400, description = "The id is not a UUID, or the workspace is not external", body = ErrorBody),
@@ -81,7 +80,7 @@ pub struct Rotated {
 /// and a new one is shown, once.
 #[utoipa::path(post, path = "/workspaces/{id}/external/rotate", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The external workspace")),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The new token, in `connection.auth_token`", body = Rotated),
         (status = 400, description = "The id is not a UUID, or the workspace is not external (restart it instead)", body = ErrorBody),
@@ -98,7 +97,7 @@ pub async fn rotate(State(state): State<AppState>, _: Admin, PathId(id, _): Work
 /// `POST /workspaces/{id}/token`: the older path of `external/rotate`.
 #[utoipa::path(post, path = "/workspaces/{id}/token", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The external workspace")),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The new token, in `connection.auth_token`", body = Rotated),
         (status = 400, description = "The id is not a UUID, or the workspace is not external (restart it instead)", body = ErrorBody),

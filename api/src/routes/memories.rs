@@ -16,7 +16,6 @@ use uuid::Uuid;
 use crate::auth::AdminOrWorkspace;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, double_option};
-use crate::openapi::{ADMIN, WORKSPACE};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -45,7 +44,7 @@ fn not_root(_: NotRoot) -> ApiError {
 #[utoipa::path(post, path = "/workspaces/{id}/memories", tag = "memories",
     params(("id" = Uuid, Path, description = "The writing workspace")),
     request_body = CommitBody,
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 201, description = "Stored", body = Committed),
         (status = 400, description = "A bad id or body", body = ErrorBody),
@@ -92,7 +91,7 @@ fn given(v: &Option<String>) -> Option<&str> {
 /// `GET /workspaces/:id/memories?scope=&q=&namespace=&limit=`.
 #[utoipa::path(get, path = "/workspaces/{id}/memories", tag = "memories",
     params(("id" = Uuid, Path, description = "The reading workspace"), SearchQuery),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "The memories it may read that match", body = Vec<Memory>),
         (status = 400, description = "A bad id, scope or limit, or an unknown query parameter", body = ErrorBody),
@@ -157,7 +156,7 @@ pub struct Deleted {
 #[utoipa::path(patch, path = "/workspaces/{id}/memories/{memory_id}", tag = "memories",
     params(("id" = Uuid, Path, description = "The writing workspace"), ("memory_id" = Uuid, Path, description = "The memory")),
     request_body = EditBody,
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "The memory as edited", body = Edited),
         (status = 400, description = "A bad id or body, or a scope given", body = ErrorBody),
@@ -204,7 +203,7 @@ pub async fn edit(
 /// `DELETE /workspaces/:id/memories/:mid`.
 #[utoipa::path(delete, path = "/workspaces/{id}/memories/{memory_id}", tag = "memories",
     params(("id" = Uuid, Path, description = "The writing workspace"), ("memory_id" = Uuid, Path, description = "The memory")),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "Deleted", body = Deleted),
         (status = 400, description = "An id is not a UUID", body = ErrorBody),

@@ -5,12 +5,10 @@ use jobs::ops;
 use jobs::store::{workspace_ops, workspaces};
 use serde::Deserialize;
 use utoipa::IntoParams;
-use uuid::Uuid;
 
 use crate::auth::{AdminOrWorkspace, Caller};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiQuery, Limit, OpId, PathId};
-use crate::openapi::{ADMIN, WORKSPACE};
 use crate::state::AppState;
 
 #[derive(Deserialize, IntoParams)]
@@ -23,7 +21,7 @@ pub struct ListQuery {
 
 #[utoipa::path(get, path = "/workspaces/{id}/ops", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The workspace"), ListQuery),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "The workspace's ops, newest first", body = Vec<Op>),
         (status = 400, description = "A bad id or limit, or an unknown query parameter", body = ErrorBody),
@@ -43,7 +41,7 @@ pub async fn list_for_workspace(
 
 #[utoipa::path(get, path = "/ops/{id}", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The op")),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "The op", body = Op),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),

@@ -22,7 +22,6 @@ use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiJson;
 use crate::routes::workspaces::{Canvas, CreateBody};
-use crate::openapi::ADMIN;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -178,7 +177,7 @@ pub struct ImportAnswer {
 
 #[utoipa::path(post, path = "/org/import", tag = "workspaces",
     request_body = ImportBody,
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 201, description = "Every workspace of the template exists", body = ImportAnswer),
         (status = 207, description = "The import stopped part way: `error` and `failed` say where", body = ImportAnswer),

@@ -16,7 +16,6 @@ use uuid::Uuid;
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, IdKind, PathId};
-use crate::openapi::ADMIN;
 use crate::state::AppState;
 
 pub struct OrgTokenIdKind;
@@ -49,7 +48,7 @@ pub struct Revoked {
 /// `POST /org/tokens`: the plaintext is in this answer and nowhere else, ever.
 #[utoipa::path(post, path = "/org/tokens", tag = "org tokens",
     request_body = MintBody,
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 201, description = "The new token", body = Minted),
         (status = 400, description = "A bad body", body = ErrorBody),
@@ -76,7 +75,7 @@ pub async fn mint(
 
 /// `GET /org/tokens`: the live tokens, recognisable by prefix and name.
 #[utoipa::path(get, path = "/org/tokens", tag = "org tokens",
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The live tokens, never their plaintext", body = Vec<OrgApiToken>),
         (status = 401, description = "No token, or an unknown one", body = ErrorBody),
@@ -89,7 +88,7 @@ pub async fn list(State(state): State<AppState>, _: Admin) -> ApiResult<Json<Vec
 /// `DELETE /org/tokens/{id}`: the token stops working at once.
 #[utoipa::path(delete, path = "/org/tokens/{id}", tag = "org tokens",
     params(("id" = Uuid, Path, description = "The org token")),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Revoked", body = Revoked),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),

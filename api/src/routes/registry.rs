@@ -10,7 +10,6 @@ use uuid::Uuid;
 use crate::auth::Agent;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::ApiJson;
-use crate::openapi::{ADMIN, BOOTSTRAP, WORKSPACE};
 use crate::state::AppState;
 
 /// Free text an agent reports is capped, so one heartbeat cannot bloat the row.
@@ -60,7 +59,7 @@ impl TryFrom<RegisterBody> for Registration {
 /// An agent announces itself: its workspace goes online.
 #[utoipa::path(post, path = "/registry/register", tag = "registry",
     request_body = RegisterBody,
-    security((WORKSPACE = []), (BOOTSTRAP = []), (ADMIN = [])),
+    security(("workspace_token" = []), ("bootstrap_secret" = []), ("admin_token" = [])),
     responses(
         (status = 200, description = "Registered", body = Registered),
         (status = 400, description = "A bad body, URL or agent card", body = ErrorBody),
@@ -117,7 +116,7 @@ impl TryFrom<HeartbeatBody> for Heartbeat {
 
 #[utoipa::path(post, path = "/registry/heartbeat", tag = "registry",
     request_body = HeartbeatBody,
-    security((WORKSPACE = []), (ADMIN = [])),
+    security(("workspace_token" = []), ("admin_token" = [])),
     responses(
         (status = 200, description = "Recorded", body = Beat),
         (status = 400, description = "A bad body", body = ErrorBody),

@@ -22,7 +22,6 @@ use uuid::Uuid;
 use crate::auth::{AdminOrWorkspace, Caller};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::routes::activity::live_workspace;
-use crate::openapi::{ADMIN, WORKSPACE};
 use crate::state::AppState;
 
 /// The whole upload request: room for two files at the largest, with their multipart framing.
@@ -61,7 +60,7 @@ pub struct Acked {
 #[utoipa::path(post, path = "/workspaces/{id}/chat/uploads", tag = "uploads",
     params(("id" = Uuid, Path, description = "The workspace whose agent gets the files")),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "The files staged", body = Uploaded),
         (status = 400, description = "A bad id, a body that is not multipart, no file, too many, or another field", body = ErrorBody),
@@ -241,7 +240,7 @@ fn percent_encoded(name: &str) -> String {
 /// stored chunk at a time; stamps it fetched.
 #[utoipa::path(get, path = "/workspaces/{id}/pending-uploads/{file_id}/content", tag = "uploads",
     params(("id" = Uuid, Path, description = "The workspace"), ("file_id" = Uuid, Path, description = "The file")),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "The file's bytes, with the type it was uploaded with", content_type = "*/*", body = Vec<u8>,
             headers(("content-disposition" = String, description = "`attachment` with the file's name"))),
@@ -288,7 +287,7 @@ pub async fn content(
 /// longer served, and the pending-uploads sweep deletes it.
 #[utoipa::path(post, path = "/workspaces/{id}/pending-uploads/{file_id}/ack", tag = "uploads",
     params(("id" = Uuid, Path, description = "The workspace"), ("file_id" = Uuid, Path, description = "The file")),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "No longer served", body = Acked),
         (status = 400, description = "An id is not a UUID", body = ErrorBody),

@@ -15,7 +15,6 @@ use uuid::Uuid;
 use crate::auth::{Admin, AdminOrWorkspace};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, Limit, OptionalJson, PathId, WorkspaceId};
-use crate::openapi::{ADMIN, WORKSPACE};
 use crate::routes::external::{self, Connection};
 use crate::state::AppState;
 use crate::wait::{self, Settled, TimedOut, WaitQuery};
@@ -135,7 +134,7 @@ pub enum Created {
 #[utoipa::path(post, path = "/workspaces", tag = "workspaces",
     params(WaitQuery),
     request_body = CreateBody,
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 201, description = "Created", body = Created),
         (status = 202, description = "Created, but `?wait` ran out before it settled", body = TimedOut),
@@ -169,7 +168,7 @@ pub async fn create(
                 let body = Created::Queued(CreatedQueued { id: workspace.id, status: "provisioning", op_id: op.id });
                 Ok((StatusCode::CREATED, Json(body)).into_response())
             }
-            Some(d) => wait::answer(&state, workspace.id, op.id, d, StatusCode::CREATED).await,
+            Some(d) => wait::answer(&state, workspace.id, op.id, d, StatusCode::CREATED, Created::Settled).await,
         },
     }
 }
@@ -195,7 +194,7 @@ pub struct ListQuery {
 /// be one, comes in a header.
 #[utoipa::path(get, path = "/workspaces", tag = "workspaces",
     params(ListQuery),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of workspaces, oldest first", body = Vec<Workspace>,
             headers(("x-next-cursor" = String, description = "The next page's cursor, when there may be one"))),
@@ -226,7 +225,7 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery
 
 #[utoipa::path(get, path = "/workspaces/{id}", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The workspace")),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "The workspace", body = Workspace),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -274,7 +273,7 @@ impl TryFrom<PatchBody> for Patch {
 #[utoipa::path(patch, path = "/workspaces/{id}", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The workspace")),
     request_body = PatchBody,
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The workspace as changed", body = Workspace),
         (status = 400, description = "A field is invalid or unknown, or the id is not a UUID", body = ErrorBody),
@@ -338,7 +337,7 @@ pub struct ConfirmationRequired {
 
 #[utoipa::path(delete, path = "/workspaces/{id}", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The workspace"), DeleteQuery),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Removed (its instances are stopped by queued ops), or purged", body = DeleteAnswer),
         (status = 400, description = "The id is not a UUID, or an unknown query parameter", body = ErrorBody),
@@ -449,7 +448,7 @@ pub enum RestartAnswer {
 #[utoipa::path(post, path = "/workspaces/{id}/restart", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The workspace"), RestartQuery),
     request_body(content = Option<RestartBody>, description = "Optional; the same asks as the query's"),
-    security((ADMIN = []), (WORKSPACE = [])),
+    security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "Queued (or nothing to do for an external workspace), or settled within `?wait`", body = RestartAnswer),
         (status = 202, description = "`?wait` ran out before it settled", body = TimedOut),
@@ -491,7 +490,7 @@ pub async fn restart(
                 upgrade_image: op.upgrade_image,
             }))
             .into_response()),
-            Some(d) => wait::answer(&state, id, op.id, d, StatusCode::OK).await,
+            Some(d) => wait::answer(&state, id, op.id, d, StatusCode::OK, RestartAnswer::Settled).await,
         },
     }
 }
@@ -511,7 +510,7 @@ pub struct PausedAnswer {
 
 #[utoipa::path(post, path = "/workspaces/{id}/pause", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The workspace")),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Paused, with its subtree", body = PausedAnswer),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
@@ -549,7 +548,7 @@ pub enum ResumeAnswer {
 
 #[utoipa::path(post, path = "/workspaces/{id}/resume", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The workspace"), WaitQuery),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Resumed with its subtree, or settled within `?wait`", body = ResumeAnswer),
         (status = 202, description = "`?wait` ran out before it settled", body = TimedOut),
@@ -569,7 +568,7 @@ pub async fn resume(
     require_backend(&state).await?;
     let r = lifecycle::resume(&state.pool, id, &admin.label()).await?;
     match (wait, r.root_op) {
-        (Some(d), Some(op_id)) => wait::answer(&state, id, op_id, d, StatusCode::OK).await,
+        (Some(d), Some(op_id)) => wait::answer(&state, id, op_id, d, StatusCode::OK, ResumeAnswer::Settled).await,
         _ => Ok(Json(ResumeAnswer::Resumed(ResumedAnswer {
             status: "provisioning",
             resumed_count: r.resumed.len(),
@@ -592,7 +591,7 @@ pub struct Collapsed {
 
 #[utoipa::path(post, path = "/workspaces/{id}/collapse", tag = "workspaces",
     params(("id" = Uuid, Path, description = "The workspace")),
-    security((ADMIN = [])),
+    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Its direct children (and their subtrees) are removed", body = Collapsed),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
