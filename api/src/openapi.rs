@@ -135,7 +135,8 @@ impl Modify for Security {
 }
 
 /// 500 and 503 can come from any route that reads the database, which is every route but
-/// the two that serve what the process holds in memory.
+/// the two that serve what the process holds in memory. A path parameter left empty
+/// (`/ops/`) matches no route: 404 from the router's fallback.
 struct ServerErrors;
 
 impl Modify for ServerErrors {
@@ -152,11 +153,17 @@ impl Modify for ServerErrors {
             if matches!(path.as_str(), "/metrics" | "/openapi.json") {
                 continue;
             }
+            let parameterised = path.contains('{');
             for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete, &mut item.put]
                 .into_iter()
                 .flatten()
             {
                 let responses = &mut op.responses.responses;
+                if parameterised {
+                    responses
+                        .entry("404".into())
+                        .or_insert_with(|| error("No route matches: a path parameter is empty"));
+                }
                 responses.entry("500".into()).or_insert_with(|| error("Internal error; see the server log"));
                 responses.entry("503".into()).or_insert_with(|| {
                     error("The database (or, for starts, every backend) is unavailable; retry shortly")

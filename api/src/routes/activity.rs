@@ -37,6 +37,7 @@ pub struct ListQuery {
     /// The poller's cursor: the rows after this one, oldest first (0: from the beginning).
     since_id: Option<i64>,
     /// 1 to 500; 100 when absent.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 

@@ -31,6 +31,7 @@ pub struct JobsQuery {
     /// Only this workspace's jobs; empty is no filter.
     workspace_id: Option<String>,
     /// 1 to 1000; 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// The previous page's `next_before`.
     before: Option<String>,

@@ -235,6 +235,7 @@ pub async fn heartbeat(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// 1 to 1000; 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
@@ -264,6 +265,7 @@ pub struct AdminQuery {
     /// `in_flight` (when absent), `stuck`, `failed` or `completed`.
     status: Option<String>,
     /// 1 to 1000; 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

@@ -28,6 +28,7 @@ pub struct ListQuery {
     #[serde(rename = "type")]
     event_type: Option<String>,
     /// 1 to 1000; 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

@@ -33,12 +33,14 @@ pub struct Canvas {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
-    /// 1 to 100 characters, no control characters.
+    /// 1 to 255 characters, no control characters.
+    #[schema(min_length = 1, max_length = 255)]
     pub(crate) name: String,
     pub(crate) role: Option<String>,
     /// `langgraph` when absent; `external` for an agent its owner runs.
     pub(crate) runtime: Option<String>,
     /// 1 to 4; 3 when absent.
+    #[schema(minimum = 1, maximum = 4)]
     pub(crate) tier: Option<i64>,
     pub(crate) model: Option<String>,
     pub(crate) parent_id: Option<Uuid>,
@@ -48,6 +50,7 @@ pub struct CreateBody {
     /// `push` or `poll`; `poll` for external workspaces when absent, else `push`.
     pub(crate) delivery_mode: Option<String>,
     /// 1 to 1000; 1 when absent.
+    #[schema(minimum = 1, maximum = 1000)]
     pub(crate) max_concurrent_tasks: Option<i32>,
     pub(crate) canvas: Option<Canvas>,
 }
@@ -185,6 +188,7 @@ pub struct ListQuery {
     /// Only the children of this workspace.
     parent_id: Option<Uuid>,
     /// 1 to 500; 100 when absent.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// The previous page's `x-next-cursor`.
     cursor: Option<String>,
