@@ -13,8 +13,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
 use crate::routes::{
-    activity, admin, delegations, engines, events, external, health, memories, metrics, ops, org, org_tokens,
-    registry, uploads, workspaces,
+    activity, admin, delegations, engines, events, external, health, memories, metrics, ops, org, org_tokens, registry,
+    uploads, workspaces,
 };
 
 /// The bearer credential of operators and the canvas: the admin token, or an org API token.
@@ -154,9 +154,8 @@ impl Modify for ServerErrors {
                 continue;
             }
             let parameterised = path.contains('{');
-            for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete, &mut item.put]
-                .into_iter()
-                .flatten()
+            for op in
+                [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete, &mut item.put].into_iter().flatten()
             {
                 let responses = &mut op.responses.responses;
                 if parameterised {

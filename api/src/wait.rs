@@ -13,9 +13,9 @@ use jobs::notify::Notice;
 use jobs::ops;
 use jobs::store::workspaces;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
@@ -83,11 +83,10 @@ pub async fn answer<T: Serialize>(
 ) -> ApiResult<Response> {
     Ok(match until_settled(state, ws_id, op_id, timeout).await? {
         Waited::Settled(workspace) => (settled, Json(wrap(Settled { workspace, op_id }))).into_response(),
-        Waited::TimedOut(op) => (
-            StatusCode::ACCEPTED,
-            Json(TimedOut { status: "provisioning", id: op.workspace_id, op_id: op.id, op }),
-        )
-            .into_response(),
+        Waited::TimedOut(op) => {
+            (StatusCode::ACCEPTED, Json(TimedOut { status: "provisioning", id: op.workspace_id, op_id: op.id, op }))
+                .into_response()
+        }
     })
 }
 

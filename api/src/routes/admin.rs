@@ -61,7 +61,11 @@ fn bad_filter(e: jobs::Error, allowed: Vec<String>) -> ApiError {
         (status = 401, description = "No token, or an unknown one", body = ErrorBody),
         (status = 403, description = "Not the admin's token", body = ErrorBody),
     ))]
-pub async fn list(State(state): State<AppState>, _: Admin, ApiQuery(q): ApiQuery<JobsQuery>) -> ApiResult<Json<JobList>> {
+pub async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    ApiQuery(q): ApiQuery<JobsQuery>,
+) -> ApiResult<Json<JobList>> {
     let kind = match q.kind.as_deref().filter(|k| !k.is_empty()) {
         Some(k) => Some(JobKind::parse(k).map_err(|e| bad_filter(e, JobKind::allowed()))?),
         None => None,
@@ -192,7 +196,11 @@ pub struct CancelAnswer {
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "Only lifecycle ops can be canceled, and not once finished", body = ErrorBody),
     ))]
-pub async fn cancel(State(state): State<AppState>, admin: Admin, Path(id): Path<String>) -> ApiResult<Json<CancelAnswer>> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CancelAnswer>> {
     let r = job_ref(&id)?;
     find(&state, &r).await?;
     let canceled = control::cancel(&state.pool, &r, &admin.label()).await?;

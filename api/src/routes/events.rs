@@ -9,8 +9,8 @@ use jobs::notify::Notice;
 use jobs::store::structure_events;
 use serde::Deserialize;
 use serde_json::json;
-use utoipa::IntoParams;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::{self, Admin};
@@ -88,7 +88,8 @@ pub async fn websocket(
         None => return Err(ApiError::Unauthorized("invalid token".into())),
     }
     // Checked after the token, so a caller without one learns nothing more.
-    let upgrade = upgrade.map_err(|e| ApiError::BadRequest(format!("expected a WebSocket upgrade: {}", e.body_text())))?;
+    let upgrade =
+        upgrade.map_err(|e| ApiError::BadRequest(format!("expected a WebSocket upgrade: {}", e.body_text())))?;
     let rx = state.notices.subscribe();
     Ok(upgrade.on_upgrade(move |socket| forward(socket, rx)))
 }

@@ -19,4 +19,3 @@ pub async fn health(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     jobs::store::ping(&state.pool).await?;
     Ok(Json(Health { status: "ok" }))
 }
-

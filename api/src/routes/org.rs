@@ -213,11 +213,7 @@ pub async fn import(
         workspaces: outcome.workspaces,
         count,
         error: Some(error),
-        failed: Some(ImportFailure {
-            name: failed.name,
-            parent_id: failed.parent_id,
-            error: failed.error.to_string(),
-        }),
+        failed: Some(ImportFailure { name: failed.name, parent_id: failed.parent_id, error: failed.error.to_string() }),
     };
     Ok((StatusCode::MULTI_STATUS, Json(body)).into_response())
 }

@@ -15,8 +15,8 @@ use jobs::store::{self, pending_uploads};
 use jobs::uploads::{self, CHUNK_BYTES, FIELD, FileSummary, MAX_FILE_BYTES, MAX_FILES, Staged};
 use serde::Serialize;
 use serde_json::json;
-use utoipa::ToSchema;
 use sqlx::PgConnection;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{AdminOrWorkspace, Caller};

@@ -4,9 +4,9 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use jobs::domain::workspace::{self, EXTERNAL_RUNTIME, ListCursor, MAX_NAME_CHARS, MAX_ROLE_CHARS};
 use jobs::domain::{AgentUrl, CreateRequest, DeliveryMode, Patch, Status, Workspace};
+use jobs::lifecycle::ChildRef;
 use jobs::lifecycle::{self, Deleted, RestartOptions, Restarted};
 use jobs::store::{worker_processes, workspaces};
-use jobs::lifecycle::ChildRef;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
@@ -446,7 +446,7 @@ pub struct RestartQueued {
 pub enum RestartAnswer {
     Noop(RestartNoop),
     Queued(RestartQueued),
-    Settled(Settled),
+    Settled(Box<Settled>),
 }
 
 #[utoipa::path(post, path = "/workspaces/{id}/restart", tag = "workspaces",
@@ -494,7 +494,9 @@ pub async fn restart(
                 upgrade_image: op.upgrade_image,
             }))
             .into_response()),
-            Some(d) => wait::answer(&state, id, op.id, d, StatusCode::OK, RestartAnswer::Settled).await,
+            Some(d) => {
+                wait::answer(&state, id, op.id, d, StatusCode::OK, |s| RestartAnswer::Settled(Box::new(s))).await
+            }
         },
     }
 }
@@ -547,7 +549,7 @@ pub struct ResumedAnswer {
 #[serde(untagged)]
 pub enum ResumeAnswer {
     Resumed(ResumedAnswer),
-    Settled(Settled),
+    Settled(Box<Settled>),
 }
 
 #[utoipa::path(post, path = "/workspaces/{id}/resume", tag = "workspaces",
@@ -572,7 +574,9 @@ pub async fn resume(
     require_backend(&state).await?;
     let r = lifecycle::resume(&state.pool, id, &admin.label()).await?;
     match (wait, r.root_op) {
-        (Some(d), Some(op_id)) => wait::answer(&state, id, op_id, d, StatusCode::OK, ResumeAnswer::Settled).await,
+        (Some(d), Some(op_id)) => {
+            wait::answer(&state, id, op_id, d, StatusCode::OK, |s| ResumeAnswer::Settled(Box::new(s))).await
+        }
         _ => Ok(Json(ResumeAnswer::Resumed(ResumedAnswer {
             status: "provisioning",
             resumed_count: r.resumed.len(),

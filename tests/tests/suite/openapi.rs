@@ -57,10 +57,12 @@ async fn fixtures(stack: &Stack) -> Fixtures {
     let ws = created("fuzzed", false).await;
     let ext = created("fuzzed-external", true).await;
     let victim = created("fuzzed-victim", false).await;
-    let id = |v: &serde_json::Value, key: &str| v[key].as_str().unwrap_or_else(|| panic!("no {key} in {v}")).to_string();
+    let id =
+        |v: &serde_json::Value, key: &str| v[key].as_str().unwrap_or_else(|| panic!("no {key} in {v}")).to_string();
     let workspace = id(&ws, "id");
     let external = id(&ext, "id");
-    let memory = stack.post(&format!("/workspaces/{workspace}/memories"), json!({"content": "a fact", "scope": "LOCAL"})).await;
+    let memory =
+        stack.post(&format!("/workspaces/{workspace}/memories"), json!({"content": "a fact", "scope": "LOCAL"})).await;
     assert_eq!(memory.status, StatusCode::CREATED, "{}", memory.body);
     let delegation = "fuzzed-delegation";
     let recorded = stack
