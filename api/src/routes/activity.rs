@@ -180,6 +180,8 @@ pub async fn record(
 /// the JSON itself, to name each problem of a malformed envelope.
 #[derive(ToSchema)]
 #[allow(dead_code)]
+#[schema(example = json!({"jsonrpc": "2.0", "id": 1, "method": "message/send",
+    "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": "hello"}]}}}))]
 pub struct MessageSend {
     /// `2.0`.
     jsonrpc: String,

@@ -20,6 +20,7 @@ use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"content": "the build server is ci-3", "scope": "LOCAL", "namespace": "infra"}))]
 pub struct CommitBody {
     /// Required.
     content: Option<String>,

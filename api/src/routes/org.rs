@@ -25,6 +25,8 @@ use crate::routes::workspaces::{Canvas, CreateBody};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"template": {"name": "acme", "workspaces": [
+    {"name": "lead", "children": [{"name": "researcher"}, {"name": "writer", "tier": 1}]}]}}))]
 pub struct ImportBody {
     /// Required: the org template itself.
     template: Option<Template>,

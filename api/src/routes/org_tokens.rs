@@ -25,6 +25,7 @@ impl IdKind for OrgTokenIdKind {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "deploy pipeline"}))]
 pub struct MintBody {
     /// What the token is for, to recognise it by.
     name: Option<String>,

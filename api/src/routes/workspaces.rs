@@ -32,6 +32,7 @@ pub struct Canvas {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "research", "role": "finds sources", "tier": 2}))]
 pub struct CreateBody {
     /// 1 to 255 characters, no control characters.
     #[schema(min_length = 1, max_length = 255)]
@@ -245,6 +246,7 @@ pub async fn get(State(state): State<AppState>, ws: AdminOrWorkspace) -> ApiResu
 /// Absent fields are left alone; `role` and `parent_id` may be set to null to clear them.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "research team", "role": null}))]
 pub struct PatchBody {
     name: Option<String>,
     #[serde(default, deserialize_with = "crate::extract::double_option")]
