@@ -154,6 +154,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
     std::fs::write(&config_path, config(&committed, &fixtures)).expect("write config");
     let url = format!("{}/openapi.json", stack.url);
     let auth = format!("Authorization: Bearer {ADMIN}");
+    let workdir = dir.clone();
     let (status, out) = tokio::task::spawn_blocking(move || {
         let out = Command::new(&bin)
             .current_dir(&dir)
@@ -167,6 +168,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
     })
     .await
     .expect("schemathesis thread");
+    let _ = std::fs::remove_dir_all(&workdir);
     println!("{out}");
     // The summary names how many test cases ran ("Test cases:" then "N generated, ..."); a
     // run that generated few proves little.
