@@ -277,6 +277,26 @@ ensure_moto() {
     command -v moto_server >/dev/null 2>&1 || die "moto_server is not on PATH after installing moto[server]"
 }
 
+# ensure_schemathesis: the API fuzzer (from PyPI) the openapi suite test runs against a live api,
+# in a venv of its own so its dependencies never meet moto's. Exports SCHEMATHESIS_BIN.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+    local venv="${SCHEMATHESIS_VENV:-$HOME/.cache/ws-schemathesis}"
+    if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
+        rm -rf "$venv"
+        # Debian's python3 makes venvs only with python3-venv (ensurepip) installed.
+        python3 -m venv "$venv" >/dev/null 2>&1 || {
+            rm -rf "$venv"
+            ensure_apt_packages python3-venv
+            python3 -m venv "$venv"
+        }
+        log "installing schemathesis==$SCHEMATHESIS_VERSION from PyPI into $venv"
+        "$venv/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
+        "$venv/bin/schemathesis" --version >/dev/null || die "schemathesis does not run after installing it"
+    fi
+    export SCHEMATHESIS_BIN="$venv/bin/schemathesis"
+}
+
 # start_moto PORT LOGFILE: starts moto_server on 127.0.0.1:PORT in the background, waits until it
 # answers (deadline 60 s) and prints its PID.
 start_moto() {

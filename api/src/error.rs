@@ -54,6 +54,18 @@ pub enum ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// The body of every error answer. Some errors add fields beside `error` (a 409's
+/// `children`, a 400's `allowed`): the routes that can give them say so.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, for a person to read.
+    pub error: String,
+}
+
+fn plain(message: String) -> Value {
+    json!(ErrorBody { error: message })
+}
+
 impl From<jobs::Error> for ApiError {
     fn from(e: jobs::Error) -> Self {
         use jobs::Error as E;
@@ -109,7 +121,7 @@ fn database_unavailable(e: &sqlx::Error) -> bool {
 }
 
 fn with_extra(message: String, extra: Value) -> Value {
-    let mut body = json!({"error": message});
+    let mut body = plain(message);
     if let (Some(b), Value::Object(extra)) = (body.as_object_mut(), extra) {
         b.extend(extra);
     }
@@ -126,30 +138,30 @@ fn with_retry_after(status: StatusCode, body: Value, wait: Duration) -> Response
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"error": m})),
-            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, json!({"error": m})),
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, json!({"error": m})),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, plain(m)),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, plain(m)),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, plain(m)),
             ApiError::BadRequestWith { message, extra } => (StatusCode::BAD_REQUEST, with_extra(message, extra)),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
-            ApiError::Gone(m) => (StatusCode::GONE, json!({"error": m})),
-            ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({"error": m})),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, plain(m)),
+            ApiError::Gone(m) => (StatusCode::GONE, plain(m)),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, plain(m)),
             ApiError::ConflictWith { message, extra } => (StatusCode::CONFLICT, with_extra(message, extra)),
-            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, json!({"error": m})),
+            ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, plain(m)),
             ApiError::PayloadTooLargeWith { message, extra } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, with_extra(message, extra))
             }
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": m})),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, plain(m)),
             ApiError::DatabaseUnavailable(cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
-                let body = json!({"error": DATABASE_UNAVAILABLE});
+                let body = plain(DATABASE_UNAVAILABLE.into());
                 return with_retry_after(StatusCode::SERVICE_UNAVAILABLE, body, DATABASE_RETRY_AFTER);
             }
             ApiError::TooManyRequests { message, retry_after } => {
-                return with_retry_after(StatusCode::TOO_MANY_REQUESTS, json!({"error": message}), retry_after);
+                return with_retry_after(StatusCode::TOO_MANY_REQUESTS, plain(message), retry_after);
             }
             ApiError::Internal(e) => {
                 tracing::error!(error = %e, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "internal error; see the server log"}))
+                (StatusCode::INTERNAL_SERVER_ERROR, plain("internal error; see the server log".into()))
             }
         };
         (status, Json(body)).into_response()

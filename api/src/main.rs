@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod extract;
+mod openapi;
 mod rate_limit;
 mod routes;
 mod state;

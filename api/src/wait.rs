@@ -12,10 +12,10 @@ use jobs::domain::{Op, Status, Workspace};
 use jobs::notify::Notice;
 use jobs::ops;
 use jobs::store::workspaces;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
@@ -26,10 +26,33 @@ pub const MAX_WAIT_SECS: f64 = 300.0;
 /// The backstop re-read, whatever the notices say.
 const REREAD_EVERY: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
+    /// Seconds (0 to 300) to hold the answer until the workspace settles.
+    #[param(minimum = 0, maximum = 300)]
     pub wait: Option<f64>,
+}
+
+/// The workspace as it settled within `?wait`, and the op waited for.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Settled {
+    #[serde(flatten)]
+    pub workspace: Workspace,
+    pub op_id: Uuid,
+}
+
+/// `?wait` ran out: the op as it stands.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimedOut {
+    /// `provisioning`.
+    pub status: &'static str,
+    /// The workspace.
+    pub id: Uuid,
+    pub op_id: Uuid,
+    pub op: Op,
 }
 
 impl WaitQuery {
@@ -48,25 +71,22 @@ enum Waited {
 }
 
 /// Waits for op `op_id` of workspace `ws_id`, then answers: `settled` with the workspace
-/// (and the op id), or 202 with the op as it stands when time runs out.
-pub async fn answer(
+/// (and the op id) as the route's answer `wrap` makes of it, or 202 with the op as it stands
+/// when time runs out.
+pub async fn answer<T: Serialize>(
     state: &AppState,
     ws_id: Uuid,
     op_id: Uuid,
     timeout: Duration,
     settled: StatusCode,
+    wrap: fn(Settled) -> T,
 ) -> ApiResult<Response> {
     Ok(match until_settled(state, ws_id, op_id, timeout).await? {
-        Waited::Settled(ws) => {
-            let mut body = json!(ws);
-            body["op_id"] = json!(op_id);
-            (settled, Json(body)).into_response()
+        Waited::Settled(workspace) => (settled, Json(wrap(Settled { workspace, op_id }))).into_response(),
+        Waited::TimedOut(op) => {
+            (StatusCode::ACCEPTED, Json(TimedOut { status: "provisioning", id: op.workspace_id, op_id: op.id, op }))
+                .into_response()
         }
-        Waited::TimedOut(op) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"status": "provisioning", "id": op.workspace_id, "op_id": op.id, "op": op})),
-        )
-            .into_response(),
     })
 }
 

@@ -17,7 +17,7 @@ use crate::{Error, Result};
 pub const MAX_ENGINE_ID_CHARS: usize = 255;
 
 /// What retiring an engine settled.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Retired {
     pub engine_id: String,
     pub retired_at: chrono::DateTime<chrono::Utc>,

@@ -53,7 +53,7 @@ pub struct Event {
 
 /// The wire envelope the canvas reads from `GET /events` and `GET /ws`, and the payload of
 /// an event's notification.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Envelope {
     pub id: i64,
     pub event: String,

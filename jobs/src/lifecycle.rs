@@ -237,7 +237,7 @@ pub async fn resume(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Resum
     Ok(out)
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChildRef {
     pub id: Uuid,
     pub name: String,

@@ -27,7 +27,7 @@ pub struct OrgNode {
 }
 
 /// One workspace of the import, created now or found from an earlier import.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Imported {
     pub id: Uuid,
     pub name: String,

@@ -3,7 +3,7 @@
 //! fetches the bytes, then acks. Poll and push mode stage identically: only the way the
 //! inbox item reaches the agent differs.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::inbox;
@@ -66,14 +66,25 @@ pub struct Staged {
     pub size: u64,
 }
 
+/// One staged file as the upload's answer names it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct FileSummary {
+    /// Where the agent fetches it: `platform-pending:<workspace id>/<file id>`.
+    pub uri: String,
+    pub name: String,
+    #[serde(rename = "mimeType")]
+    pub mimetype: String,
+    pub size: u64,
+}
+
 impl Staged {
     pub fn uri(&self) -> String {
         pending_uri(self.workspace_id, self.file_id)
     }
 
-    /// `{uri, name, mimeType, size}`, the upload's answer for this file.
-    pub fn summary(&self) -> Value {
-        json!({"uri": self.uri(), "name": self.name, "mimeType": self.mimetype, "size": self.size})
+    /// The upload's answer for this file.
+    pub fn summary(&self) -> FileSummary {
+        FileSummary { uri: self.uri(), name: self.name.clone(), mimetype: self.mimetype.clone(), size: self.size }
     }
 
     /// The inbox item announcing the file to the workspace's agent.
@@ -173,6 +184,6 @@ mod tests {
         assert_eq!(body["file_id"], file.to_string());
         assert_eq!(body["mimeType"], "text/plain");
         assert_eq!(body["size"], 3);
-        assert_eq!(s.summary()["uri"], body["uri"]);
+        assert_eq!(serde_json::json!(s.summary())["uri"], body["uri"]);
     }
 }

@@ -7,16 +7,18 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use jobs::domain::DeliveryMode;
 use jobs::domain::Status;
 use jobs::inbox;
 use jobs::store::activity_logs::{self, NewActivity};
 use jobs::store::workspaces;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{AdminOrWorkspace, Caller};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, Limit, WorkspaceId};
 use crate::state::AppState;
 use crate::wait::WaitQuery;
@@ -25,12 +27,17 @@ use crate::wait::WaitQuery;
 const WAIT_POLL: Duration = Duration::from_millis(100);
 const TEXT_MAX: usize = 4096;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only rows of this `activity_type`.
     #[serde(rename = "type")]
     activity_type: Option<String>,
+    /// The poller's cursor: the rows after this one, oldest first (0: from the beginning).
     since_id: Option<i64>,
+    /// 1 to 500; 100 when absent.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -45,6 +52,17 @@ pub(crate) async fn live_workspace(state: &AppState, id: Uuid) -> ApiResult<jobs
 /// the rows after it, oldest first (`since_id=0`: from the beginning). A cursor that is not
 /// one of this workspace's rows (another's, unknown, purged) is 410: the poller must start
 /// again rather than silently skip or repeat.
+#[utoipa::path(get, path = "/workspaces/{id}/activity", tag = "activity",
+    params(("id" = Uuid, Path, description = "The workspace"), ListQuery),
+    security(("admin_token" = []), ("workspace_token" = [])),
+    responses(
+        (status = 200, description = "Activity rows", body = Vec<activity_logs::Activity>),
+        (status = 400, description = "A bad id, cursor or limit, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Another workspace's token", body = ErrorBody),
+        (status = 404, description = "No such workspace", body = ErrorBody),
+        (status = 410, description = "The cursor is not one of this workspace's rows: start again from 0", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     who: AdminOrWorkspace,
@@ -76,9 +94,10 @@ pub async fn list(
     Ok(Json(rows))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OwnActivity {
+    /// One of `a2a_send`, `task_update`, `agent_log`, `skill_promotion`, `memory_write`, `error`.
     activity_type: String,
     method: Option<String>,
     summary: Option<String>,
@@ -98,7 +117,23 @@ fn capped(field: &'static str, v: Option<String>, max: usize) -> ApiResult<Optio
     }
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Recorded {
+    id: i64,
+}
+
 /// `POST /workspaces/:id/activity`: an agent's own row, with its own token only.
+#[utoipa::path(post, path = "/workspaces/{id}/activity", tag = "activity",
+    params(("id" = Uuid, Path, description = "The workspace")),
+    request_body = OwnActivity,
+    security(("workspace_token" = [])),
+    responses(
+        (status = 201, description = "The row's id", body = Recorded),
+        (status = 400, description = "A bad id or body, or a type an agent may not write", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not this workspace's own token, or a `source_id` not its own", body = ErrorBody),
+        (status = 404, description = "No such workspace", body = ErrorBody),
+    ))]
 pub async fn record(
     State(state): State<AppState>,
     who: AdminOrWorkspace,
@@ -138,7 +173,46 @@ pub async fn record(
         },
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({"id": id}))).into_response())
+    Ok((StatusCode::CREATED, Json(Recorded { id })).into_response())
+}
+
+/// The body `/a2a` accepts. It only describes the body in `/openapi.json`: the handler reads
+/// the JSON itself, to name each problem of a malformed envelope.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(example = json!({"jsonrpc": "2.0", "id": 1, "method": "message/send",
+    "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": "hello"}]}}}))]
+pub struct MessageSend {
+    /// `2.0`.
+    jsonrpc: String,
+    /// `message/send`.
+    method: String,
+    id: Option<Value>,
+    params: MessageParams,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MessageParams {
+    /// The A2A message.
+    #[schema(value_type = Object)]
+    message: Value,
+}
+
+/// What `/a2a` answers: the inbox item's id and how far its delivery got.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Sent {
+    id: i64,
+    /// `queued`, `delivered` or `undeliverable`.
+    status: &'static str,
+    delivery_mode: DeliveryMode,
+    /// The agent's answer, when it was delivered within `?wait`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Value>,
+    /// Why the push failed, when it is undeliverable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    error: Option<Option<String>>,
 }
 
 /// The JSON-RPC envelope of a message, checked: `message/send` with a message object.
@@ -166,6 +240,17 @@ fn message_envelope(body: Value) -> ApiResult<Value> {
 /// admin (the canvas) or another workspace (recorded as the source). It becomes an inbox
 /// item: 202 with its id. With `wait`, a push-mode agent's answer comes back if the push
 /// lands within the wait.
+#[utoipa::path(post, path = "/workspaces/{id}/a2a", tag = "activity",
+    params(("id" = Uuid, Path, description = "The workspace whose agent gets the message"), WaitQuery),
+    request_body = MessageSend,
+    security(("admin_token" = []), ("workspace_token" = [])),
+    responses(
+        (status = 200, description = "Delivered within `?wait`, with the agent's answer", body = Sent),
+        (status = 202, description = "Queued in the inbox (or found undeliverable within `?wait`)", body = Sent),
+        (status = 400, description = "A bad id, `wait` or envelope", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 404, description = "No such live workspace", body = ErrorBody),
+    ))]
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
@@ -207,17 +292,15 @@ pub async fn send(
         }
     }
     let delivery = item.as_ref().and_then(|i| i.delivery.clone());
-    let mut answer = json!({"id": id, "status": "queued", "delivery_mode": ws.delivery_mode});
+    let answer = Sent { id, status: "queued", delivery_mode: ws.delivery_mode, response: None, error: None };
     match delivery.as_deref() {
         Some("delivered") => {
-            answer["status"] = json!("delivered");
-            answer["response"] = item.and_then(|i| i.response_body).unwrap_or(Value::Null);
-            Ok((StatusCode::OK, Json(answer)).into_response())
+            let response = Some(item.and_then(|i| i.response_body).unwrap_or(Value::Null));
+            Ok((StatusCode::OK, Json(Sent { status: "delivered", response, ..answer })).into_response())
         }
         Some("undeliverable") => {
-            answer["status"] = json!("undeliverable");
-            answer["error"] = json!(item.and_then(|i| i.error_detail));
-            Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+            let error = Some(item.and_then(|i| i.error_detail));
+            Ok((StatusCode::ACCEPTED, Json(Sent { status: "undeliverable", error, ..answer })).into_response())
         }
         _ => Ok((StatusCode::ACCEPTED, Json(answer)).into_response()),
     }
@@ -225,6 +308,8 @@ pub async fn send(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -1,5 +1,6 @@
 use axum::Json;
 use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -9,23 +10,38 @@ use jobs::store::structure_events;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::{self, Admin};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiQuery, Limit};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this workspace's events.
     workspace_id: Option<Uuid>,
     /// e.g. `LEAK_SUSPECT`, for operators hunting leaks.
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// 1 to 1000; 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
+/// The structure events, newest first.
+#[utoipa::path(get, path = "/events", tag = "events",
+    params(ListQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Events, newest first", body = Vec<Envelope>),
+        (status = 400, description = "A bad filter or limit, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not the admin's token", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -36,19 +52,30 @@ pub async fn list(
     Ok(Json(rows.into_iter().map(Envelope::from).collect()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WsQuery {
+    /// The admin token, for clients that cannot send an `Authorization` header.
     token: Option<String>,
 }
 
 /// Every event, from every process, as `{id, event, workspace_id, timestamp, payload}`.
 /// Browsers cannot set headers on a WebSocket, so the token may come as `?token=`.
+#[utoipa::path(get, path = "/ws", tag = "events",
+    params(WsQuery),
+    security(("admin_token" = []), ("query_token" = [])),
+    responses(
+        (status = 101, description = "Upgraded: every event as a text frame shaped like `Envelope`; a `RESYNC` frame when some may have been missed"),
+        (status = 400, description = "Not a WebSocket upgrade request, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not the admin's token", body = ErrorBody),
+    ))]
 pub async fn websocket(
     State(state): State<AppState>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<WsQuery>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let token = q
         .token
@@ -60,6 +87,9 @@ pub async fn websocket(
         Some(_) => return Err(ApiError::Forbidden("the event stream needs the admin token".into())),
         None => return Err(ApiError::Unauthorized("invalid token".into())),
     }
+    // Checked after the token, so a caller without one learns nothing more.
+    let upgrade =
+        upgrade.map_err(|e| ApiError::BadRequest(format!("expected a WebSocket upgrade: {}", e.body_text())))?;
     let rx = state.notices.subscribe();
     Ok(upgrade.on_upgrade(move |socket| forward(socket, rx)))
 }

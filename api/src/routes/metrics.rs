@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/metrics", tag = "meta", security(()),
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 /// The gauges are sampled now, with two aggregate queries, so every scrape sees the
 /// database as it is and an idle api does no periodic work. A database outage is when the
 /// counters matter most: they are served anyway, beside the gauges' last samples.

@@ -12,38 +12,44 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jobs::domain::CreateRequest;
 use jobs::domain::workspace::{self, MAX_NAME_CHARS};
-use jobs::org_import::{self, MAX_DEPTH, MAX_NODES, OrgNode};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use jobs::org_import::{self, Imported, MAX_DEPTH, MAX_NODES, OrgNode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::auth::Admin;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::ApiJson;
 use crate::routes::workspaces::{Canvas, CreateBody};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"template": {"name": "acme", "workspaces": [
+    {"name": "lead", "children": [{"name": "researcher"}, {"name": "writer", "tier": 1}]}]}}))]
 pub struct ImportBody {
+    /// Required: the org template itself.
     template: Option<Template>,
     /// Templates on the server's disk are not supported; named only to answer it clearly.
     dir: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Keys beyond these are ignored.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct Template {
     name: String,
     defaults: Option<Defaults>,
     workspaces: Option<Vec<TemplateNode>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct Defaults {
     runtime: Option<String>,
     tier: Option<i64>,
     model: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct TemplateNode {
     name: String,
     role: Option<String>,
@@ -54,6 +60,7 @@ pub struct TemplateNode {
     url: Option<String>,
     max_concurrent_tasks: Option<i32>,
     canvas: Option<Canvas>,
+    #[schema(no_recursion)]
     children: Option<Vec<TemplateNode>>,
 }
 
@@ -150,6 +157,36 @@ impl TemplateNode {
     }
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportFailure {
+    name: String,
+    parent_id: Option<Uuid>,
+    error: String,
+}
+
+/// The workspaces of the org, created now or found from an earlier import; on a 207 also
+/// the node the import stopped at, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportAnswer {
+    org: String,
+    workspaces: Vec<Imported>,
+    count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<ImportFailure>,
+}
+
+#[utoipa::path(post, path = "/org/import", tag = "workspaces",
+    request_body = ImportBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Every workspace of the template exists", body = ImportAnswer),
+        (status = 207, description = "The import stopped part way: `error` and `failed` say where", body = ImportAnswer),
+        (status = 400, description = "A bad template (the message names the node), or `dir`", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not the admin's token", body = ErrorBody),
+    ))]
 pub async fn import(
     State(state): State<AppState>,
     admin: Admin,
@@ -168,17 +205,17 @@ pub async fn import(
     let outcome = org_import::import(&state.pool, roots, &state.config.api.agent_urls, &admin.label()).await?;
     let count = outcome.workspaces.len();
     let Some(failed) = outcome.failed else {
-        let body = json!({"org": org, "workspaces": outcome.workspaces, "count": count});
+        let body = ImportAnswer { org, workspaces: outcome.workspaces, count, error: None, failed: None };
         return Ok((StatusCode::CREATED, Json(body)).into_response());
     };
     let error = format!("workspace {:?} was not imported: {}", failed.name, failed.error);
     tracing::warn!(org = %org, %error, "org import stopped part way");
-    let body = json!({
-        "org": org,
-        "workspaces": outcome.workspaces,
-        "count": count,
-        "error": error,
-        "failed": {"name": failed.name, "parent_id": failed.parent_id, "error": failed.error.to_string()},
-    });
+    let body = ImportAnswer {
+        org,
+        workspaces: outcome.workspaces,
+        count,
+        error: Some(error),
+        failed: Some(ImportFailure { name: failed.name, parent_id: failed.parent_id, error: failed.error.to_string() }),
+    };
     Ok((StatusCode::MULTI_STATUS, Json(body)).into_response())
 }

@@ -12,13 +12,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jobs::inbox;
 use jobs::store::{self, pending_uploads};
-use jobs::uploads::{self, CHUNK_BYTES, FIELD, MAX_FILE_BYTES, MAX_FILES, Staged};
-use serde_json::{Value, json};
+use jobs::uploads::{self, CHUNK_BYTES, FIELD, FileSummary, MAX_FILE_BYTES, MAX_FILES, Staged};
+use serde::Serialize;
+use serde_json::json;
 use sqlx::PgConnection;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{AdminOrWorkspace, Caller};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::routes::activity::live_workspace;
 use crate::state::AppState;
 
@@ -33,13 +35,45 @@ fn multipart_error(e: MultipartError) -> ApiError {
     }
 }
 
+/// The upload's form. It only describes the body in `/openapi.json`: the handler streams the
+/// multipart fields itself.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// One to 64 files, each at most 25 MiB.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    files: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Uploaded {
+    files: Vec<FileSummary>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Acked {
+    acked: bool,
+}
+
 /// `POST /workspaces/:id/chat/uploads`: every `files` field is staged and announced to the
 /// agent by an inbox item, all in one transaction: on any refusal nothing is kept.
+#[utoipa::path(post, path = "/workspaces/{id}/chat/uploads", tag = "uploads",
+    params(("id" = Uuid, Path, description = "The workspace whose agent gets the files")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    security(("admin_token" = []), ("workspace_token" = [])),
+    responses(
+        (status = 200, description = "The files staged", body = Uploaded),
+        (status = 400, description = "A bad id, a body that is not multipart, no file, too many, or another field", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Another workspace's token", body = ErrorBody),
+        (status = 404, description = "No such live workspace", body = ErrorBody),
+        (status = 413, description = "A file over 25 MiB (the body adds `filename`, `max` and, when read whole, `size`), or a request over 50 MiB", body = ErrorBody),
+    ))]
 pub async fn upload(
     State(state): State<AppState>,
     who: AdminOrWorkspace,
     multipart: Result<Multipart, MultipartRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Uploaded>> {
     let ws = live_workspace(&state, who.id).await?;
     let mut multipart = multipart
         .map_err(|e| ApiError::BadRequest(format!("expected a multipart/form-data body: {}", e.body_text())))?;
@@ -85,7 +119,7 @@ pub async fn upload(
     for file in &staged {
         tracing::info!(workspace_id = %ws.id, file_id = %file.file_id, size = file.size, "chat upload staged");
     }
-    Ok(Json(json!({"files": staged.iter().map(Staged::summary).collect::<Vec<_>>()})))
+    Ok(Json(Uploaded { files: staged.iter().map(Staged::summary).collect() }))
 }
 
 /// Writes one file's row and its chunks as the field streams in. `Ok(Err(seen))` when the
@@ -204,6 +238,16 @@ fn percent_encoded(name: &str) -> String {
 
 /// `GET /workspaces/:id/pending-uploads/:file_id/content`: the bytes of a live file, one
 /// stored chunk at a time; stamps it fetched.
+#[utoipa::path(get, path = "/workspaces/{id}/pending-uploads/{file_id}/content", tag = "uploads",
+    params(("id" = Uuid, Path, description = "The workspace"), ("file_id" = Uuid, Path, description = "The file")),
+    security(("admin_token" = []), ("workspace_token" = [])),
+    responses(
+        (status = 200, description = "The file's bytes, with the type it was uploaded with", content_type = "*/*", body = Vec<u8>,
+            headers(("content-disposition" = String, description = "`attachment` with the file's name"))),
+        (status = 400, description = "An id is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 404, description = "No such live file (unknown, acked or expired), or another workspace's", body = ErrorBody),
+    ))]
 pub async fn content(
     State(state): State<AppState>,
     caller: Caller,
@@ -241,16 +285,25 @@ pub async fn content(
 
 /// `POST /workspaces/:id/pending-uploads/:file_id/ack`: the agent has the file; it is no
 /// longer served, and the pending-uploads sweep deletes it.
+#[utoipa::path(post, path = "/workspaces/{id}/pending-uploads/{file_id}/ack", tag = "uploads",
+    params(("id" = Uuid, Path, description = "The workspace"), ("file_id" = Uuid, Path, description = "The file")),
+    security(("admin_token" = []), ("workspace_token" = [])),
+    responses(
+        (status = 200, description = "No longer served", body = Acked),
+        (status = 400, description = "An id is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 404, description = "No such live file (unknown, acked or expired), or another workspace's", body = ErrorBody),
+    ))]
 pub async fn ack(
     State(state): State<AppState>,
     caller: Caller,
     Path(params): Path<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Acked>> {
     let (workspace_id, file_id) = pending_file(caller, &params)?;
     if !pending_uploads::ack(&state.pool, workspace_id, file_id).await? {
         return Err(not_found(file_id));
     }
-    Ok(Json(json!({"acked": true})))
+    Ok(Json(Acked { acked: true }))
 }
 
 #[cfg(test)]

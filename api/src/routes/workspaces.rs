@@ -4,41 +4,54 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use jobs::domain::workspace::{self, EXTERNAL_RUNTIME, ListCursor, MAX_NAME_CHARS, MAX_ROLE_CHARS};
 use jobs::domain::{AgentUrl, CreateRequest, DeliveryMode, Patch, Status, Workspace};
-use jobs::lifecycle::{self, Created, Deleted, RestartOptions, Restarted};
+use jobs::lifecycle::ChildRef;
+use jobs::lifecycle::{self, Deleted, RestartOptions, Restarted};
 use jobs::store::{worker_processes, workspaces};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{Admin, AdminOrWorkspace};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, Limit, OptionalJson, PathId, WorkspaceId};
-use crate::routes::external;
+use crate::routes::external::{self, Connection};
 use crate::state::AppState;
-use crate::wait::{self, WaitQuery};
+use crate::wait::{self, Settled, TimedOut, WaitQuery};
 
 /// The response header of `GET /workspaces` that holds the next page's cursor.
 pub const NEXT_CURSOR: HeaderName = HeaderName::from_static("x-next-cursor");
 
-#[derive(Debug, Deserialize)]
+/// Where the canvas draws the workspace.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Canvas {
     x: f64,
     y: f64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "research", "role": "finds sources", "tier": 2}))]
 pub struct CreateBody {
+    /// 1 to 255 characters, no control characters.
+    #[schema(min_length = 1, max_length = 255)]
     pub(crate) name: String,
     pub(crate) role: Option<String>,
+    /// `langgraph` when absent; `external` for an agent its owner runs.
     pub(crate) runtime: Option<String>,
+    /// 1 to 4; 3 when absent.
+    #[schema(minimum = 1, maximum = 4)]
     pub(crate) tier: Option<i64>,
     pub(crate) model: Option<String>,
     pub(crate) parent_id: Option<Uuid>,
     pub(crate) external: Option<bool>,
+    /// The agent's URL, for external workspaces only.
     pub(crate) url: Option<String>,
+    /// `push` or `poll`; `poll` for external workspaces when absent, else `push`.
     pub(crate) delivery_mode: Option<String>,
+    /// 1 to 1000; 1 when absent.
+    #[schema(minimum = 1, maximum = 1000)]
     pub(crate) max_concurrent_tasks: Option<i32>,
     pub(crate) canvas: Option<Canvas>,
 }
@@ -91,6 +104,50 @@ impl TryFrom<CreateBody> for CreateRequest {
     }
 }
 
+/// An external workspace: it has no instance, and its agent connects with the token shown
+/// here, once.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatedExternal {
+    id: Uuid,
+    external: bool,
+    status: Status,
+    connection: Connection,
+}
+
+/// A workspace whose start is queued.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatedQueued {
+    id: Uuid,
+    /// `provisioning`.
+    status: &'static str,
+    op_id: Uuid,
+}
+
+/// What `POST /workspaces` answers with 201: an external workspace, a queued start, or
+/// (with `?wait`) the workspace as it settled.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Created {
+    External(CreatedExternal),
+    Queued(CreatedQueued),
+    Settled(Settled),
+}
+
+#[utoipa::path(post, path = "/workspaces", tag = "workspaces",
+    params(WaitQuery),
+    request_body = CreateBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created", body = Created),
+        (status = 202, description = "Created, but `?wait` ran out before it settled", body = TimedOut),
+        (status = 400, description = "A field is invalid, unknown or missing, or `wait` is out of range", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not the admin's token", body = ErrorBody),
+        (status = 404, description = "`parent_id` names no live workspace", body = ErrorBody),
+        (status = 409, description = "The parent is paused, or another workspace under it has the name", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<WaitQuery>,
@@ -101,17 +158,21 @@ pub async fn create(
     let req = CreateRequest::try_from(body)?;
     req.url.as_ref().map(|u| u.check(&state.config.api.agent_urls)).transpose()?;
     match lifecycle::create(&state.pool, req, &admin.label()).await? {
-        Created::External { workspace, token } => {
-            let body = json!({"id": workspace.id, "external": true, "status": workspace.status,
-                "connection": external::payload(&state, workspace.id, &token)});
+        lifecycle::Created::External { workspace, token } => {
+            let body = Created::External(CreatedExternal {
+                id: workspace.id,
+                external: true,
+                status: workspace.status,
+                connection: external::payload(&state, workspace.id, &token),
+            });
             Ok((StatusCode::CREATED, Json(body)).into_response())
         }
-        Created::Provisioning { workspace, op } => match wait {
+        lifecycle::Created::Provisioning { workspace, op } => match wait {
             None => {
-                Ok((StatusCode::CREATED, Json(json!({"id": workspace.id, "status": "provisioning", "op_id": op.id})))
-                    .into_response())
+                let body = Created::Queued(CreatedQueued { id: workspace.id, status: "provisioning", op_id: op.id });
+                Ok((StatusCode::CREATED, Json(body)).into_response())
             }
-            Some(d) => wait::answer(&state, workspace.id, op.id, d, StatusCode::CREATED).await,
+            Some(d) => wait::answer(&state, workspace.id, op.id, d, StatusCode::CREATED, Created::Settled).await,
         },
     }
 }
@@ -119,17 +180,33 @@ pub async fn create(
 /// The largest page `GET /workspaces` serves.
 const MAX_LIST_LIMIT: i64 = 500;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only workspaces with this status.
     status: Option<String>,
+    /// Only the children of this workspace.
     parent_id: Option<Uuid>,
+    /// 1 to 500; 100 when absent.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// The previous page's `x-next-cursor`.
     cursor: Option<String>,
 }
 
 /// The body stays a bare array, as it always was; the next page's cursor, when there may
 /// be one, comes in a header.
+#[utoipa::path(get, path = "/workspaces", tag = "workspaces",
+    params(ListQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of workspaces, oldest first", body = Vec<Workspace>,
+            headers(("x-next-cursor" = String, description = "The next page's cursor, when there may be one"))),
+        (status = 400, description = "A bad status, limit or cursor, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not the admin's token", body = ErrorBody),
+    ))]
 pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>, _: Admin) -> ApiResult<Response> {
     let status = q
         .status
@@ -151,19 +228,33 @@ pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/workspaces/{id}", tag = "workspaces",
+    params(("id" = Uuid, Path, description = "The workspace")),
+    security(("admin_token" = []), ("workspace_token" = [])),
+    responses(
+        (status = 200, description = "The workspace", body = Workspace),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Another workspace's token", body = ErrorBody),
+        (status = 404, description = "No such workspace", body = ErrorBody),
+    ))]
 pub async fn get(State(state): State<AppState>, ws: AdminOrWorkspace) -> ApiResult<Json<Workspace>> {
     let found = workspaces::get(&state.pool, ws.id).await?.ok_or_else(|| jobs::Error::workspace_not_found(ws.id))?;
     Ok(Json(found))
 }
 
-#[derive(Debug, Deserialize)]
+/// Absent fields are left alone; `role` and `parent_id` may be set to null to clear them.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "research team", "role": null}))]
 pub struct PatchBody {
     name: Option<String>,
     #[serde(default, deserialize_with = "crate::extract::double_option")]
+    #[schema(value_type = Option<String>)]
     role: Option<Option<String>>,
     tier: Option<i64>,
     #[serde(default, deserialize_with = "crate::extract::double_option")]
+    #[schema(value_type = Option<Uuid>)]
     parent_id: Option<Option<Uuid>>,
     collapsed: Option<bool>,
 }
@@ -185,6 +276,18 @@ impl TryFrom<PatchBody> for Patch {
     }
 }
 
+#[utoipa::path(patch, path = "/workspaces/{id}", tag = "workspaces",
+    params(("id" = Uuid, Path, description = "The workspace")),
+    request_body = PatchBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The workspace as changed", body = Workspace),
+        (status = 400, description = "A field is invalid or unknown, or the id is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not the admin's token", body = ErrorBody),
+        (status = 404, description = "No such workspace, or no such new parent", body = ErrorBody),
+        (status = 409, description = "The move would make a cycle, or the workspace is removed", body = ErrorBody),
+    ))]
 pub async fn patch(
     State(state): State<AppState>,
     PathId(id, _): WorkspaceId,
@@ -194,24 +297,73 @@ pub async fn patch(
     Ok(Json(lifecycle::patch(&state.pool, id, Patch::try_from(b)?).await?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
+    /// Delete the workspace's children too.
     confirm: Option<bool>,
+    /// Delete the rows of a removed workspace (and its removed subtree) for good.
     purge: Option<bool>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Purged {
+    /// `purged`.
+    status: &'static str,
+    cascade_deleted: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Removed {
+    /// `removed`.
+    status: &'static str,
+    cascade_deleted: usize,
+    /// The stop ops queued.
+    op_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum DeleteAnswer {
+    Removed(Removed),
+    Purged(Purged),
+}
+
+/// What the 409 of a delete that would take children with it adds beside `error`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfirmationRequired {
+    /// `confirmation_required`.
+    status: &'static str,
+    children_count: usize,
+    children: Vec<ChildRef>,
+}
+
+#[utoipa::path(delete, path = "/workspaces/{id}", tag = "workspaces",
+    params(("id" = Uuid, Path, description = "The workspace"), DeleteQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Removed (its instances are stopped by queued ops), or purged", body = DeleteAnswer),
+        (status = 400, description = "The id is not a UUID, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not the admin's token", body = ErrorBody),
+        (status = 404, description = "No such workspace", body = ErrorBody),
+        (status = 409, description = "It has children and `confirm` was not given (the body adds `status`, \
+            `children_count` and `children`, see `ConfirmationRequired`), or a purge of a workspace not removed", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     PathId(id, _): WorkspaceId,
     admin: Admin,
     ApiQuery(q): ApiQuery<DeleteQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DeleteAnswer>> {
     if q.purge == Some(true) {
         // The rows are what stop and the orphan sweep find instances by, so a purge comes
         // after the delete's stops, as a second call.
         let purged = lifecycle::purge(&state.pool, id).await?;
-        return Ok(Json(json!({"status": "purged", "cascade_deleted": purged.saturating_sub(1)})));
+        return Ok(Json(DeleteAnswer::Purged(Purged { status: "purged", cascade_deleted: purged.saturating_sub(1) })));
     }
     match lifecycle::delete(&state.pool, id, q.confirm.unwrap_or(false), &admin.label()).await? {
         Deleted::ConfirmationRequired { children } => Err(ApiError::ConflictWith {
@@ -219,12 +371,16 @@ pub async fn delete(
                 "workspace has {} child workspace(s); repeat with ?confirm=true to delete them too",
                 children.len()
             ),
-            extra: json!({"status": "confirmation_required", "children_count": children.len(), "children": children}),
+            extra: json!(ConfirmationRequired {
+                status: "confirmation_required",
+                children_count: children.len(),
+                children,
+            }),
         }),
-        Deleted::Removed { removed, op_ids } => Ok(Json(json!({
-            "status": "removed",
-            "cascade_deleted": removed.len().saturating_sub(1),
-            "op_ids": op_ids,
+        Deleted::Removed { removed, op_ids } => Ok(Json(DeleteAnswer::Removed(Removed {
+            status: "removed",
+            cascade_deleted: removed.len().saturating_sub(1),
+            op_ids,
         }))),
     }
 }
@@ -243,22 +399,71 @@ async fn require_backend(state: &AppState) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RestartQuery {
+    /// Seconds (0 to 300) to hold the answer until the workspace settles.
+    #[param(minimum = 0, maximum = 300)]
     wait: Option<f64>,
+    /// Start the agent with a fresh session.
     reset: Option<bool>,
+    /// Move to the image configured now instead of the pinned one.
     upgrade: Option<bool>,
 }
 
-/// The same two asks as the query's; either place turns one on.
-#[derive(Debug, Default, Deserialize)]
+/// The same two asks as the query's; either place turns one on. The body may be left out.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartBody {
     reset: Option<bool>,
     upgrade: Option<bool>,
 }
 
+/// An external workspace's restart: nothing for the platform to do.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartNoop {
+    /// `noop`.
+    status: &'static str,
+    /// `external`.
+    runtime: &'static str,
+    message: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartQueued {
+    /// `provisioning`.
+    status: &'static str,
+    op_id: Uuid,
+    /// True when a restart already queued took this one in.
+    coalesced: bool,
+    reset_session: bool,
+    upgrade_image: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RestartAnswer {
+    Noop(RestartNoop),
+    Queued(RestartQueued),
+    Settled(Box<Settled>),
+}
+
+#[utoipa::path(post, path = "/workspaces/{id}/restart", tag = "workspaces",
+    params(("id" = Uuid, Path, description = "The workspace"), RestartQuery),
+    request_body(content = Option<RestartBody>, description = "Optional; the same asks as the query's"),
+    security(("admin_token" = []), ("workspace_token" = [])),
+    responses(
+        (status = 200, description = "Queued (or nothing to do for an external workspace), or settled within `?wait`", body = RestartAnswer),
+        (status = 202, description = "`?wait` ran out before it settled", body = TimedOut),
+        (status = 400, description = "A bad id, body or query", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Another workspace's token", body = ErrorBody),
+        (status = 404, description = "No such workspace", body = ErrorBody),
+        (status = 409, description = "The workspace is removed or paused", body = ErrorBody),
+    ))]
 pub async fn restart(
     State(state): State<AppState>,
     ws: AdminOrWorkspace,
@@ -276,25 +481,91 @@ pub async fn restart(
         require_backend(&state).await?;
     }
     match lifecycle::restart(&state.pool, id, "restart", &ws.caller.label(), options).await? {
-        Restarted::Noop => Ok(Json(json!({"status": "noop", "runtime": "external",
-            "message": "external workspaces are run by their owner; restart the agent yourself"}))
+        Restarted::Noop => Ok(Json(RestartAnswer::Noop(RestartNoop {
+            status: "noop",
+            runtime: "external",
+            message: "external workspaces are run by their owner; restart the agent yourself",
+        }))
         .into_response()),
         Restarted::Queued { op, new } => match wait {
-            None => Ok(Json(json!({"status": "provisioning", "op_id": op.id, "coalesced": !new,
-                "reset_session": op.reset_session, "upgrade_image": op.upgrade_image}))
+            None => Ok(Json(RestartAnswer::Queued(RestartQueued {
+                status: "provisioning",
+                op_id: op.id,
+                coalesced: !new,
+                reset_session: op.reset_session,
+                upgrade_image: op.upgrade_image,
+            }))
             .into_response()),
-            Some(d) => wait::answer(&state, id, op.id, d, StatusCode::OK).await,
+            Some(d) => {
+                wait::answer(&state, id, op.id, d, StatusCode::OK, |s| RestartAnswer::Settled(Box::new(s))).await
+            }
         },
     }
 }
 
 // Pause, resume and collapse change a whole subtree: admin only.
 
-pub async fn pause(State(state): State<AppState>, PathId(id, _): WorkspaceId, admin: Admin) -> ApiResult<Json<Value>> {
-    let p = lifecycle::pause(&state.pool, id, &admin.label()).await?;
-    Ok(Json(json!({"status": "paused", "paused_count": p.paused.len(), "paused": p.paused, "op_ids": p.op_ids})))
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PausedAnswer {
+    /// `paused`.
+    status: &'static str,
+    paused_count: usize,
+    /// The workspaces paused: this one and its subtree.
+    paused: Vec<Uuid>,
+    /// The stop ops queued.
+    op_ids: Vec<Uuid>,
 }
 
+#[utoipa::path(post, path = "/workspaces/{id}/pause", tag = "workspaces",
+    params(("id" = Uuid, Path, description = "The workspace")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Paused, with its subtree", body = PausedAnswer),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not the admin's token", body = ErrorBody),
+        (status = 404, description = "No such workspace", body = ErrorBody),
+        (status = 409, description = "Already paused, or removed", body = ErrorBody),
+    ))]
+pub async fn pause(
+    State(state): State<AppState>,
+    PathId(id, _): WorkspaceId,
+    admin: Admin,
+) -> ApiResult<Json<PausedAnswer>> {
+    let p = lifecycle::pause(&state.pool, id, &admin.label()).await?;
+    Ok(Json(PausedAnswer { status: "paused", paused_count: p.paused.len(), paused: p.paused, op_ids: p.op_ids }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResumedAnswer {
+    /// `provisioning`.
+    status: &'static str,
+    resumed_count: usize,
+    resumed: Vec<Uuid>,
+    /// The start ops queued.
+    op_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ResumeAnswer {
+    Resumed(ResumedAnswer),
+    Settled(Box<Settled>),
+}
+
+#[utoipa::path(post, path = "/workspaces/{id}/resume", tag = "workspaces",
+    params(("id" = Uuid, Path, description = "The workspace"), WaitQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Resumed with its subtree, or settled within `?wait`", body = ResumeAnswer),
+        (status = 202, description = "`?wait` ran out before it settled", body = TimedOut),
+        (status = 400, description = "A bad id or `wait`", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not the admin's token", body = ErrorBody),
+        (status = 404, description = "No such workspace", body = ErrorBody),
+        (status = 409, description = "Not paused, or a paused ancestor", body = ErrorBody),
+    ))]
 pub async fn resume(
     State(state): State<AppState>,
     PathId(id, _): WorkspaceId,
@@ -305,18 +576,45 @@ pub async fn resume(
     require_backend(&state).await?;
     let r = lifecycle::resume(&state.pool, id, &admin.label()).await?;
     match (wait, r.root_op) {
-        (Some(d), Some(op_id)) => wait::answer(&state, id, op_id, d, StatusCode::OK).await,
-        _ => Ok(Json(json!({"status": "provisioning", "resumed_count": r.resumed.len(), "resumed": r.resumed,
-            "op_ids": r.op_ids}))
+        (Some(d), Some(op_id)) => {
+            wait::answer(&state, id, op_id, d, StatusCode::OK, |s| ResumeAnswer::Settled(Box::new(s))).await
+        }
+        _ => Ok(Json(ResumeAnswer::Resumed(ResumedAnswer {
+            status: "provisioning",
+            resumed_count: r.resumed.len(),
+            resumed: r.resumed,
+            op_ids: r.op_ids,
+        }))
         .into_response()),
     }
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Collapsed {
+    /// `collapsed`.
+    status: &'static str,
+    /// The children removed, by name.
+    removed: Vec<String>,
+    /// The stop ops queued.
+    op_ids: Vec<Uuid>,
+}
+
+#[utoipa::path(post, path = "/workspaces/{id}/collapse", tag = "workspaces",
+    params(("id" = Uuid, Path, description = "The workspace")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Its direct children (and their subtrees) are removed", body = Collapsed),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = ErrorBody),
+        (status = 403, description = "Not the admin's token", body = ErrorBody),
+        (status = 404, description = "No such workspace", body = ErrorBody),
+        (status = 409, description = "The workspace is removed", body = ErrorBody),
+    ))]
 pub async fn collapse(
     State(state): State<AppState>,
     PathId(id, _): WorkspaceId,
     admin: Admin,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Collapsed>> {
     let c = lifecycle::collapse(&state.pool, id, &admin.label()).await?;
-    Ok(Json(json!({"status": "collapsed", "removed": c.removed, "op_ids": c.op_ids})))
+    Ok(Json(Collapsed { status: "collapsed", removed: c.removed, op_ids: c.op_ids }))
 }

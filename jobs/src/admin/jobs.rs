@@ -145,7 +145,7 @@ impl JobState {
     }
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Job {
     pub id: String,
     pub kind: String,
@@ -357,7 +357,7 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, r: &JobRef) -> Result<Option<Job>>
 }
 
 /// The apalis task that delivers (or last delivered) a job.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Task {
     pub id: String,
     pub queue: String,
@@ -383,7 +383,7 @@ pub async fn task<'e>(db: impl PgExecutor<'e>, id: &str) -> Result<Option<Task>>
 }
 
 /// Each attempt of a job, in order, in one shape for every source.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub attempt: i32,
     pub worker: Option<String>,

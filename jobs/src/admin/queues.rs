@@ -19,14 +19,14 @@ pub fn pausable(kind: &str) -> Option<OpKind> {
     PAUSABLE.into_iter().find(|k| k.as_str() == kind)
 }
 
-#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Window {
     pub succeeded: i64,
     pub failed: i64,
     pub canceled: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QueueStats {
     pub kind: String,
     pub paused: bool,

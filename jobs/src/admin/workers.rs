@@ -7,7 +7,7 @@ use sqlx::PgExecutor;
 
 use crate::Result;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct WorkerInfo {
     pub id: String,
     pub host: String,

@@ -31,7 +31,7 @@ pub fn kept(made_by: i64, keep_from_seq: Option<i64>) -> bool {
     keep_from_seq.is_some_and(|from| made_by >= from)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, Hash, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum BackendKind {

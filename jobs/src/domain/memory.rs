@@ -20,7 +20,7 @@ pub const DEFAULT_NAMESPACE: &str = "general";
 const DELIMITER: &str = "[MEMORY ";
 const DELIMITER_ESCAPED: &str = "[_MEMORY ";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, sqlx::Type)]
 #[serde(rename_all = "UPPERCASE")]
 #[sqlx(type_name = "text", rename_all = "UPPERCASE")]
 pub enum Scope {

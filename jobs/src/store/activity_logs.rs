@@ -19,7 +19,7 @@ macro_rules! columns {
 }
 
 /// One row. `id` comes first: agents reading the JSON with line tools rely on it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Activity {
     pub id: i64,
     pub workspace_id: Uuid,

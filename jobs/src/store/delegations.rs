@@ -18,7 +18,7 @@ macro_rules! columns {
 }
 
 /// One row; null fields are left out of the JSON.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Delegation {
     pub delegation_id: String,
     pub caller_id: Uuid,

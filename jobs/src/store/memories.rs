@@ -13,7 +13,7 @@ macro_rules! columns {
     };
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Memory {
     pub id: Uuid,
     pub workspace_id: Uuid,

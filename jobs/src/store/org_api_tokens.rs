@@ -7,7 +7,7 @@ use crate::Result;
 use crate::tokens;
 
 /// A token as it is listed: never its hash, never its plaintext.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct OrgApiToken {
     pub id: Uuid,
     pub name: Option<String>,

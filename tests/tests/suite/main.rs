@@ -25,6 +25,7 @@ mod leaks;
 mod lifecycle;
 mod memories;
 mod metrics;
+mod openapi;
 mod org_import;
 mod org_tokens;
 mod platform;
