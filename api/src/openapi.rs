@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
 use crate::error::ErrorBody;
 use crate::routes::{
     activity, admin, delegations, engines, events, external, health, memories, metrics, ops, org, org_tokens, registry,
-    uploads, workspaces,
+    ui, uploads, workspaces,
 };
 
 /// The bearer credential of operators and the canvas: the admin token, or an org API token.
@@ -26,6 +26,10 @@ pub const WORKSPACE: &str = "workspace_token";
 pub const BOOTSTRAP: &str = "bootstrap_secret";
 /// `/ws`'s `?token=`, for browsers that cannot set headers on a WebSocket.
 pub const QUERY_TOKEN: &str = "query_token";
+/// The dashboard's session cookie, set by `POST /admin/ui/login`.
+pub const DASHBOARD: &str = "dashboard_session";
+/// The dashboard's pages and forms, for people: HTML, and errors as HTML pages.
+const DASHBOARD_PREFIX: &str = "/admin/ui";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -87,9 +91,22 @@ pub const QUERY_TOKEN: &str = "query_token";
         org_tokens::revoke,
         events::list,
         events::websocket,
+        ui::overview::page,
+        ui::session::login_page,
+        ui::session::login,
+        ui::session::logout,
+        ui::jobs::list,
+        ui::jobs::detail,
+        ui::jobs::retry,
+        ui::jobs::cancel,
+        ui::overview::pause,
+        ui::overview::resume,
+        ui::workspaces::list,
+        ui::workspaces::detail,
+        ui::delegations::list,
     ),
     components(schemas(ErrorBody, workspaces::ConfirmationRequired)),
-    modifiers(&Security, &ServerErrors)
+    modifiers(&Security, &ServerErrors, &DashboardErrors, &OperationIds)
 )]
 pub struct ApiDoc;
 
@@ -131,6 +148,13 @@ impl Modify for Security {
                 "The admin token in the query, for browsers",
             ))),
         );
+        components.add_security_scheme(
+            DASHBOARD,
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                crate::routes::ui::session::COOKIE,
+                "The dashboard's session (HttpOnly, SameSite=Strict); its forms also carry a CSRF token",
+            ))),
+        );
     }
 }
 
@@ -150,7 +174,7 @@ impl Modify for ServerErrors {
             )
         };
         for (path, item) in doc.paths.paths.iter_mut() {
-            if matches!(path.as_str(), "/metrics" | "/openapi.json") {
+            if matches!(path.as_str(), "/metrics" | "/openapi.json") || path.starts_with(DASHBOARD_PREFIX) {
                 continue;
             }
             let parameterised = path.contains('{');
@@ -172,6 +196,86 @@ impl Modify for ServerErrors {
     }
 }
 
+/// The dashboard answers a person: a failure is an HTML page, except the refusals of its
+/// session and CSRF checks on a form post and the router's own 404, which are the JSON
+/// `ErrorBody`. Each error status a dashboard route documents gets both bodies, and every
+/// route gets the database's 500 and 503 (and 404 for an empty path parameter).
+struct DashboardErrors;
+
+impl Modify for DashboardErrors {
+    fn modify(&self, doc: &mut Document) {
+        for (path, item) in doc.paths.paths.iter_mut().filter(|(p, _)| p.starts_with(DASHBOARD_PREFIX)) {
+            let parameterised = path.contains('{');
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                if parameterised {
+                    responses.entry("404".into()).or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new().description("No route matches: a path parameter is empty").build(),
+                        )
+                    });
+                }
+                for (status, description) in [
+                    ("500", "Internal error; see the server log"),
+                    ("503", "The database is unavailable; retry shortly"),
+                ] {
+                    responses
+                        .entry(status.into())
+                        .or_insert_with(|| RefOr::T(ResponseBuilder::new().description(description).build()));
+                }
+                for (status, response) in responses.iter_mut() {
+                    let RefOr::T(response) = response else { continue };
+                    if status.starts_with('4') || status.starts_with('5') {
+                        response.content.insert(
+                            "application/json".into(),
+                            ContentBuilder::new().schema(Some(error_schema())).build(),
+                        );
+                        response.content.insert(
+                            "text/html".into(),
+                            ContentBuilder::new()
+                                .schema(Some(
+                                    utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String),
+                                ))
+                                .build(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// utoipa names an operation after its handler, and several modules have a `list` or a
+/// `get`; operation ids must be unique, so each is derived from its method and path
+/// (`get_workspaces_id_ops`), which are.
+struct OperationIds;
+
+impl Modify for OperationIds {
+    fn modify(&self, doc: &mut Document) {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let words: Vec<String> = path
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let methods = [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("patch", &mut item.patch),
+                ("delete", &mut item.delete),
+                ("put", &mut item.put),
+            ];
+            for (method, op) in methods {
+                if let Some(op) = op {
+                    op.operation_id = Some(
+                        std::iter::once(method.to_string()).chain(words.iter().cloned()).collect::<Vec<_>>().join("_"),
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn error_schema() -> RefOr<utoipa::openapi::Schema> {
     RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))
 }
@@ -182,17 +286,26 @@ mod tests {
 
     use super::*;
 
-    /// Every `.route(...)` of the router, as (METHOD, path), read from the router's source:
-    /// a route added there without an entry in [`ApiDoc`] fails the test below. `/admin/ui*`
-    /// is served as HTML for people and is not part of the JSON contract.
+    /// Every `.route(...)` of the router and the dashboard's, as (METHOD, path), read from
+    /// their source: a route added there without an entry in [`ApiDoc`] fails the test below.
     fn router_routes() -> BTreeSet<(String, String)> {
-        let source = include_str!("routes/mod.rs");
+        let sources = [include_str!("routes/mod.rs"), include_str!("routes/ui/mod.rs")];
+        let constants = [("OVERVIEW", crate::routes::ui::OVERVIEW), ("LOGIN", crate::routes::ui::LOGIN)];
         let mut out = BTreeSet::new();
-        for call in source.split(".route(\"").skip(1) {
-            let Some((path, rest)) = call.split_once('"') else { continue };
-            if path.starts_with("/admin/ui") {
-                continue;
-            }
+        for call in sources.iter().flat_map(|s| s.split(".route(").skip(1)) {
+            let (path, rest) = match call.strip_prefix('"') {
+                Some(quoted) => {
+                    let Some((path, rest)) = quoted.split_once('"') else { continue };
+                    (path, rest)
+                }
+                None => {
+                    let Some((name, rest)) = call.split_once(',') else { continue };
+                    let Some((_, path)) = constants.iter().find(|(c, _)| *c == name.trim()) else {
+                        panic!("the route path {name:?} is neither a literal nor a known constant")
+                    };
+                    (*path, rest)
+                }
+            };
             // The method routers of one `.route(...)` call, up to the next one.
             let handlers = rest.split("\n        .").next().unwrap_or(rest);
             for method in ["get", "post", "patch", "delete", "put"] {
@@ -225,6 +338,8 @@ mod tests {
         let routes = router_routes();
         assert!(routes.len() > 40, "the router's routes were not read: {routes:?}");
         assert!(routes.contains(&("GET".into(), "/openapi.json".into())), "{routes:?}");
+        assert!(routes.contains(&("GET".into(), "/admin/ui".into())), "{routes:?}");
+        assert!(routes.contains(&("POST".into(), "/admin/ui/jobs/{id}/retry".into())), "{routes:?}");
         let docs = documented();
         let undocumented: Vec<_> = routes.difference(&docs).collect();
         let unrouted: Vec<_> = docs.difference(&routes).collect();
@@ -235,15 +350,18 @@ mod tests {
     #[test]
     fn every_operation_declares_its_security_and_errors() {
         let doc = serde_json::to_value(ApiDoc::openapi()).expect("document serializes");
-        let open = ["/health", "/metrics", "/openapi.json"];
+        let open = ["/health", "/metrics", "/openapi.json", "/admin/ui/login"];
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for (method, op) in item.as_object().expect("path item") {
                 let security = op["security"].as_array().unwrap_or_else(|| panic!("{method} {path}: no security"));
                 let anonymous = security.iter().all(|s| s.as_object().is_some_and(|o| o.is_empty()));
                 assert_eq!(anonymous, open.contains(&path.as_str()), "{method} {path}: security {security:?}");
                 let responses = op["responses"].as_object().expect("responses");
+                // A dashboard page sends a person without a session to the login form; every
+                // other guarded operation refuses with 401.
+                let refusal = if path.starts_with(DASHBOARD_PREFIX) && method == "get" { "303" } else { "401" };
                 if !anonymous {
-                    assert!(responses.contains_key("401"), "{method} {path} does not document 401");
+                    assert!(responses.contains_key(refusal), "{method} {path} does not document {refusal}");
                 }
                 for (status, r) in responses {
                     if status.starts_with('4') || status.starts_with('5') {
@@ -260,6 +378,18 @@ mod tests {
                         assert!(typed, "{method} {path} {status}: untyped answer {schema}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).expect("document serializes");
+        let mut seen = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+                assert!(seen.insert(id.to_string()), "{method} {path}: operationId {id} is used twice");
             }
         }
     }

@@ -137,6 +137,20 @@ fn config(committed: &str, f: &Fixtures) -> String {
     out
 }
 
+/// `ws_admin=<session>`, from a dashboard login with the admin token.
+async fn dashboard_session(stack: &Stack) -> String {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let r = client
+        .post(format!("{}/admin/ui/login", stack.url))
+        .form(&[("token", ADMIN)])
+        .send()
+        .await
+        .expect("dashboard login");
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "dashboard login");
+    let cookie = r.headers().get(reqwest::header::SET_COOKIE).and_then(|v| v.to_str().ok()).expect("session cookie");
+    cookie.split(';').next().expect("cookie pair").to_string()
+}
+
 /// Runs schemathesis with the committed configuration (`tests/schemathesis.toml`, plus the
 /// fixtures' ids) against a live api and its database, no worker: every check must pass.
 /// Its output, with the count of test cases it ran, is printed.
@@ -154,13 +168,16 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
     std::fs::write(&config_path, config(&committed, &fixtures)).expect("write config");
     let url = format!("{}/openapi.json", stack.url);
     let auth = format!("Authorization: Bearer {ADMIN}");
+    // With a dashboard session the pages answer, so their filters and ids are fuzzed too,
+    // and the forms reach their CSRF check (which a generated token never passes).
+    let session = format!("Cookie: {}", dashboard_session(&stack).await);
     let workdir = dir.clone();
     let (status, out) = tokio::task::spawn_blocking(move || {
         let out = Command::new(&bin)
             .current_dir(&dir)
             .arg("--config-file")
             .arg(&config_path)
-            .args(["run", &url, "--header", &auth, "--no-color"])
+            .args(["run", &url, "--header", &auth, "--header", &session, "--no-color"])
             .env("NO_COLOR", "1")
             .output()
             .expect("run schemathesis");

@@ -26,6 +26,14 @@ fn statuses(filter: &str) -> Option<&'static [DelegationStatus]> {
     })
 }
 
+#[utoipa::path(get, path = "/admin/ui/delegations", tag = "dashboard",
+    params(("status" = Option<String>, Query, description = "in_flight (default), stuck, failed or completed")),
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 200, description = "Delegations by status", content_type = "text/html", body = String),
+        (status = 303, description = "No live dashboard session: on to the login page"),
+        (status = 400, description = "An unknown status filter: the page, naming it"),
+    ))]
 /// `GET /admin/ui/delegations?status=in_flight|stuck|failed|completed`.
 pub async fn list(
     State(app): State<AppState>,

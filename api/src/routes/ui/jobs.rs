@@ -11,7 +11,7 @@ use maud::{Markup, html};
 use uuid::Uuid;
 
 use super::layout::{self, Nav, glimpse, state, when, when_opt};
-use super::session::{Protected, UiSession};
+use super::session::{ActionForm, Protected, UiSession};
 use super::{PageError, query_pairs};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -42,6 +42,15 @@ fn parse_filter(q: &std::collections::HashMap<String, String>) -> Result<Filter,
     Ok(Filter { kind, state, workspace_id, before })
 }
 
+#[utoipa::path(get, path = "/admin/ui/jobs", tag = "dashboard",
+    params(("kind" = Option<String>, Query, description = "A job kind"), ("state" = Option<String>, Query, description = "A job state"),
+        ("workspace_id" = Option<String>, Query, description = "A workspace id"), ("before" = Option<String>, Query, description = "The cursor of the next page")),
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 200, description = "The jobs, newest first, filtered", content_type = "text/html", body = String),
+        (status = 303, description = "No live dashboard session: on to the login page"),
+        (status = 400, description = "A bad filter: the page, naming it"),
+    ))]
 /// `GET /admin/ui/jobs?kind=&state=&workspace_id=&before=`. A bad filter shows the page
 /// with the problem named (400), not an error page: the operator fixes it in the form.
 pub async fn list(
@@ -136,6 +145,15 @@ async fn find(app: &AppState, r: &JobRef) -> Result<Job, PageError> {
     admin_jobs::get(&app.pool, r).await?.ok_or_else(|| ApiError::NotFound(format!("job {r} not found")).into())
 }
 
+#[utoipa::path(get, path = "/admin/ui/jobs/{id}", tag = "dashboard",
+    params(("id" = String, Path, description = "The job: an op id, `inbox:<id>` or `sweep:<unit>:<period>`")),
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 200, description = "The job with its attempts, errors and actions", content_type = "text/html", body = String),
+        (status = 303, description = "No live dashboard session: on to the login page"),
+        (status = 400, description = "A malformed job id"),
+        (status = 404, description = "No such job"),
+    ))]
 /// `GET /admin/ui/jobs/:id`.
 pub async fn detail(
     State(app): State<AppState>,
@@ -240,6 +258,18 @@ pub async fn detail(
     Ok(layout::page(&format!("Job {}", glimpse(&job.id, 48)), &session, Nav::Jobs, body).into_response())
 }
 
+#[utoipa::path(post, path = "/admin/ui/jobs/{id}/retry", tag = "dashboard",
+    params(("id" = String, Path, description = "The job: an op id, `inbox:<id>` or `sweep:<unit>:<period>`")),
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 303, description = "On to the job that runs again"),
+        (status = 401, description = "No live dashboard session"),
+        (status = 403, description = "The form's CSRF token is missing or not this session's"),
+        (status = 400, description = "A malformed job id"),
+        (status = 404, description = "No such job"),
+        (status = 409, description = "The job is not in a state that can be retried"),
+    ))]
 /// `POST /admin/ui/jobs/:id/retry`: on to the job that runs again.
 pub async fn retry(
     State(app): State<AppState>,
@@ -252,6 +282,18 @@ pub async fn retry(
     Ok(Redirect::to(&format!("/admin/ui/jobs/{}", retried.job_id)).into_response())
 }
 
+#[utoipa::path(post, path = "/admin/ui/jobs/{id}/cancel", tag = "dashboard",
+    params(("id" = String, Path, description = "The job: an op id, `inbox:<id>` or `sweep:<unit>:<period>`")),
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 303, description = "Back to the job, canceled or asked to stop"),
+        (status = 401, description = "No live dashboard session"),
+        (status = 403, description = "The form's CSRF token is missing or not this session's"),
+        (status = 400, description = "A malformed job id"),
+        (status = 404, description = "No such job"),
+        (status = 409, description = "The job has finished"),
+    ))]
 /// `POST /admin/ui/jobs/:id/cancel`: back to the job, now canceled.
 pub async fn cancel(
     State(app): State<AppState>,

@@ -3,12 +3,12 @@
 //! form posts ([`session`]). Pages reload themselves every few seconds unless the operator
 //! is typing into a form.
 
-mod delegations;
-mod jobs;
+pub(crate) mod delegations;
+pub(crate) mod jobs;
 mod layout;
-mod overview;
-mod session;
-mod workspaces;
+pub(crate) mod overview;
+pub(crate) mod session;
+pub(crate) mod workspaces;
 
 use std::collections::HashMap;
 

@@ -9,13 +9,20 @@ use jobs::admin::{JobState, control, queues, workers};
 use maud::{Markup, html};
 
 use super::layout::{self, Nav, glimpse, human_seconds, state, when};
-use super::session::{Protected, UiSession};
+use super::session::{ActionForm, Protected, UiSession};
 use super::{OVERVIEW, PageError};
 use crate::error::ApiError;
 use crate::state::AppState;
 
 const RECENT_FAILURES: i64 = 10;
 
+/// `GET /admin/ui`.
+#[utoipa::path(get, path = "/admin/ui", tag = "dashboard",
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 200, description = "The overview: queues, throughput over the last hour, workers, latest failures", content_type = "text/html", body = String),
+        (status = 303, description = "No live dashboard session: on to the login page"),
+    ))]
 pub async fn page(State(app): State<AppState>, session: UiSession) -> Result<Response, PageError> {
     let queues = queues::stats(&app.pool).await?;
     let minutes = throughput::last_hour(&app.pool).await?;
@@ -166,6 +173,16 @@ async fn set_paused(app: &AppState, form: &Protected, kind: &str, paused: bool) 
     Ok(Redirect::to(OVERVIEW).into_response())
 }
 
+#[utoipa::path(post, path = "/admin/ui/queues/{kind}/pause", tag = "dashboard",
+    params(("kind" = String, Path, description = "A lifecycle op kind")),
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 303, description = "Back to the overview"),
+        (status = 401, description = "No live dashboard session"),
+        (status = 403, description = "The form's CSRF token is missing or not this session's"),
+        (status = 400, description = "The kind cannot be paused"),
+    ))]
 /// `POST /admin/ui/queues/:kind/pause`.
 pub async fn pause(
     State(app): State<AppState>,
@@ -175,6 +192,16 @@ pub async fn pause(
     set_paused(&app, &form, &kind, true).await
 }
 
+#[utoipa::path(post, path = "/admin/ui/queues/{kind}/resume", tag = "dashboard",
+    params(("kind" = String, Path, description = "A lifecycle op kind")),
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 303, description = "Back to the overview"),
+        (status = 401, description = "No live dashboard session"),
+        (status = 403, description = "The form's CSRF token is missing or not this session's"),
+        (status = 400, description = "The kind cannot be paused"),
+    ))]
 /// `POST /admin/ui/queues/:kind/resume`.
 pub async fn resume(
     State(app): State<AppState>,

@@ -23,6 +23,33 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub const COOKIE: &str = "ws_admin";
+
+/// The login form's one field. Read from the raw body, so a missing or repeated field is the
+/// form again with a message rather than an extractor's rejection.
+#[derive(Debug, utoipa::ToSchema)]
+pub struct LoginForm {
+    /// The admin token, or a live org API token.
+    pub token: String,
+}
+
+impl LoginForm {
+    fn from_body(body: &[u8]) -> LoginForm {
+        LoginForm { token: form_pairs(body).remove("token").unwrap_or_default() }
+    }
+}
+
+/// What every dashboard action posts: the session's CSRF token (other fields are ignored).
+#[derive(Debug, utoipa::ToSchema)]
+pub struct ActionForm {
+    /// The token the dashboard's own forms carry for this session.
+    pub csrf: String,
+}
+
+impl ActionForm {
+    fn from_body(body: &[u8]) -> ActionForm {
+        ActionForm { csrf: form_pairs(body).remove("csrf").unwrap_or_default() }
+    }
+}
 /// A working day: an operator logs in again the next morning, and a stolen cookie is not
 /// good for long.
 const LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -93,8 +120,8 @@ impl FromRequest<AppState> for Protected {
         let req = Request::from_parts(parts, body);
         // Read whatever the content type says: a missing token must be a 403, not a 415.
         let body = Bytes::from_request(req, state).await.map_err(IntoResponse::into_response)?;
-        let fields = form_pairs(&body);
-        check_csrf(&session, fields.get("csrf").map(String::as_str)).map_err(IntoResponse::into_response)?;
+        let form = ActionForm::from_body(&body);
+        check_csrf(&session, Some(&form.csrf)).map_err(IntoResponse::into_response)?;
         Ok(Protected { session })
     }
 }
@@ -129,16 +156,27 @@ fn set_cookie(value: &str, max_age: Duration, secure: bool) -> Result<HeaderValu
         .map_err(|e| ApiError::Internal(jobs::Error::Invalid { field: "cookie", problem: e.to_string() }))
 }
 
+#[utoipa::path(get, path = "/admin/ui/login", tag = "dashboard",
+    security(()),
+    responses((status = 200, description = "The login form", content_type = "text/html", body = String)))]
 /// `GET /admin/ui/login`.
 pub async fn login_page() -> Response {
     layout::login(None).into_response()
 }
 
+#[utoipa::path(post, path = "/admin/ui/login", tag = "dashboard",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    security(()),
+    responses(
+        (status = 303, description = "Logged in: the session cookie is set, on to the overview"),
+        (status = 400, description = "No token entered: the form again, saying so"),
+        (status = 401, description = "Not the admin token nor a live org token: the form again, saying so"),
+    ))]
 /// `POST /admin/ui/login` (form field `token`). No CSRF token here: there is no session yet
 /// to tie one to, and a forged login could only log the victim in as the one admin.
 pub async fn login(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, PageError> {
-    let fields = form_pairs(&body);
-    let token = fields.get("token").map(|t| t.trim()).unwrap_or_default();
+    let form = LoginForm::from_body(&body);
+    let token = form.token.trim();
     if token.is_empty() {
         return Ok((StatusCode::BAD_REQUEST, layout::login(Some("enter the admin token"))).into_response());
     }
@@ -160,6 +198,14 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, body: Byte
     Ok(r)
 }
 
+#[utoipa::path(post, path = "/admin/ui/logout", tag = "dashboard",
+    request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 303, description = "Logged out: the cookie is cleared, on to the login page"),
+        (status = 401, description = "No live dashboard session"),
+        (status = 403, description = "The form's CSRF token is missing or not this session's"),
+    ))]
 /// `POST /admin/ui/logout`: the session is deleted, so the cookie is dead even if kept.
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap, form: Protected) -> Result<Response, PageError> {
     admin_ui_sessions::delete(&state.pool, &form.session.id_hash).await?;

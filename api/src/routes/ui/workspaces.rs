@@ -19,6 +19,14 @@ use crate::state::AppState;
 const LIST_MAX: i64 = 500;
 const HISTORY: i64 = 50;
 
+#[utoipa::path(get, path = "/admin/ui/workspaces", tag = "dashboard",
+    params(("status" = Option<String>, Query, description = "A workspace status")),
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 200, description = "The workspaces", content_type = "text/html", body = String),
+        (status = 303, description = "No live dashboard session: on to the login page"),
+        (status = 400, description = "An unknown status: the page, naming it"),
+    ))]
 /// `GET /admin/ui/workspaces?status=`.
 pub async fn list(
     State(app): State<AppState>,
@@ -77,6 +85,14 @@ pub async fn list(
     Ok((code, layout::page("Workspaces", &session, Nav::Workspaces, body)).into_response())
 }
 
+#[utoipa::path(get, path = "/admin/ui/workspaces/{id}", tag = "dashboard",
+    params(("id" = String, Path, description = "The workspace")),
+    security(("dashboard_session" = [])),
+    responses(
+        (status = 200, description = "The workspace: status, ops and events", content_type = "text/html", body = String),
+        (status = 303, description = "No live dashboard session: on to the login page"),
+        (status = 404, description = "No such workspace"),
+    ))]
 /// `GET /admin/ui/workspaces/:id`.
 pub async fn detail(
     State(app): State<AppState>,
