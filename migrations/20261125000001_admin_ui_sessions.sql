@@ -9,6 +9,10 @@ CREATE TABLE admin_ui_sessions (
     operator      text NOT NULL,
     -- A session opened with an org token ends when that token is revoked.
     org_token_id  uuid REFERENCES org_api_tokens (id) ON DELETE CASCADE,
+    -- A session opened with the admin token holds its sha256, and ends when ADMIN_TOKEN is
+    -- changed: rotating a leaked token must also end the sessions opened with it.
+    admin_token_hash bytea,
+    CHECK ((org_token_id IS NULL) <> (admin_token_hash IS NULL)),
     created_at    timestamptz NOT NULL DEFAULT now(),
     expires_at    timestamptz NOT NULL
 );

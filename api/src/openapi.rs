@@ -11,7 +11,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::error::ErrorBody;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::{
     activity, admin, delegations, engines, events, external, health, memories, metrics, ops, org, org_tokens, registry,
     ui, uploads, workspaces,
@@ -111,7 +111,8 @@ const DASHBOARD_PREFIX: &str = "/admin/ui";
 pub struct ApiDoc;
 
 /// The document, rendered once.
-static DOCUMENT: LazyLock<String> = LazyLock::new(|| ApiDoc::openapi().to_pretty_json().unwrap_or_default());
+static DOCUMENT: LazyLock<Result<String, String>> =
+    LazyLock::new(|| ApiDoc::openapi().to_pretty_json().map_err(|e| e.to_string()));
 
 /// The OpenAPI 3.1 document of this api.
 #[utoipa::path(
@@ -119,10 +120,16 @@ static DOCUMENT: LazyLock<String> = LazyLock::new(|| ApiDoc::openapi().to_pretty
     path = "/openapi.json",
     tag = "meta",
     security(()),
-    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
+        (status = 500, description = "The document could not be rendered; see the server log", body = ErrorBody),
+    )
 )]
-pub async fn serve() -> impl IntoResponse {
-    ([(CONTENT_TYPE, "application/json")], DOCUMENT.as_str())
+pub async fn serve() -> Result<impl IntoResponse, ApiError> {
+    match DOCUMENT.as_ref() {
+        Ok(doc) => Ok(([(CONTENT_TYPE, "application/json")], doc.as_str())),
+        Err(e) => Err(ApiError::Internal(jobs::Error::Internal(format!("rendering the OpenAPI document: {e}")))),
+    }
 }
 
 struct Security;
@@ -396,7 +403,8 @@ mod tests {
 
     #[test]
     fn the_document_is_openapi_3_1_with_the_error_schema() {
-        let doc: serde_json::Value = serde_json::from_str(&DOCUMENT).expect("served document is JSON");
+        let doc: serde_json::Value =
+            serde_json::from_str(DOCUMENT.as_ref().expect("the document renders")).expect("served document is JSON");
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "{}", doc["openapi"]);
         assert_eq!(doc["components"]["schemas"]["ErrorBody"]["required"], serde_json::json!(["error"]));
     }

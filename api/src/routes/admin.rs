@@ -45,7 +45,7 @@ pub struct JobList {
     next_before: Option<String>,
 }
 
-const JOB_ID: &str = "A job id: an op's UUID, `inbox:<row id>`, or `sweep:<name>@<epoch ms>`";
+pub(crate) const JOB_ID: &str = "A job id: an op's UUID, `inbox:<row id>`, or `sweep:<name>@<epoch ms>`";
 
 fn bad_filter(e: jobs::Error, allowed: Vec<String>) -> ApiError {
     ApiError::BadRequestWith { message: e.to_string(), extra: json!({"allowed": allowed}) }
@@ -66,34 +66,41 @@ pub async fn list(
     _: Admin,
     ApiQuery(q): ApiQuery<JobsQuery>,
 ) -> ApiResult<Json<JobList>> {
-    let kind = match q.kind.as_deref().filter(|k| !k.is_empty()) {
-        Some(k) => Some(JobKind::parse(k).map_err(|e| bad_filter(e, JobKind::allowed()))?),
-        None => None,
-    };
-    let job_state = match q.state.as_deref().filter(|s| !s.is_empty()) {
-        Some(s) => {
-            Some(JobState::parse(s).map_err(|e| bad_filter(e, JobState::ALL.iter().map(|s| s.to_string()).collect()))?)
-        }
-        None => None,
-    };
-    let workspace_id = match q.workspace_id.as_deref().filter(|w| !w.is_empty()) {
-        Some(w) => Some(
-            Uuid::parse_str(w).map_err(|_| ApiError::BadRequest(format!("workspace_id {w:?} is not a valid UUID")))?,
-        ),
-        None => None,
-    };
-    let before = q.before.as_deref().filter(|b| !b.is_empty()).map(Cursor::decode).transpose()?;
+    let filter = job_filter(q.kind.as_deref(), q.state.as_deref(), q.workspace_id.as_deref(), q.before.as_deref())?;
     let Limit(limit) = Limit::parse(q.limit)?;
-    let filter = Filter { kind, state: job_state, workspace_id, before };
     let (jobs, next) = admin_jobs::list(&state.pool, &filter, limit).await?;
     Ok(Json(JobList { count: jobs.len(), jobs, next_before: next.map(|c| c.encode()) }))
 }
 
-fn job_ref(raw: &str) -> ApiResult<JobRef> {
+/// The filters of a job listing, as the REST route and the dashboard take them; an empty
+/// one is no filter.
+pub(crate) fn job_filter(
+    kind: Option<&str>,
+    state: Option<&str>,
+    workspace_id: Option<&str>,
+    before: Option<&str>,
+) -> ApiResult<Filter> {
+    fn given(v: Option<&str>) -> Option<&str> {
+        v.map(str::trim).filter(|v| !v.is_empty())
+    }
+    let kind = given(kind).map(|k| JobKind::parse(k).map_err(|e| bad_filter(e, JobKind::allowed()))).transpose()?;
+    let state = given(state)
+        .map(|s| JobState::parse(s).map_err(|e| bad_filter(e, JobState::ALL.iter().map(|s| s.to_string()).collect())))
+        .transpose()?;
+    let workspace_id = given(workspace_id)
+        .map(|w| {
+            Uuid::parse_str(w).map_err(|_| ApiError::BadRequest(format!("workspace_id {w:?} is not a valid UUID")))
+        })
+        .transpose()?;
+    let before = given(before).map(Cursor::decode).transpose()?;
+    Ok(Filter { kind, state, workspace_id, before })
+}
+
+pub(crate) fn job_ref(raw: &str) -> ApiResult<JobRef> {
     Ok(JobRef::parse(raw)?)
 }
 
-async fn find(state: &AppState, r: &JobRef) -> ApiResult<Job> {
+pub(crate) async fn find(state: &AppState, r: &JobRef) -> ApiResult<Job> {
     admin_jobs::get(&state.pool, r).await?.ok_or_else(|| ApiError::NotFound(format!("job {r} not found")))
 }
 
@@ -225,7 +232,7 @@ pub async fn queues(State(state): State<AppState>, _: Admin) -> ApiResult<Json<Q
     Ok(Json(Queues { queues: queues::stats(&state.pool).await? }))
 }
 
-fn pausable(kind: &str) -> ApiResult<&'static str> {
+pub(crate) fn pausable(kind: &str) -> ApiResult<&'static str> {
     queues::pausable(kind).map(|k| k.as_str()).ok_or_else(|| ApiError::BadRequestWith {
         message: format!("kind {kind:?} cannot be paused; only lifecycle op kinds can"),
         extra: json!({"allowed": queues::PAUSABLE.iter().map(|k| k.as_str()).collect::<Vec<_>>()}),

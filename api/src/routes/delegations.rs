@@ -277,7 +277,18 @@ pub struct AdminDelegations {
     limit: i64,
 }
 
-const ADMIN_FILTERS: [&str; 4] = ["in_flight", "stuck", "failed", "completed"];
+pub(crate) const ADMIN_FILTERS: [&str; 4] = ["in_flight", "stuck", "failed", "completed"];
+
+/// The statuses an operator's filter names: `in_flight` is every status still under way.
+pub(crate) fn admin_filter(filter: &str) -> Option<&'static [DelegationStatus]> {
+    Some(match filter {
+        "in_flight" => &DelegationStatus::IN_FLIGHT,
+        "stuck" => &[DelegationStatus::Stuck],
+        "failed" => &[DelegationStatus::Failed],
+        "completed" => &[DelegationStatus::Completed],
+        _ => return None,
+    })
+}
 
 /// `GET /admin/delegations?status=in_flight|stuck|failed|completed&limit=1..1000`.
 #[utoipa::path(get, path = "/admin/delegations", tag = "delegations",
@@ -295,17 +306,11 @@ pub async fn admin_list(
     ApiQuery(q): ApiQuery<AdminQuery>,
 ) -> ApiResult<Json<AdminDelegations>> {
     let filter = q.status.unwrap_or_else(|| "in_flight".into());
-    let statuses: &[DelegationStatus] = match filter.as_str() {
-        "in_flight" => &DelegationStatus::IN_FLIGHT,
-        "stuck" => &[DelegationStatus::Stuck],
-        "failed" => &[DelegationStatus::Failed],
-        "completed" => &[DelegationStatus::Completed],
-        _ => {
-            return Err(ApiError::BadRequestWith {
-                message: format!("unknown status {filter:?}"),
-                extra: json!({"allowed": ADMIN_FILTERS, "requested_status": filter}),
-            });
-        }
+    let Some(statuses) = admin_filter(&filter) else {
+        return Err(ApiError::BadRequestWith {
+            message: format!("unknown status {filter:?}"),
+            extra: json!({"allowed": ADMIN_FILTERS, "requested_status": filter}),
+        });
     };
     let limit = Limit::parse(q.limit)?;
     let rows = ledger::with_status(&state.pool, statuses, limit.0).await?;

@@ -13,7 +13,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::StatusCode;
 use reqwest::header::{LOCATION, SET_COOKIE};
 use serde_json::json;
-use tests::{ADMIN, Stack, eventually, poll_until, require_docker_image};
+use tests::{ADMIN, Proc, Stack, bin, eventually, poll_until, require_docker_image};
 
 const LONG: Duration = Duration::from_secs(90);
 
@@ -30,6 +30,32 @@ async fn failed_provision(stack: &mut Stack, name: &str) -> (String, String) {
     stack.workers[w].signal("TERM");
     assert!(stack.workers[w].wait_exit(LONG).await, "the backend-less worker exits");
     (ws, op)
+}
+
+/// A second api process on the stack's database, with its own admin token; and its URL.
+async fn api_replica(stack: &Stack, admin_token: &str) -> (Proc, String) {
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", stack.db.url.as_str()),
+        ("ADMIN_TOKEN", admin_token),
+        ("API_ADDR", "127.0.0.1:0"),
+        ("LOG_FORMAT", "pretty"),
+        ("NO_COLOR", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let api = Proc::spawn("api-replica", bin("api"), &[], &env);
+    let url = eventually(Duration::from_secs(30), "the replica to listen", || {
+        let text = api.log_text();
+        async move { text.lines().find_map(|l| l.split("api listening on ").nth(1).map(|s| s.trim().to_string())) }
+    })
+    .await;
+    (api, url)
+}
+
+/// Finds and clicks, again if the page's own reload replaced the element in between.
+async fn click(c: &Client, css: &str) {
+    eventually(LONG, css, || async { c.find(Locator::Css(css)).await.ok()?.click().await.ok() }).await;
 }
 
 /// A client that does not follow redirects, so each answer is seen as sent.
@@ -121,6 +147,10 @@ async fn the_dashboard_refuses_requests_without_a_session_or_a_csrf_token_and_it
     let page =
         client.get(format!("{}/admin/ui/jobs/{failed}", stack.url)).header("cookie", &session).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
+    // No other site may frame the page's buttons, and no cache may keep it.
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(page.headers()["content-security-policy"], "frame-ancestors 'none'");
+    assert_eq!(page.headers()["cache-control"], "no-store");
     let html = page.text().await.unwrap();
     assert!(html.contains(&format!("action=\"/admin/ui/jobs/{failed}/retry\"")), "{html}");
     assert!(html.contains("no provisioning backend"), "the error is on the page: {html}");
@@ -153,7 +183,7 @@ async fn the_dashboard_refuses_requests_without_a_session_or_a_csrf_token_and_it
     for (path, status, needle) in [
         ("/admin/ui/jobs?state=stuck", StatusCode::BAD_REQUEST, "stuck"),
         ("/admin/ui/jobs?workspace_id=nope", StatusCode::BAD_REQUEST, "workspace_id"),
-        ("/admin/ui/jobs/not-a-job", StatusCode::NOT_FOUND, "not-a-job"),
+        ("/admin/ui/jobs/not-a-job", StatusCode::BAD_REQUEST, "not-a-job"),
         ("/admin/ui/jobs/7b7b1d2e-0000-4000-8000-000000000000", StatusCode::NOT_FOUND, "not found"),
         ("/admin/ui/workspaces/nope", StatusCode::NOT_FOUND, "nope"),
         ("/admin/ui/delegations?status=lost", StatusCode::BAD_REQUEST, "in_flight"),
@@ -161,6 +191,16 @@ async fn the_dashboard_refuses_requests_without_a_session_or_a_csrf_token_and_it
         let r = client.get(format!("{}{path}", stack.url)).header("cookie", &session).send().await.unwrap();
         assert_eq!(r.status(), status, "{path}");
         assert!(r.text().await.unwrap().contains(needle), "{path}");
+    }
+
+    // Sessions live in the database: another api replica with the same admin token honours
+    // the cookie, and one whose ADMIN_TOKEN was changed (a leaked token rotated) does not.
+    for (token, want) in [(ADMIN, StatusCode::OK), ("rotated-admin-token", StatusCode::SEE_OTHER)] {
+        let (mut replica, url) = api_replica(&stack, token).await;
+        let r = client.get(format!("{url}/admin/ui")).header("cookie", &session).send().await.unwrap();
+        assert_eq!(r.status(), want, "a replica with ADMIN_TOKEN={token}");
+        replica.signal("TERM");
+        assert!(replica.wait_exit(LONG).await, "the replica exits");
     }
 
     // Logging out ends the session for good, even for a cookie kept after it.
@@ -226,8 +266,9 @@ async fn browser(driver: &Driver) -> Client {
         .expect("a headless Chromium session")
 }
 
+/// The element's text, found again if the page's own reload replaced it in between.
 async fn text_of(c: &Client, css: &str) -> String {
-    c.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css(css)).await.expect(css).text().await.expect(css)
+    eventually(Duration::from_secs(20), css, || async { c.find(Locator::Css(css)).await.ok()?.text().await.ok() }).await
 }
 
 /// Where screenshots go: into the docs with `UPDATE_SCREENSHOTS=1`, else a scratch directory.
@@ -280,8 +321,7 @@ async fn in_chromium_an_operator_logs_in_reads_the_overview_and_retries_a_failed
 
     // Jobs filtered by failed, then the failed job.
     c.goto(&ui("/admin/ui/jobs?state=failed")).await.unwrap();
-    let row = c.find(Locator::Css(&format!("tr[data-job='{failed}'] a"))).await.expect("the failed job is listed");
-    row.click().await.unwrap();
+    click(&c, &format!("tr[data-job='{failed}'] a")).await;
     wait_path(&c, &format!("/admin/ui/jobs/{failed}")).await;
     assert_eq!(text_of(&c, "#job-state").await, "failed");
     let error = text_of(&c, "#last-error").await;
@@ -289,7 +329,7 @@ async fn in_chromium_an_operator_logs_in_reads_the_overview_and_retries_a_failed
     screenshot(&c, shots.join("admin-ui-job.png")).await;
 
     // Retry: the browser lands on the new job, which runs and succeeds.
-    c.find(Locator::Css("form[action$='/retry'] button")).await.unwrap().click().await.unwrap();
+    click(&c, "form[action$='/retry'] button").await;
     let deadline = Instant::now() + LONG;
     let new = poll_until(deadline, Duration::from_millis(200), || async {
         let path = c.current_url().await.ok()?.path().to_string();

@@ -11,21 +11,10 @@ use maud::{Markup, html};
 use super::layout::{self, Nav, glimpse, state, when, when_opt};
 use super::session::UiSession;
 use super::{PageError, query_pairs};
+use crate::routes::delegations::{ADMIN_FILTERS as FILTERS, admin_filter as statuses};
 use crate::state::AppState;
 
 const LIMIT: i64 = 200;
-const FILTERS: [&str; 4] = ["in_flight", "stuck", "failed", "completed"];
-
-fn statuses(filter: &str) -> Option<&'static [DelegationStatus]> {
-    Some(match filter {
-        "in_flight" => &DelegationStatus::IN_FLIGHT,
-        "stuck" => &[DelegationStatus::Stuck],
-        "failed" => &[DelegationStatus::Failed],
-        "completed" => &[DelegationStatus::Completed],
-        _ => return None,
-    })
-}
-
 #[utoipa::path(get, path = "/admin/ui/delegations", tag = "dashboard",
     params(("status" = Option<String>, Query, description = "in_flight (default), stuck, failed or completed")),
     security(("dashboard_session" = [])),

@@ -4,16 +4,16 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use jobs::admin::jobs::{self as admin_jobs, Cursor, Filter, Job};
+use jobs::admin::jobs::{self as admin_jobs, Filter, Job};
 use jobs::admin::{JobKind, JobRef, JobState, control};
 use jobs::store::workspaces;
 use maud::{Markup, html};
-use uuid::Uuid;
 
 use super::layout::{self, Nav, glimpse, state, when, when_opt};
 use super::session::{ActionForm, Protected, UiSession};
 use super::{PageError, query_pairs};
 use crate::error::ApiError;
+use crate::routes::admin::{JOB_ID, find, job_filter, job_ref};
 use crate::state::AppState;
 
 const PAGE: i64 = 50;
@@ -26,20 +26,9 @@ struct Typed {
     workspace_id: String,
 }
 
-fn parse_filter(q: &std::collections::HashMap<String, String>) -> Result<Filter, ::jobs::Error> {
-    let kind = q.get("kind").map(|k| JobKind::parse(k)).transpose()?;
-    let state = q.get("state").map(|s| JobState::parse(s)).transpose()?;
-    let workspace_id = q
-        .get("workspace_id")
-        .map(|w| {
-            Uuid::parse_str(w.trim()).map_err(|_| ::jobs::Error::Invalid {
-                field: "workspace_id",
-                problem: format!("{w:?} is not a valid UUID"),
-            })
-        })
-        .transpose()?;
-    let before = q.get("before").map(|b| Cursor::decode(b)).transpose()?;
-    Ok(Filter { kind, state, workspace_id, before })
+fn parse_filter(q: &std::collections::HashMap<String, String>) -> Result<Filter, ApiError> {
+    let field = |k: &str| q.get(k).map(String::as_str);
+    job_filter(field("kind"), field("state"), field("workspace_id"), field("before"))
 }
 
 #[utoipa::path(get, path = "/admin/ui/jobs", tag = "dashboard",
@@ -136,17 +125,8 @@ fn table(rows: &[Job]) -> Markup {
     }
 }
 
-/// A job id from the path; one that names nothing a job can be is a 404 page.
-fn job_ref(raw: &str) -> Result<JobRef, ApiError> {
-    JobRef::parse(raw).map_err(|e| ApiError::NotFound(format!("no such job: {e}")))
-}
-
-async fn find(app: &AppState, r: &JobRef) -> Result<Job, PageError> {
-    admin_jobs::get(&app.pool, r).await?.ok_or_else(|| ApiError::NotFound(format!("job {r} not found")).into())
-}
-
 #[utoipa::path(get, path = "/admin/ui/jobs/{id}", tag = "dashboard",
-    params(("id" = String, Path, description = "The job: an op id, `inbox:<id>` or `sweep:<unit>:<period>`")),
+    params(("id" = String, Path, description = JOB_ID)),
     security(("dashboard_session" = [])),
     responses(
         (status = 200, description = "The job with its attempts, errors and actions", content_type = "text/html", body = String),
@@ -259,7 +239,7 @@ pub async fn detail(
 }
 
 #[utoipa::path(post, path = "/admin/ui/jobs/{id}/retry", tag = "dashboard",
-    params(("id" = String, Path, description = "The job: an op id, `inbox:<id>` or `sweep:<unit>:<period>`")),
+    params(("id" = String, Path, description = JOB_ID)),
     request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
     security(("dashboard_session" = [])),
     responses(
@@ -283,7 +263,7 @@ pub async fn retry(
 }
 
 #[utoipa::path(post, path = "/admin/ui/jobs/{id}/cancel", tag = "dashboard",
-    params(("id" = String, Path, description = "The job: an op id, `inbox:<id>` or `sweep:<unit>:<period>`")),
+    params(("id" = String, Path, description = JOB_ID)),
     request_body(content = ActionForm, content_type = "application/x-www-form-urlencoded"),
     security(("dashboard_session" = [])),
     responses(

@@ -13,9 +13,10 @@ pub(crate) mod workspaces;
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::http::header;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -37,6 +38,15 @@ pub fn router() -> Router<AppState> {
         .route("/admin/ui/workspaces", get(workspaces::list))
         .route("/admin/ui/workspaces/{id}", get(workspaces::detail))
         .route("/admin/ui/delegations", get(delegations::list))
+        // The pages carry the session's CSRF token and operators' data: no other site may
+        // frame them (clickjacking the buttons), and no cache may keep them.
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("same-origin")))
 }
 
 /// An [`ApiError`] shown as an HTML page. Status, headers and logging are the JSON

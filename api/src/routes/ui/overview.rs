@@ -11,7 +11,7 @@ use maud::{Markup, html};
 use super::layout::{self, Nav, glimpse, human_seconds, state, when};
 use super::session::{ActionForm, Protected, UiSession};
 use super::{OVERVIEW, PageError};
-use crate::error::ApiError;
+use crate::routes::admin::pausable;
 use crate::state::AppState;
 
 const RECENT_FAILURES: i64 = 10;
@@ -167,9 +167,8 @@ fn chart(minutes: &[Minute]) -> Markup {
 }
 
 async fn set_paused(app: &AppState, form: &Protected, kind: &str, paused: bool) -> Result<Response, PageError> {
-    let kind = queues::pausable(kind)
-        .ok_or_else(|| ApiError::BadRequest(format!("kind {kind:?} cannot be paused; only lifecycle op kinds can")))?;
-    control::set_paused(&app.pool, kind.as_str(), paused, &form.session.operator).await?;
+    let kind = pausable(kind)?;
+    control::set_paused(&app.pool, kind, paused, &form.session.operator).await?;
     Ok(Redirect::to(OVERVIEW).into_response())
 }
 

@@ -13,7 +13,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use jobs::store::admin_ui_sessions;
+use jobs::store::admin_ui_sessions::{self, OpenedWith};
 use jobs::tokens::{self, constant_time_eq};
 
 use super::layout;
@@ -81,7 +81,8 @@ async fn session_of(state: &AppState, headers: &HeaderMap) -> Result<Option<UiSe
         return Ok(None);
     };
     let id_hash = tokens::hash(id);
-    Ok(admin_ui_sessions::live(&state.pool, &id_hash).await?.map(|s| UiSession {
+    let admin_token_hash = tokens::hash(&state.admin_token);
+    Ok(admin_ui_sessions::live(&state.pool, &id_hash, &admin_token_hash).await?.map(|s| UiSession {
         operator: s.operator,
         csrf: s.csrf_token,
         id_hash,
@@ -180,9 +181,10 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, body: Byte
     if token.is_empty() {
         return Ok((StatusCode::BAD_REQUEST, layout::login(Some("enter the admin token"))).into_response());
     }
-    let (operator, org_token) = match identify(&state, token).await? {
-        Some(Caller::Admin) => ("admin-ui".to_string(), None),
-        Some(Caller::OrgToken(t)) => (format!("admin-ui:org-token:{}", t.prefix), Some(t.id)),
+    let admin_token_hash = tokens::hash(&state.admin_token);
+    let (operator, opened_with) = match identify(&state, token).await? {
+        Some(Caller::Admin) => ("admin-ui".to_string(), OpenedWith::AdminToken(&admin_token_hash)),
+        Some(Caller::OrgToken(t)) => (format!("admin-ui:org-token:{}", t.prefix), OpenedWith::OrgToken(t.id)),
         Some(Caller::Workspace(_)) | None => {
             let message = "that token is not the admin token (nor a live org token)";
             return Ok((StatusCode::UNAUTHORIZED, layout::login(Some(message))).into_response());
@@ -191,7 +193,7 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, body: Byte
     admin_ui_sessions::purge_expired(&state.pool).await?;
     let id = tokens::generate();
     let csrf = tokens::generate();
-    admin_ui_sessions::insert(&state.pool, &id.hash, &csrf.plaintext, &operator, org_token, LIFETIME).await?;
+    admin_ui_sessions::insert(&state.pool, &id.hash, &csrf.plaintext, &operator, opened_with, LIFETIME).await?;
     tracing::info!(operator, "dashboard login");
     let mut r = Redirect::to(OVERVIEW).into_response();
     r.headers_mut().insert(header::SET_COOKIE, set_cookie(&id.plaintext, LIFETIME, over_https(&headers))?);

@@ -38,7 +38,7 @@ pub async fn list(
     let (code, problem, status) = if wanted.is_empty() {
         (StatusCode::OK, None, None)
     } else {
-        match Status::ALL.into_iter().find(|s| s.as_str() == wanted) {
+        match Status::parse(&wanted) {
             Some(s) => (StatusCode::OK, None, Some(s)),
             None => {
                 let allowed: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
