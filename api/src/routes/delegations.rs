@@ -280,13 +280,18 @@ pub struct AdminDelegations {
 pub(crate) const ADMIN_FILTERS: [&str; 4] = ["in_flight", "stuck", "failed", "completed"];
 
 /// The statuses an operator's filter names: `in_flight` is every status still under way.
-pub(crate) fn admin_filter(filter: &str) -> Option<&'static [DelegationStatus]> {
-    Some(match filter {
+pub(crate) fn admin_filter(filter: &str) -> ApiResult<&'static [DelegationStatus]> {
+    Ok(match filter {
         "in_flight" => &DelegationStatus::IN_FLIGHT,
         "stuck" => &[DelegationStatus::Stuck],
         "failed" => &[DelegationStatus::Failed],
         "completed" => &[DelegationStatus::Completed],
-        _ => return None,
+        _ => {
+            return Err(ApiError::BadRequestWith {
+                message: format!("unknown status {filter:?}; allowed: {}", ADMIN_FILTERS.join(", ")),
+                extra: json!({"allowed": ADMIN_FILTERS, "requested_status": filter}),
+            });
+        }
     })
 }
 
@@ -306,12 +311,7 @@ pub async fn admin_list(
     ApiQuery(q): ApiQuery<AdminQuery>,
 ) -> ApiResult<Json<AdminDelegations>> {
     let filter = q.status.unwrap_or_else(|| "in_flight".into());
-    let Some(statuses) = admin_filter(&filter) else {
-        return Err(ApiError::BadRequestWith {
-            message: format!("unknown status {filter:?}"),
-            extra: json!({"allowed": ADMIN_FILTERS, "requested_status": filter}),
-        });
-    };
+    let statuses = admin_filter(&filter)?;
     let limit = Limit::parse(q.limit)?;
     let rows = ledger::with_status(&state.pool, statuses, limit.0).await?;
     Ok(Json(AdminDelegations { count: rows.len(), delegations: rows, status: filter, limit: limit.0 }))

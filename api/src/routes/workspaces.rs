@@ -197,6 +197,14 @@ pub struct ListQuery {
 
 /// The body stays a bare array, as it always was; the next page's cursor, when there may
 /// be one, comes in a header.
+/// A listing's `status` filter, as the REST route and the dashboard take it.
+pub(crate) fn status_filter(s: &str) -> ApiResult<Status> {
+    Status::parse(s).ok_or_else(|| {
+        let allowed: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        ApiError::BadRequest(format!("status {s:?} is not a workspace status; allowed: {}", allowed.join(", ")))
+    })
+}
+
 #[utoipa::path(get, path = "/workspaces", tag = "workspaces",
     params(ListQuery),
     security(("admin_token" = [])),
@@ -208,12 +216,7 @@ pub struct ListQuery {
         (status = 403, description = "Not the admin's token", body = ErrorBody),
     ))]
 pub async fn list(State(state): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>, _: Admin) -> ApiResult<Response> {
-    let status = q
-        .status
-        .map(|s| {
-            Status::parse(&s).ok_or_else(|| ApiError::BadRequest(format!("status {s:?} is not a workspace status")))
-        })
-        .transpose()?;
+    let status = q.status.as_deref().map(status_filter).transpose()?;
     let Limit(limit) = Limit::parse_up_to(q.limit, MAX_LIST_LIMIT)?;
     let after = q.cursor.as_deref().map(ListCursor::decode).transpose()?;
     // One row more than asked says whether another page exists.

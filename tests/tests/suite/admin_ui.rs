@@ -186,6 +186,7 @@ async fn the_dashboard_refuses_requests_without_a_session_or_a_csrf_token_and_it
         ("/admin/ui/jobs/not-a-job", StatusCode::BAD_REQUEST, "not-a-job"),
         ("/admin/ui/jobs/7b7b1d2e-0000-4000-8000-000000000000", StatusCode::NOT_FOUND, "not found"),
         ("/admin/ui/workspaces/nope", StatusCode::NOT_FOUND, "nope"),
+        ("/admin/ui/workspaces?status=sleeping", StatusCode::BAD_REQUEST, "online"),
         ("/admin/ui/delegations?status=lost", StatusCode::BAD_REQUEST, "in_flight"),
     ] {
         let r = client.get(format!("{}{path}", stack.url)).header("cookie", &session).send().await.unwrap();

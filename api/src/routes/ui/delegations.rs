@@ -2,7 +2,6 @@
 //! as `GET /admin/delegations`.
 
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jobs::domain::DelegationStatus;
 use jobs::store::delegations::{self as ledger, Delegation};
@@ -10,8 +9,8 @@ use maud::{Markup, html};
 
 use super::layout::{self, Nav, glimpse, state, when, when_opt};
 use super::session::UiSession;
-use super::{PageError, query_pairs};
-use crate::routes::delegations::{ADMIN_FILTERS as FILTERS, admin_filter as statuses};
+use super::{PageError, query_pairs, shown};
+use crate::routes::delegations::{ADMIN_FILTERS as FILTERS, admin_filter};
 use crate::state::AppState;
 
 const LIMIT: i64 = 200;
@@ -33,12 +32,10 @@ pub async fn list(
     let filter = q.get("status").cloned().unwrap_or_else(|| "in_flight".into());
     let counts = ledger::counts(&app.pool).await?;
     let count = |s: DelegationStatus| counts.iter().find(|(n, _)| n == s.as_str()).map_or(0, |(_, c)| *c);
-    let (code, problem, rows) = match statuses(&filter) {
-        Some(st) => (StatusCode::OK, None, ledger::with_status(&app.pool, st, LIMIT).await?),
-        None => {
-            let problem = format!("status {filter:?} is unknown; allowed: {}", FILTERS.join(", "));
-            (StatusCode::BAD_REQUEST, Some(problem), vec![])
-        }
+    let (code, problem, statuses) = shown(admin_filter(&filter));
+    let rows = match statuses {
+        Some(st) => ledger::with_status(&app.pool, st, LIMIT).await?,
+        None => vec![],
     };
     let body = html! {
         div.stats {

@@ -2,7 +2,6 @@
 //! full, its apalis task), and the retry and cancel buttons.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use jobs::admin::jobs::{self as admin_jobs, Filter, Job};
 use jobs::admin::{JobKind, JobRef, JobState, control};
@@ -11,7 +10,7 @@ use maud::{Markup, html};
 
 use super::layout::{self, Nav, glimpse, state, when, when_opt};
 use super::session::{ActionForm, Protected, UiSession};
-use super::{PageError, query_pairs};
+use super::{PageError, query_pairs, shown};
 use crate::error::ApiError;
 use crate::routes::admin::{JOB_ID, find, job_filter, job_ref};
 use crate::state::AppState;
@@ -53,12 +52,10 @@ pub async fn list(
         state: q.get("state").cloned().unwrap_or_default(),
         workspace_id: q.get("workspace_id").cloned().unwrap_or_default(),
     };
-    let (status, problem, rows, next) = match parse_filter(&q) {
-        Ok(filter) => {
-            let (rows, next) = admin_jobs::list(&app.pool, &filter, PAGE).await?;
-            (StatusCode::OK, None, rows, next)
-        }
-        Err(e) => (StatusCode::BAD_REQUEST, Some(e.to_string()), vec![], None),
+    let (status, problem, filter) = shown(parse_filter(&q));
+    let (rows, next) = match filter {
+        Some(filter) => admin_jobs::list(&app.pool, &filter, PAGE).await?,
+        None => (vec![], None),
     };
     let next_link = next.map(|c| {
         let mut s = url::form_urlencoded::Serializer::new(String::new());

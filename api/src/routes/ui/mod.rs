@@ -13,7 +13,7 @@ pub(crate) mod workspaces;
 use std::collections::HashMap;
 
 use axum::Router;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -77,6 +77,15 @@ impl IntoResponse for PageError {
         parts.headers.remove(header::CONTENT_LENGTH);
         let status = parts.status;
         (parts, layout::error(status, &message)).into_response()
+    }
+}
+
+/// A list page's filter: the parsed value, or (400) its problem, named above an empty list
+/// so the operator fixes it in the form rather than on an error page.
+pub fn shown<T>(parsed: Result<T, ApiError>) -> (StatusCode, Option<String>, Option<T>) {
+    match parsed {
+        Ok(v) => (StatusCode::OK, None, Some(v)),
+        Err(e) => (StatusCode::BAD_REQUEST, Some(e.to_string()), None),
     }
 }
 

@@ -2,7 +2,6 @@
 //! history, events and delegations.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jobs::domain::Status;
 use jobs::store::{delegations as ledger, structure_events, workspace_ops, workspaces};
@@ -12,8 +11,9 @@ use uuid::Uuid;
 use super::delegations::table as delegations_table;
 use super::layout::{self, Nav, glimpse, state, when, when_opt};
 use super::session::UiSession;
-use super::{PageError, query_pairs};
+use super::{PageError, query_pairs, shown};
 use crate::error::ApiError;
+use crate::routes::workspaces::status_filter;
 use crate::state::AppState;
 
 const LIST_MAX: i64 = 500;
@@ -35,20 +35,9 @@ pub async fn list(
 ) -> Result<Response, PageError> {
     let q = query_pairs(raw.as_deref());
     let wanted = q.get("status").cloned().unwrap_or_default();
-    let (code, problem, status) = if wanted.is_empty() {
-        (StatusCode::OK, None, None)
-    } else {
-        match Status::parse(&wanted) {
-            Some(s) => (StatusCode::OK, None, Some(s)),
-            None => {
-                let allowed: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
-                let problem = format!("status {wanted:?} is unknown; allowed: {}", allowed.join(", "));
-                (StatusCode::BAD_REQUEST, Some(problem), None)
-            }
-        }
-    };
+    let (code, problem, status) = shown((!wanted.is_empty()).then(|| status_filter(&wanted)).transpose());
     let rows = match problem {
-        None => workspaces::list_page(&app.pool, status, None, None, LIST_MAX).await?,
+        None => workspaces::list_page(&app.pool, status.flatten(), None, None, LIST_MAX).await?,
         Some(_) => vec![],
     };
     let body = html! {
