@@ -88,6 +88,15 @@ pub fn for_status(status: Status) -> &'static str {
     }
 }
 
+/// [`record`] for several events of one type, in one statement, in the order given.
+pub async fn record_many(
+    conn: &mut PgConnection,
+    event_type: &str,
+    events: &[(Option<Uuid>, &Value)],
+) -> Result<Vec<i64>> {
+    structure_events::insert_announced_many(conn, event_type, events, EVENTS_CHANNEL).await
+}
+
 /// Writes the event in the caller's transaction and announces it at commit.
 pub async fn record(
     conn: &mut PgConnection,

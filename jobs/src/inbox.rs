@@ -57,17 +57,24 @@ impl PushSettings {
 /// Writes `a` to its workspace's log. An inbox item for a push-mode agent is marked for
 /// push, and a drain is made due unless one already is. Returns the row id.
 pub async fn write(conn: &mut PgConnection, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
-    a.push = a.activity_type == INBOX_TYPE && mode == DeliveryMode::Push;
-    let due = activity_logs::lock_head(conn, a.workspace_id).await?;
-    let id = activity_logs::insert_locked(conn, &a).await?;
+    a.push = pushed(&a, mode);
+    let (id, due) = activity_logs::insert_at_head(&mut *conn, &a).await?;
     if a.push && due.is_none() {
         arm_drain(conn, a.workspace_id, None).await?;
     }
     Ok(id)
 }
 
-/// [`write`] in a transaction of its own.
-pub async fn append(pool: &sqlx::PgPool, mode: DeliveryMode, a: NewActivity) -> Result<i64> {
+fn pushed(a: &NewActivity, mode: DeliveryMode) -> bool {
+    a.activity_type == INBOX_TYPE && mode == DeliveryMode::Push
+}
+
+/// [`write`] in a transaction of its own; a row that arms no drain is one statement.
+pub async fn append(pool: &sqlx::PgPool, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
+    if !pushed(&a, mode) {
+        a.push = false;
+        return Ok(activity_logs::insert_at_head(pool, &a).await?.0);
+    }
     let mut tx = pool.begin().await?;
     let id = write(&mut tx, mode, a).await?;
     tx.commit().await?;

@@ -17,17 +17,35 @@ pub async fn set_status(
     ws: &Workspace,
     to: Status,
     reason: Option<&str>,
-    mut payload: Value,
+    payload: Value,
 ) -> Result<Workspace> {
-    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
-    let updated = workspaces::set_status(conn, ws, to, reason).await?;
-    if let Value::Object(map) = &mut payload {
-        if let Some(r) = reason {
-            map.entry("error").or_insert_with(|| Value::String(r.to_string()));
+    let mut updated = set_status_many(conn, vec![(ws, reason, payload)], to).await?;
+    updated.pop().ok_or_else(|| crate::Error::workspace_not_found(ws.id))
+}
+
+/// [`set_status`] for several workspaces, each with its reason and payload, in one statement
+/// per table. Returns the updated rows, in no particular order.
+pub async fn set_status_many(
+    conn: &mut PgConnection,
+    changes: Vec<(&Workspace, Option<&str>, Value)>,
+    to: Status,
+) -> Result<Vec<Workspace>> {
+    let mut writes = Vec::with_capacity(changes.len());
+    let mut announced = Vec::with_capacity(changes.len());
+    for (ws, reason, mut payload) in changes {
+        let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+        if let Value::Object(map) = &mut payload {
+            if let Some(r) = reason {
+                map.entry("error").or_insert_with(|| Value::String(r.to_string()));
+            }
+            map.entry("name").or_insert_with(|| Value::String(ws.name.clone()));
+            map.insert("from".into(), Value::String(ws.status.as_str().into()));
         }
-        map.entry("name").or_insert_with(|| Value::String(ws.name.clone()));
-        map.insert("from".into(), Value::String(ws.status.as_str().into()));
+        writes.push((ws, reason));
+        announced.push((Some(ws.id), payload));
     }
-    events::record(conn, events::for_status(to), Some(ws.id), payload).await?;
+    let updated = workspaces::set_status_many(conn, &writes, to).await?;
+    let events: Vec<_> = announced.iter().map(|(id, payload)| (*id, payload)).collect();
+    events::record_many(conn, events::for_status(to), &events).await?;
     Ok(updated)
 }

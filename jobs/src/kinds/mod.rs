@@ -7,8 +7,9 @@ pub mod provision;
 pub mod restart;
 pub mod stop;
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -20,9 +21,10 @@ use crate::Result;
 use crate::backend::Backends;
 use crate::config::Config;
 use crate::domain::OpKind;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Snapshot};
 use crate::metrics::{self, JobEnd};
-use crate::ops::{self, Claim, ClaimResult, Claimant, Finished, Outcome};
+use crate::ops::rounds::Rounds;
+use crate::ops::{self, Claim, ClaimResult, Claimant, Ending, Finished, Outcome};
 use crate::retry::RetryPolicies;
 use crate::store::workspace_ops;
 
@@ -41,6 +43,22 @@ pub struct JobContext {
     pub http: reqwest::Client,
     /// The live workers, read at most once a second for all ops.
     pub fleet: Fleet,
+    /// This process's concurrent claims and endings, coalesced (started at first use).
+    rounds: OnceLock<OpRounds>,
+}
+
+/// A delivery to claim, with the fleet as its handler last saw it.
+struct ClaimAsk {
+    op_id: Uuid,
+    task_id: String,
+    fleet: Arc<Snapshot>,
+}
+
+/// One statement claims every delivery that arrived during the previous claim round; one
+/// transaction records every ending that arrived during the previous ending round.
+struct OpRounds {
+    claims: Rounds<ClaimAsk, Option<Claim>>,
+    endings: Rounds<Ending, Option<Finished>>,
 }
 
 impl JobContext {
@@ -51,7 +69,54 @@ impl JobContext {
             reqwest::Client::new()
         });
         let fleet = Fleet::new(pool.clone());
-        JobContext { pool, config, backends, retry, process_id, started: std::time::Instant::now(), http, fleet }
+        JobContext {
+            pool,
+            config,
+            backends,
+            retry,
+            process_id,
+            started: std::time::Instant::now(),
+            http,
+            fleet,
+            rounds: OnceLock::new(),
+        }
+    }
+
+    fn rounds(&self) -> &OpRounds {
+        self.rounds.get_or_init(|| {
+            let claimant = self.claimant();
+            let (pool, worker) = (self.pool.clone(), self.process_id.clone());
+            let (lease, starts, reaches, engines, new_on_engine) = (
+                claimant.lease,
+                claimant.starts,
+                claimant.reaches.clone(),
+                claimant.engines.clone(),
+                claimant.new_on_engine.clone(),
+            );
+            let claims = Rounds::spawn(move |asks: Vec<ClaimAsk>| {
+                let (pool, worker) = (pool.clone(), worker.clone());
+                let (reaches, engines, new_on_engine) = (reaches.clone(), engines.clone(), new_on_engine.clone());
+                async move {
+                    let claimant = Claimant { worker: &worker, lease, starts, reaches, engines, new_on_engine };
+                    claim_round(&pool, &asks, &claimant).await
+                }
+            });
+            let pool = self.pool.clone();
+            let endings = Rounds::spawn(move |endings: Vec<Ending>| {
+                let pool = pool.clone();
+                async move {
+                    match ops::finish_round(&pool, &endings).await {
+                        Ok(finished) => finished.into_iter().map(Some).collect(),
+                        Err(e) => {
+                            // Nothing was written: each ending is recorded alone instead.
+                            tracing::warn!(error = %e, endings = endings.len(), "could not record a round of op endings together");
+                            endings.iter().map(|_| None).collect()
+                        }
+                    }
+                }
+            });
+            OpRounds { claims, endings }
+        })
     }
 
     /// The client for a push to `url`, whose addresses were checked against the agent-URL
@@ -116,7 +181,13 @@ async fn claim_and_run(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<(
     let ttl = ctx.config.worker.op_lease;
     let fleet = ctx.fleet.snapshot().await?;
     let span = tracing::Span::current();
-    let claim = match ops::claim_seen(&ctx.pool, op_id, task_id, &ctx.claimant(), &fleet).await? {
+    let ask = ClaimAsk { op_id, task_id: task_id.to_owned(), fleet };
+    let direct = ctx.rounds().claims.submit(ask).await.flatten();
+    let claimed = match direct {
+        Some(claim) => ClaimResult::Claimed(Box::new(claim)),
+        None => ops::claim_exactly(&ctx.pool, op_id, task_id, &ctx.claimant()).await?,
+    };
+    let claim = match claimed {
         ClaimResult::Claimed(c) => c,
         ClaimResult::Skip(why) => {
             if let Some(ws) = workspace_ops::workspace_of(&ctx.pool, op_id).await? {
@@ -156,7 +227,15 @@ async fn claim_and_run(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<(
     };
     tracing::info!(?outcome, "op attempt ended");
     let end = outcome.job_end(&claim.op);
-    if ops::finish(&ctx.pool, &claim, outcome, ctx.retry.for_kind(kind)).await? == Finished::Fenced {
+    let in_round = match Ending::of(&claim, &outcome) {
+        Some(ending) => ctx.rounds().endings.submit(ending).await.flatten(),
+        None => None,
+    };
+    let finished = match in_round {
+        Some(finished) => finished,
+        None => ops::finish(&ctx.pool, &claim, outcome, ctx.retry.for_kind(kind)).await?,
+    };
+    if finished == Finished::Fenced {
         // An operator's cancel fences like a takeover; the op row says which it was.
         match workspace_ops::get(&ctx.pool, op_id).await? {
             Some(op) if op.status == crate::domain::OpStatus::Canceled => tracing::warn!(
@@ -170,6 +249,26 @@ async fn claim_and_run(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<(
         metrics::ended(kind, end, claimed_at.elapsed());
     }
     Ok(())
+}
+
+/// Claims a round's deliveries in one statement; a delivery it did not take (or every one,
+/// should the statement fail) goes the exact path, alone.
+async fn claim_round(pool: &PgPool, asks: &[ClaimAsk], claimant: &Claimant<'_>) -> Vec<Option<Claim>> {
+    // The newest view of the fleet: the last delivery's.
+    let Some(fleet) = asks.last().map(|a| a.fleet.clone()) else { return Vec::new() };
+    let deliveries: Vec<(Uuid, String)> = asks.iter().map(|a| (a.op_id, a.task_id.clone())).collect();
+    match ops::claim_directly(pool, &deliveries, claimant, &fleet).await {
+        Ok(claims) => {
+            let mut by_op: HashMap<Uuid, Claim> = claims.into_iter().map(|c| (c.op.id, c)).collect();
+            asks.iter()
+                .map(|a| by_op.remove(&a.op_id).filter(|c| c.op.task_id.as_deref() == Some(a.task_id.as_str())))
+                .collect()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, deliveries = asks.len(), "could not claim a round of ops together");
+            asks.iter().map(|_| None).collect()
+        }
+    }
 }
 
 /// Renews the claim's lease every third of its length until dropped. A renewal that finds

@@ -117,9 +117,16 @@ pub async fn claim_seen(
     claimant: &Claimant<'_>,
     fleet: &Snapshot,
 ) -> Result<ClaimResult> {
-    if let Some(claim) = claim_directly(pool, op_id, task_id, claimant, fleet).await? {
+    let delivery = [(op_id, task_id.to_owned())];
+    if let Some(claim) = claim_directly(pool, &delivery, claimant, fleet).await?.pop() {
         return Ok(ClaimResult::Claimed(Box::new(claim)));
     }
+    claim_exactly(pool, op_id, task_id, claimant).await
+}
+
+/// The exact path of [`claim_seen`], for a delivery the one-statement claim did not take:
+/// it reads the fleet afresh inside the transaction before it leaves an op to others.
+pub async fn claim_exactly(pool: &PgPool, op_id: Uuid, task_id: &str, claimant: &Claimant<'_>) -> Result<ClaimResult> {
     let mut tx = pool.begin().await?;
     let Some(workspace_id) = workspace_ops::workspace_of(&mut *tx, op_id).await? else {
         return Ok(ClaimResult::Skip(format!("op {op_id} does not exist")));
@@ -192,18 +199,18 @@ pub async fn claim_seen(
     Ok(ClaimResult::Claimed(Box::new(Claim { lease: op.lease, op, workspace: (&ws).into() })))
 }
 
-/// The one-statement claim: locks the workspace, then marks the op running only if it is
-/// queued, delivered by this task, the workspace's head, and not better left to another
-/// worker by `fleet`; announces it at commit. `None` when any of that does not hold (or the
-/// statement's snapshot, taken before the lock was granted, is too old to tell): the exact
-/// path decides.
-async fn claim_directly(
+/// The one-statement claim of several deliveries (op id, task id) at once: locks their
+/// workspaces, then marks each op running only if it is queued, delivered by its task, its
+/// workspace's head, and not better left to another worker by `fleet`; announces them at
+/// commit. Returns the claims made, in no particular order; for a delivery not among them
+/// (any of that does not hold, or the statement's snapshot, taken before the lock was
+/// granted, is too old to tell) the exact path decides.
+pub async fn claim_directly(
     pool: &PgPool,
-    op_id: Uuid,
-    task_id: &str,
+    deliveries: &[(Uuid, String)],
     claimant: &Claimant<'_>,
     fleet: &Snapshot,
-) -> Result<Option<Claim>> {
+) -> Result<Vec<Claim>> {
     #[derive(sqlx::FromRow)]
     struct Row {
         #[sqlx(flatten)]
@@ -214,9 +221,11 @@ async fn claim_directly(
     let reaches: Vec<&str> = claimant.reaches.iter().map(|k| k.as_str()).collect();
     let others = fleet.others_backends(claimant.worker);
     let weigh_spread = claimant.new_on_engine.as_deref().is_some_and(|e| fleet.other_engines_live(claimant.worker, e));
-    let row: Option<Row> = sqlx::query_as(workspace_ops::CLAIM_DIRECTLY)
-        .bind(op_id)
-        .bind(task_id)
+    let ops: Vec<Uuid> = deliveries.iter().map(|(op, _)| *op).collect();
+    let tasks: Vec<&str> = deliveries.iter().map(|(_, task)| task.as_str()).collect();
+    let rows: Vec<Row> = sqlx::query_as(workspace_ops::CLAIM_DIRECTLY)
+        .bind(&ops)
+        .bind(&tasks)
         .bind(claimant.lease.as_millis() as f64)
         .bind(claimant.worker)
         .bind(&reaches)
@@ -225,9 +234,9 @@ async fn claim_directly(
         .bind(OPS_CHANNEL)
         .bind(&claimant.engines)
         .bind(weigh_spread)
-        .fetch_optional(pool)
+        .fetch_all(pool)
         .await?;
-    Ok(row.map(|r| Claim { lease: r.op.lease, op: r.op, workspace: r.workspace }))
+    Ok(rows.into_iter().map(|r| Claim { lease: r.op.lease, op: r.op, workspace: r.workspace }).collect())
 }
 
 /// Where an op must run as far as Docker engines go.

@@ -10,6 +10,7 @@
 mod claim;
 mod finish;
 mod redelivery;
+pub mod rounds;
 mod sequencing;
 
 use std::time::Duration;
@@ -17,10 +18,12 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-pub use claim::{Claim, ClaimResult, Claimant, ClaimedWorkspace, Fenced, claim, claim_seen};
-pub use finish::{Finished, Outcome, finish, report_leak_suspect};
+pub use claim::{
+    Claim, ClaimResult, Claimant, ClaimedWorkspace, Fenced, claim, claim_directly, claim_exactly, claim_seen,
+};
+pub use finish::{Ending, Finished, Outcome, finish, finish_round, report_leak_suspect};
 pub use redelivery::redeliver_stranded;
-pub use sequencing::{advance, cancel_queued_starts, request, request_first};
+pub use sequencing::{advance, advance_head, cancel_queued_starts, request, request_first};
 
 use crate::domain::Op;
 use crate::notify::OPS_CHANNEL;

@@ -70,6 +70,11 @@ pub async fn cancel_queued_starts(conn: &mut PgConnection, workspace_id: Uuid, w
 /// it did. Called in every transaction that adds or finishes an op, under the row lock.
 pub async fn advance(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<(Uuid, String)>> {
     let Some(op) = workspace_ops::head(conn, workspace_id).await? else { return Ok(None) };
+    advance_head(conn, op).await
+}
+
+/// [`advance`], given the workspace's head as read under its row lock.
+pub async fn advance_head(conn: &mut PgConnection, op: Op) -> Result<Option<(Uuid, String)>> {
     if op.status != OpStatus::Queued || op.task_id.is_some() {
         return Ok(None);
     }

@@ -80,13 +80,21 @@ pub async fn lock_head(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Op
     .await?)
 }
 
-/// Writes a row; the caller holds the workspace's head lock ([`lock_head`]).
-pub async fn insert_locked(conn: &mut PgConnection, a: &NewActivity) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "INSERT INTO activity_logs (workspace_id, activity_type, method, source_id, target_id, summary,
-                                    request_body, response_body, status, error_detail, duration_ms, delivery)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $12 THEN 'pending' END)
-         RETURNING id",
+/// Takes the workspace's head row lock as [`lock_head`] does, then writes the row, in one
+/// statement: the insert reads the locked head, so the row's id is drawn under the lock and
+/// ids reach readers in commit order. Returns the row id and the drain task due, if any.
+pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Result<(i64, Option<String>)> {
+    Ok(sqlx::query_as(
+        "WITH h AS (
+             INSERT INTO inbox_heads (workspace_id) VALUES ($1)
+             ON CONFLICT (workspace_id) DO UPDATE SET workspace_id = excluded.workspace_id
+             RETURNING workspace_id, drain_task_id),
+         i AS (
+             INSERT INTO activity_logs (workspace_id, activity_type, method, source_id, target_id, summary,
+                                        request_body, response_body, status, error_detail, duration_ms, delivery)
+             SELECT h.workspace_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $12 THEN 'pending' END FROM h
+             RETURNING id)
+         SELECT i.id, h.drain_task_id FROM i, h",
     )
     .bind(a.workspace_id)
     .bind(&a.activity_type)
@@ -100,7 +108,7 @@ pub async fn insert_locked(conn: &mut PgConnection, a: &NewActivity) -> Result<i
     .bind(&a.error_detail)
     .bind(a.duration_ms)
     .bind(a.push)
-    .fetch_one(conn)
+    .fetch_one(db)
     .await?)
 }
 

@@ -20,23 +20,40 @@ pub async fn insert_announced(
     payload: &Value,
     channel: &str,
 ) -> Result<i64> {
+    let ids = insert_announced_many(conn, event_type, &[(workspace_id, payload)], channel).await?;
+    ids.first().copied().ok_or_else(|| crate::Error::Internal("an event insert returned no id".into()))
+}
+
+/// [`insert_announced`] for several events of one type in one statement. They get their
+/// ids, and are announced, in the order given.
+pub async fn insert_announced_many(
+    conn: &mut PgConnection,
+    event_type: &str,
+    events: &[(Option<Uuid>, &Value)],
+    channel: &str,
+) -> Result<Vec<i64>> {
+    let workspaces: Vec<Option<Uuid>> = events.iter().map(|(w, _)| *w).collect();
+    let payloads: Vec<&Value> = events.iter().map(|(_, p)| *p).collect();
     Ok(sqlx::query_scalar(
         "WITH e AS (
-             INSERT INTO structure_events (event_type, workspace_id, payload) VALUES ($1, $2, $3)
+             INSERT INTO structure_events (event_type, workspace_id, payload)
+             SELECT $1, r.workspace_id, r.payload
+               FROM unnest($2::uuid[], $3::jsonb[]) WITH ORDINALITY AS r(workspace_id, payload, n)
+              ORDER BY r.n
              RETURNING id, event_type, workspace_id, payload, created_at),
          j AS (
              SELECT id, jsonb_build_object('id', id, 'event', event_type, 'workspace_id', workspace_id,
                                            'timestamp', created_at, 'payload', payload)::text AS envelope
-               FROM e)
+               FROM e ORDER BY id)
          SELECT id FROM j,
                 LATERAL (SELECT pg_notify($4, CASE WHEN octet_length(envelope) <= $5 THEN envelope ELSE id::text END)) n",
     )
     .bind(event_type)
-    .bind(workspace_id)
-    .bind(payload)
+    .bind(&workspaces)
+    .bind(&payloads)
     .bind(channel)
     .bind(NOTIFY_INLINE_MAX)
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await?)
 }
 

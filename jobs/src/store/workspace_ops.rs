@@ -84,6 +84,21 @@ pub async fn head(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<
     .await?)
 }
 
+/// [`head`] of each of the workspaces, in one statement; a workspace with no unfinished op
+/// has none.
+pub async fn heads(conn: &mut PgConnection, workspace_ids: &[Uuid]) -> Result<Vec<Op>> {
+    Ok(sqlx::query_as::<_, Op>(concat!(
+        "SELECT h.* FROM unnest($1::uuid[]) AS w(ws_id),
+                LATERAL (SELECT ",
+        columns!(),
+        " FROM workspace_ops WHERE workspace_id = w.ws_id AND status IN ('queued', 'running')
+                          ORDER BY seq LIMIT 1) h"
+    ))
+    .bind(workspace_ids)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// The newest queued provision or restart of the workspace, which a restart request joins.
 pub async fn queued_start(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<Op>> {
     Ok(sqlx::query_as::<_, Op>(concat!(
@@ -278,33 +293,38 @@ pub async fn mark_running(conn: &mut PgConnection, id: Uuid, ttl: Duration, clai
     .await?)
 }
 
-/// `ops::claim`'s one-statement path. Binds: op id, task id, lease ms, worker, the backends
+/// `ops::claim`'s one-statement path, for any number of deliveries at once. Binds: op ids
+/// (uuid[]) and the task ids delivering them (text[], in the same order), lease ms, worker, the backends
 /// the worker reaches (text[]), whether it starts instances, the backends other live
 /// workers advertise (text[]; any at all means another worker starts instances), the
 /// notification channel, the Docker engines the worker serves (text[]), whether a fresh
 /// start must first be weighed against other engines' load. Returns the
-/// op's columns and the workspace's as `ws_*`, or no row. A paused kind is not claimed
+/// columns of each op claimed and its workspace's as `ws_*`; an op not returned is left to
+/// the exact path. A paused kind is not claimed
 /// here (the exact path re-delivers it later); the claim opens its `op_attempts` row.
 ///
 /// An op of a workspace recorded on a Docker engine the worker does not serve is never
 /// taken here, nor a fresh start another engine might take instead: the exact path decides.
 ///
-/// The workspace row is locked first, as everywhere, and re-read by the lock; the op's
+/// The workspace rows are locked first, as everywhere, in id order (so two rounds locking
+/// several never deadlock), and re-read by the lock; the op's
 /// conditions are re-checked on its newest version by the update. Only "no earlier op is
 /// unfinished" is read from the statement's snapshot, which can only err towards refusing.
 pub const CLAIM_DIRECTLY: &str = concat!(
-    "WITH t AS (
+    "WITH r AS (SELECT * FROM unnest($1::uuid[], $2::text[]) AS r(op_id, task_id)),
+     t AS (
          SELECT id AS ws_id, status AS ws_status, backend AS ws_backend, instance_ref AS ws_instance_ref,
                 external AS ws_external, docker_engine AS ws_docker_engine
-           FROM workspaces WHERE id = (SELECT workspace_id FROM workspace_ops WHERE id = $1)
+           FROM workspaces WHERE id IN (SELECT workspace_id FROM workspace_ops WHERE id IN (SELECT op_id FROM r))
+          ORDER BY id
             FOR UPDATE),
      u AS (
          UPDATE workspace_ops o
             SET status = 'running', attempts = o.attempts + 1, lease = o.lease + 1,
                 lease_until = clock_timestamp() + $3 * interval '1 millisecond', claimed_by = $4,
                 started_at = coalesce(o.started_at, now()), next_attempt_at = NULL, updated_at = now()
-           FROM t
-          WHERE o.id = $1 AND o.workspace_id = t.ws_id AND o.task_id = $2 AND o.status = 'queued'
+           FROM t, r
+          WHERE o.id = r.op_id AND o.workspace_id = t.ws_id AND o.task_id = r.task_id AND o.status = 'queued'
             AND NOT EXISTS (SELECT 1 FROM workspace_ops p
                              WHERE p.workspace_id = o.workspace_id AND p.seq < o.seq AND p.status IN ('queued', 'running'))
             AND NOT (o.kind IN ('stop', 'restart') AND t.ws_backend IS NOT NULL
@@ -402,33 +422,49 @@ pub async fn mark_final(
     text: &str,
     channel: &str,
 ) -> Result<Option<Op>> {
-    if !status.is_final() {
+    Ok(mark_final_many(conn, &[(id, lease, status, text)], channel).await?.pop())
+}
+
+/// [`mark_final`] for several claims in one statement: (op id, lease, status, text) each.
+/// Returns the ops it ended, in no particular order; a claim missing from them is fenced.
+pub async fn mark_final_many(
+    conn: &mut PgConnection,
+    endings: &[(Uuid, i64, OpStatus, &str)],
+    channel: &str,
+) -> Result<Vec<Op>> {
+    if let Some((id, _, status, _)) = endings.iter().find(|(_, _, status, _)| !status.is_final()) {
         return Err(Error::Internal(format!("op {id} cannot end as {status}")));
     }
+    let ids: Vec<Uuid> = endings.iter().map(|e| e.0).collect();
+    let leases: Vec<i64> = endings.iter().map(|e| e.1).collect();
+    let statuses: Vec<&str> = endings.iter().map(|e| e.2.as_str()).collect();
+    let texts: Vec<&str> = endings.iter().map(|e| e.3).collect();
     Ok(sqlx::query_as::<_, Op>(concat!(
-        "WITH u AS (
-             UPDATE workspace_ops
-                SET status = $3,
-                    result = CASE WHEN $3 = 'succeeded' THEN $4 ELSE result END,
-                    last_error = CASE WHEN $3 = 'succeeded' THEN last_error ELSE $4 END,
+        "WITH r AS (SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[]) AS r(op_id, op_lease, ending, text)),
+         u AS (
+             UPDATE workspace_ops o
+                SET status = r.ending,
+                    result = CASE WHEN r.ending = 'succeeded' THEN r.text ELSE o.result END,
+                    last_error = CASE WHEN r.ending = 'succeeded' THEN o.last_error ELSE r.text END,
                     finished_at = now(), updated_at = now()
-              WHERE id = $1 AND lease = $2 AND status = 'running' RETURNING ",
+               FROM r
+              WHERE o.id = r.op_id AND o.lease = r.op_lease AND o.status = 'running' RETURNING ",
         columns!(),
         "),
          a AS (",
-        closed_attempt!("$3", "CASE WHEN $3 = 'succeeded' THEN NULL ELSE $4 END"),
+        closed_attempt!("u.status", "CASE WHEN u.status = 'succeeded' THEN NULL ELSE u.last_error END"),
         ") SELECT ",
         columns!(),
         ", ",
         announced!(5),
         " FROM u"
     ))
-    .bind(id)
-    .bind(lease)
-    .bind(status)
-    .bind(text)
+    .bind(&ids)
+    .bind(&leases)
+    .bind(&statuses)
+    .bind(&texts)
     .bind(channel)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await?)
 }
 

@@ -20,6 +20,29 @@ macro_rules! columns {
     };
 }
 
+/// The columns of [`Workspace`], of the table aliased `w`: for statements that join it.
+macro_rules! qualified_columns {
+    () => {
+        "w.id, w.name, w.role, w.runtime, w.tier, w.model, w.parent_id, w.status, w.last_sample_error, w.url, \
+         w.delivery_mode, w.external, w.max_concurrent_tasks, w.collapsed, w.backend, w.instance_ref, w.runtime_image, \
+         w.last_heartbeat_at, w.active_tasks, w.current_task, w.uptime_seconds, w.last_error_rate, w.status_changed_at, \
+         w.created_at, w.updated_at, w.docker_engine"
+    };
+}
+
+/// Locks the workspaces that exist among `ids`, in id order (so two transactions locking
+/// several never deadlock), and returns them.
+pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Workspace>> {
+    Ok(sqlx::query_as::<_, Workspace>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM workspaces WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Inserts a workspace as `req` describes it, with the status it starts in.
 pub async fn insert(conn: &mut PgConnection, id: Uuid, status: Status, w: &CreateRequest) -> Result<Workspace> {
     Ok(sqlx::query_as::<_, Workspace>(concat!(
@@ -203,31 +226,46 @@ pub async fn set_status(
     to: Status,
     reason: Option<&str>,
 ) -> Result<Workspace> {
-    let from = ws.status;
-    if !from.can_become(to) {
-        return Err(Error::Transition { id: ws.id, from, to });
+    set_status_many(conn, &[(ws, reason)], to).await?.pop().ok_or_else(|| Error::workspace_not_found(ws.id))
+}
+
+/// [`set_status`] for several workspaces in one statement, each with its own reason; all
+/// are checked before any is written. Returns the updated rows, in no particular order.
+pub async fn set_status_many(
+    conn: &mut PgConnection,
+    changes: &[(&Workspace, Option<&str>)],
+    to: Status,
+) -> Result<Vec<Workspace>> {
+    for (ws, reason) in changes {
+        let from = ws.status;
+        if !from.can_become(to) {
+            return Err(Error::Transition { id: ws.id, from, to });
+        }
+        if to == Status::Failed && reason.is_none() {
+            return Err(Error::Internal(format!("workspace {} was to be marked failed without a reason", ws.id)));
+        }
     }
-    if to == Status::Failed && reason.is_none() {
-        return Err(Error::Internal(format!("workspace {} was to be marked failed without a reason", ws.id)));
-    }
+    let ids: Vec<Uuid> = changes.iter().map(|(ws, _)| ws.id).collect();
+    let reasons: Vec<Option<&str>> = changes.iter().map(|(_, r)| *r).collect();
     // A fresh start or an agent coming online supersedes an earlier failure reason; other
     // transitions keep whatever the agent last reported.
     let clear_error = matches!(to, Status::Provisioning | Status::Online);
     Ok(sqlx::query_as::<_, Workspace>(concat!(
-        "UPDATE workspaces
+        "UPDATE workspaces w
             SET status = $2,
-                last_sample_error = CASE WHEN $3::text IS NOT NULL THEN $3 WHEN $4 THEN NULL ELSE last_sample_error END,
-                url = CASE WHEN $2 IN ('provisioning', 'paused', 'removed', 'offline') THEN NULL ELSE url END,
-                status_changed_at = CASE WHEN status <> $2 OR $2 = 'provisioning' THEN now() ELSE status_changed_at END,
+                last_sample_error = CASE WHEN r.reason IS NOT NULL THEN r.reason WHEN $4 THEN NULL ELSE w.last_sample_error END,
+                url = CASE WHEN $2 IN ('provisioning', 'paused', 'removed', 'offline') THEN NULL ELSE w.url END,
+                status_changed_at = CASE WHEN w.status <> $2 OR $2 = 'provisioning' THEN now() ELSE w.status_changed_at END,
                 updated_at = now()
-          WHERE id = $1 RETURNING ",
-        columns!()
+           FROM unnest($1::uuid[], $3::text[]) AS r(ws_id, reason)
+          WHERE w.id = r.ws_id RETURNING ",
+        qualified_columns!()
     ))
-    .bind(ws.id)
+    .bind(&ids)
     .bind(to)
-    .bind(reason)
+    .bind(&reasons)
     .bind(clear_error)
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await?)
 }
 

@@ -618,3 +618,118 @@ async fn listeners_receive_events_whole_whether_inline_or_too_long_for_a_notific
         assert_eq!(got.payload, payload, "the event arrived altered");
     }
 }
+
+#[tokio::test]
+async fn one_claim_statement_takes_every_claimable_delivery_of_a_round_and_only_those() {
+    let (_db, pool) = database().await;
+    let (_, ready) = create(&pool, "round-ready").await;
+    let (_, stale) = create(&pool, "round-stale").await;
+    let (_, running) = create(&pool, "round-running").await;
+    let held = claim(&pool, running.id).await;
+    let deliveries = vec![
+        (ready.id, ready.task_id.clone().unwrap()),
+        (stale.id, "01JUNKTASK0000000000000000".to_string()),
+        (running.id, running.task_id.clone().unwrap()),
+    ];
+    let fleet = jobs::fleet::Snapshot::default();
+    let claims = ops::claim_directly(&pool, &deliveries, &claimant("round-worker"), &fleet).await.unwrap();
+    let claimed: Vec<Uuid> = claims.iter().map(|c| c.op.id).collect();
+    assert_eq!(claimed, vec![ready.id], "only the queued op delivered by its own task is taken");
+    let taken = op(&pool, ready.id).await;
+    assert_eq!(
+        (taken.status, taken.attempts, taken.claimed_by.as_deref()),
+        (OpStatus::Running, 1, Some("round-worker"))
+    );
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM op_attempts WHERE op_id = $1 AND finished_at IS NULL")
+        .bind(ready.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1, "the claim opened its attempt");
+    assert_eq!((op(&pool, stale.id).await.status, op(&pool, stale.id).await.attempts), (OpStatus::Queued, 0));
+    let still = op(&pool, running.id).await;
+    assert_eq!((still.lease, still.claimed_by.as_deref()), (held.lease, Some("test-worker")), "a held op is not taken");
+}
+
+#[tokio::test]
+async fn a_round_of_endings_records_each_as_finish_does_and_a_fenced_one_writes_nothing() {
+    let (_db, pool) = database().await;
+    // A provision that fails: its workspace fails with the reason and one event.
+    let (failing_ws, failing) = create(&pool, "round-fails").await;
+    let failing = claim(&pool, failing.id).await;
+    // A provision claimed twice: the first claim's ending is fenced, the second's recorded.
+    let (twice_ws, twice) = create(&pool, "round-twice").await;
+    let stale = claim(&pool, twice.id).await;
+    expire_lease(&pool, twice.id).await;
+    let current = claim(&pool, twice.id).await;
+    // A provision that fails after its workspace was paused: the pause stands, and the stop
+    // queued behind the provision is handed its task.
+    let (paused_ws, paused) = create(&pool, "round-paused").await;
+    let paused = claim(&pool, paused.id).await;
+    let stop = lifecycle::pause(&pool, paused_ws, "test").await.unwrap().op_ids[0];
+    assert_eq!(op(&pool, stop).await.task_id, None, "the stop waits behind the running provision");
+
+    let endings: Vec<ops::Ending> = [
+        (&failing, Outcome::Failed("no provisioning backend".into())),
+        (&stale, Outcome::Succeeded("stale".into())),
+        (&current, Outcome::Succeeded("started".into())),
+        (&paused, Outcome::Failed("engine unreachable".into())),
+    ]
+    .iter()
+    .map(|(c, o)| ops::Ending::of(c, o).expect("a final ending"))
+    .collect();
+    assert!(ops::Ending::of(&paused, &Outcome::Retry("x".into())).is_none(), "a retry is finished alone");
+    assert!(
+        ops::Ending::of(&held_stop(&pool).await, &Outcome::Failed("x".into())).is_none(),
+        "so is a stop that gave up"
+    );
+    let finished = ops::finish_round(&pool, &endings).await.unwrap();
+    assert_eq!(finished, vec![Finished::Recorded, Finished::Fenced, Finished::Recorded, Finished::Recorded]);
+
+    let failed = op(&pool, failing.op.id).await;
+    assert_eq!((failed.status, failed.last_error.as_deref()), (OpStatus::Failed, Some("no provisioning backend")));
+    let ws = workspaces::get(&pool, failing_ws).await.unwrap().unwrap();
+    assert_eq!((ws.status, ws.last_sample_error.as_deref()), (Status::Failed, Some("no provisioning backend")));
+    let payload: serde_json::Value = sqlx::query_scalar(
+        "SELECT payload FROM structure_events WHERE workspace_id = $1 AND event_type = 'WORKSPACE_PROVISION_FAILED'",
+    )
+    .bind(failing_ws)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(payload["op_id"], serde_json::json!(failing.op.id));
+    assert_eq!(
+        (payload["source"].as_str(), payload["error"].as_str(), payload["name"].as_str(), payload["from"].as_str()),
+        (Some("provision"), Some("no provisioning backend"), Some("round-fails"), Some("provisioning"))
+    );
+    let attempt: (String, Option<String>) =
+        sqlx::query_as("SELECT outcome, error FROM op_attempts WHERE op_id = $1 AND finished_at IS NOT NULL")
+            .bind(failing.op.id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attempt, ("failed".to_string(), Some("no provisioning backend".to_string())));
+
+    let done = op(&pool, twice.id).await;
+    assert_eq!(
+        (done.status, done.result.as_deref()),
+        (OpStatus::Succeeded, Some("started")),
+        "the stale ending wrote nothing"
+    );
+    assert_eq!(workspaces::get(&pool, twice_ws).await.unwrap().unwrap().status, Status::Provisioning);
+
+    assert_eq!(op(&pool, paused.op.id).await.status, OpStatus::Failed);
+    assert_eq!(workspaces::get(&pool, paused_ws).await.unwrap().unwrap().status, Status::Paused, "pause stands");
+    assert_eq!(event_count(&pool, paused_ws, "WORKSPACE_PROVISION_FAILED").await, 0);
+    let stop_task = op(&pool, stop).await.task_id.expect("the next head got its task");
+    assert_eq!(task(&pool, &stop_task).await, ("Pending".to_string(), false));
+}
+
+/// A claimed stop of a workspace whose provision succeeded.
+async fn held_stop(pool: &PgPool) -> Claim {
+    let (id, provision) = create(pool, "held-stop").await;
+    let c = claim(pool, provision.id).await;
+    finish(pool, &c, Outcome::Succeeded("started".into())).await;
+    let stop = lifecycle::pause(pool, id, "test").await.unwrap().op_ids[0];
+    claim(pool, stop).await
+}

@@ -1,0 +1,99 @@
+//! Coalescing concurrent database work into rounds (group commit): one task runs rounds
+//! one after another, and every request that arrived while a round ran goes into the next.
+//! No request waits for company: a lone request is a round of one, started at once; under
+//! load the rounds grow by themselves, and one statement and one commit serve a whole round.
+
+use std::future::Future;
+
+use tokio::sync::{mpsc, oneshot};
+
+/// A round never takes more than this many requests, so one round's statements stay small
+/// and the requests after it do not wait on an ever larger round.
+pub const ROUND_MAX: usize = 256;
+
+type Pending<Req, Resp> = (Req, oneshot::Sender<Resp>);
+
+/// The sending side of a round runner. Dropping it ends the runner once its round is done.
+pub struct Rounds<Req, Resp> {
+    tx: mpsc::UnboundedSender<Pending<Req, Resp>>,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Rounds<Req, Resp> {
+    /// Spawns the runner on the current tokio runtime. `run` gets a round's requests in
+    /// arrival order and returns one response per request, in the same order.
+    pub fn spawn<F, Fut>(run: F) -> Self
+    where
+        F: Fn(Vec<Req>) -> Fut + Send + 'static,
+        Fut: Future<Output = Vec<Resp>> + Send,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pending<Req, Resp>>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut round = vec![first];
+                while round.len() < ROUND_MAX {
+                    match rx.try_recv() {
+                        Ok(next) => round.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (reqs, replies): (Vec<Req>, Vec<oneshot::Sender<Resp>>) = round.into_iter().unzip();
+                let resps = run(reqs).await;
+                // A caller that went away (its task was dropped) no longer needs its answer.
+                for (reply, resp) in replies.into_iter().zip(resps) {
+                    let _ = reply.send(resp);
+                }
+            }
+        });
+        Rounds { tx }
+    }
+
+    /// Submits a request and waits for its round's answer. `None` when the runner is gone
+    /// or answered fewer responses than requests: the caller then does the work alone.
+    pub async fn submit(&self, req: Req) -> Option<Resp> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((req, reply)).ok()?;
+        answer.await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_that_arrive_during_a_round_share_the_next_one_and_each_gets_its_own_answer() {
+        let rounds_run = Arc::new(AtomicUsize::new(0));
+        let (gate_tx, gate_rx) = tokio::sync::watch::channel(false);
+        let counted = rounds_run.clone();
+        let rounds = Arc::new(Rounds::spawn(move |reqs: Vec<u32>| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            let mut gate = gate_rx.clone();
+            async move {
+                // The first round holds until every other request is queued behind it.
+                if n == 0 {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                reqs.into_iter().map(|r| (r * 10, n)).collect::<Vec<_>>()
+            }
+        }));
+        let first = tokio::spawn({
+            let rounds = rounds.clone();
+            async move { rounds.submit(1).await }
+        });
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while rounds_run.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the first round never started");
+            tokio::task::yield_now().await;
+        }
+        // join! polls the submissions first: all four are queued before the gate opens.
+        let later = futures::future::join_all((2..=5).map(|i| rounds.submit(i)));
+        let (answers, opened) = tokio::join!(later, async { gate_tx.send(true) });
+        opened.unwrap();
+        assert_eq!(first.await.unwrap(), Some((10, 0)));
+        assert_eq!(answers, vec![Some((20, 1)), Some((30, 1)), Some((40, 1)), Some((50, 1))]);
+        assert_eq!(rounds_run.load(Ordering::SeqCst), 2, "the four later requests ran as one round");
+    }
+}
