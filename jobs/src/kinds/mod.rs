@@ -18,7 +18,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Result;
-use crate::backend::Backends;
+use crate::backend::{BackendKind, Backends};
 use crate::config::Config;
 use crate::domain::OpKind;
 use crate::fleet::{Fleet, Snapshot};
@@ -47,11 +47,46 @@ pub struct JobContext {
     rounds: OnceLock<OpRounds>,
 }
 
-/// A delivery to claim, with the fleet as its handler last saw it.
+/// A delivery to claim, with the fleet as its handler last saw it and what this process
+/// reached when it asked (backends come and go with their probes).
 struct ClaimAsk {
     op_id: Uuid,
     task_id: String,
     fleet: Arc<Snapshot>,
+    reach: Reach,
+}
+
+/// A [`Claimant`]'s fields but its worker id, owned.
+#[derive(Debug, Clone, PartialEq)]
+struct Reach {
+    lease: Duration,
+    starts: bool,
+    reaches: Vec<BackendKind>,
+    engines: Vec<String>,
+    new_on_engine: Option<String>,
+}
+
+impl Reach {
+    fn of(c: Claimant<'_>) -> Reach {
+        Reach {
+            lease: c.lease,
+            starts: c.starts,
+            reaches: c.reaches,
+            engines: c.engines,
+            new_on_engine: c.new_on_engine,
+        }
+    }
+
+    fn claimant<'a>(&self, worker: &'a str) -> Claimant<'a> {
+        Claimant {
+            worker,
+            lease: self.lease,
+            starts: self.starts,
+            reaches: self.reaches.clone(),
+            engines: self.engines.clone(),
+            new_on_engine: self.new_on_engine.clone(),
+        }
+    }
 }
 
 /// One statement claims every delivery that arrived during the previous claim round; one
@@ -84,22 +119,10 @@ impl JobContext {
 
     fn rounds(&self) -> &OpRounds {
         self.rounds.get_or_init(|| {
-            let claimant = self.claimant();
             let (pool, worker) = (self.pool.clone(), self.process_id.clone());
-            let (lease, starts, reaches, engines, new_on_engine) = (
-                claimant.lease,
-                claimant.starts,
-                claimant.reaches.clone(),
-                claimant.engines.clone(),
-                claimant.new_on_engine.clone(),
-            );
             let claims = Rounds::spawn(move |asks: Vec<ClaimAsk>| {
                 let (pool, worker) = (pool.clone(), worker.clone());
-                let (reaches, engines, new_on_engine) = (reaches.clone(), engines.clone(), new_on_engine.clone());
-                async move {
-                    let claimant = Claimant { worker: &worker, lease, starts, reaches, engines, new_on_engine };
-                    claim_round(&pool, &asks, &claimant).await
-                }
+                async move { claim_round(&pool, &worker, &asks).await }
             });
             let pool = self.pool.clone();
             let endings = Rounds::spawn(move |endings: Vec<Ending>| {
@@ -181,7 +204,7 @@ async fn claim_and_run(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<(
     let ttl = ctx.config.worker.op_lease;
     let fleet = ctx.fleet.snapshot().await?;
     let span = tracing::Span::current();
-    let ask = ClaimAsk { op_id, task_id: task_id.to_owned(), fleet };
+    let ask = ClaimAsk { op_id, task_id: task_id.to_owned(), fleet, reach: Reach::of(ctx.claimant()) };
     let direct = ctx.rounds().claims.submit(ask).await.flatten();
     let claimed = match direct {
         Some(claim) => ClaimResult::Claimed(Box::new(claim)),
@@ -251,24 +274,37 @@ async fn claim_and_run(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<(
     Ok(())
 }
 
-/// Claims a round's deliveries in one statement; a delivery it did not take (or every one,
-/// should the statement fail) goes the exact path, alone.
-async fn claim_round(pool: &PgPool, asks: &[ClaimAsk], claimant: &Claimant<'_>) -> Vec<Option<Claim>> {
-    // The newest view of the fleet: the last delivery's.
-    let Some(fleet) = asks.last().map(|a| a.fleet.clone()) else { return Vec::new() };
-    let deliveries: Vec<(Uuid, String)> = asks.iter().map(|a| (a.op_id, a.task_id.clone())).collect();
-    match ops::claim_directly(pool, &deliveries, claimant, &fleet).await {
-        Ok(claims) => {
-            let mut by_op: HashMap<Uuid, Claim> = claims.into_iter().map(|c| (c.op.id, c)).collect();
-            asks.iter()
-                .map(|a| by_op.remove(&a.op_id).filter(|c| c.op.task_id.as_deref() == Some(a.task_id.as_str())))
-                .collect()
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, deliveries = asks.len(), "could not claim a round of ops together");
-            asks.iter().map(|_| None).collect()
+/// Claims a round's deliveries in one statement (one per distinct reach, which is one
+/// unless a backend came or went during the round); a delivery it did not take (or every
+/// one of a statement that failed) goes the exact path, alone.
+async fn claim_round(pool: &PgPool, worker: &str, asks: &[ClaimAsk]) -> Vec<Option<Claim>> {
+    let mut answers: Vec<Option<Claim>> = asks.iter().map(|_| None).collect();
+    let mut reaches: Vec<&Reach> = Vec::new();
+    for ask in asks {
+        if !reaches.contains(&&ask.reach) {
+            reaches.push(&ask.reach);
         }
     }
+    for reach in reaches {
+        let group: Vec<usize> = (0..asks.len()).filter(|&i| asks[i].reach == *reach).collect();
+        // The newest view of the fleet: the last delivery's.
+        let Some(fleet) = group.last().map(|&i| asks[i].fleet.clone()) else { continue };
+        let deliveries: Vec<(Uuid, String)> = group.iter().map(|&i| (asks[i].op_id, asks[i].task_id.clone())).collect();
+        match ops::claim_directly(pool, &deliveries, &reach.claimant(worker), &fleet).await {
+            Ok(claims) => {
+                let mut by_op: HashMap<Uuid, Claim> = claims.into_iter().map(|c| (c.op.id, c)).collect();
+                for i in group {
+                    let ask = &asks[i];
+                    answers[i] =
+                        by_op.remove(&ask.op_id).filter(|c| c.op.task_id.as_deref() == Some(ask.task_id.as_str()));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, deliveries = deliveries.len(), "could not claim a round of ops together")
+            }
+        }
+    }
+    answers
 }
 
 /// Renews the claim's lease every third of its length until dropped. A renewal that finds
