@@ -315,7 +315,7 @@ pub const CLAIM_DIRECTLY: &str = concat!(
      t AS (
          SELECT id AS ws_id, status AS ws_status, backend AS ws_backend, instance_ref AS ws_instance_ref,
                 external AS ws_external, docker_engine AS ws_docker_engine
-           FROM workspaces WHERE id IN (SELECT workspace_id FROM workspace_ops WHERE id IN (SELECT op_id FROM r))
+           FROM workspaces WHERE id IN (SELECT workspace_id FROM workspace_ops WHERE id = ANY($1))
           ORDER BY id
             FOR UPDATE),
      u AS (
@@ -324,7 +324,7 @@ pub const CLAIM_DIRECTLY: &str = concat!(
                 lease_until = clock_timestamp() + $3 * interval '1 millisecond', claimed_by = $4,
                 started_at = coalesce(o.started_at, now()), next_attempt_at = NULL, updated_at = now()
            FROM t, r
-          WHERE o.id = r.op_id AND o.workspace_id = t.ws_id AND o.task_id = r.task_id AND o.status = 'queued'
+          WHERE o.id = ANY($1) AND o.id = r.op_id AND o.workspace_id = t.ws_id AND o.task_id = r.task_id AND o.status = 'queued'
             AND NOT EXISTS (SELECT 1 FROM workspace_ops p
                              WHERE p.workspace_id = o.workspace_id AND p.seq < o.seq AND p.status IN ('queued', 'running'))
             AND NOT (o.kind IN ('stop', 'restart') AND t.ws_backend IS NOT NULL
@@ -448,12 +448,12 @@ pub async fn mark_final_many(
                     last_error = CASE WHEN r.ending = 'succeeded' THEN o.last_error ELSE r.text END,
                     finished_at = now(), updated_at = now()
                FROM r
-              WHERE o.id = r.op_id AND o.lease = r.op_lease AND o.status = 'running' RETURNING ",
+              WHERE o.id = ANY($1) AND o.id = r.op_id AND o.lease = r.op_lease AND o.status = 'running' RETURNING ",
         columns!(),
         "),
          a AS (",
         closed_attempt!("u.status", "CASE WHEN u.status = 'succeeded' THEN NULL ELSE u.last_error END"),
-        ") SELECT ",
+        " AND op_attempts.op_id = ANY($1)) SELECT ",
         columns!(),
         ", ",
         announced!(5),

@@ -258,7 +258,7 @@ pub async fn set_status_many(
                 status_changed_at = CASE WHEN w.status <> $2 OR $2 = 'provisioning' THEN now() ELSE w.status_changed_at END,
                 updated_at = now()
            FROM unnest($1::uuid[], $3::text[]) AS r(ws_id, reason)
-          WHERE w.id = r.ws_id RETURNING ",
+          WHERE w.id = ANY($1) AND w.id = r.ws_id RETURNING ",
         qualified_columns!()
     ))
     .bind(&ids)
