@@ -733,3 +733,59 @@ async fn held_stop(pool: &PgPool) -> Claim {
     let stop = lifecycle::pause(pool, id, "test").await.unwrap().op_ids[0];
     claim(pool, stop).await
 }
+
+#[tokio::test]
+async fn a_since_id_reader_misses_no_item_of_concurrent_one_statement_writers() {
+    use jobs::store::activity_logs::{self, NewActivity};
+    let (_db, pool) = database().await;
+    let ws = match lifecycle::create(&pool, CreateRequest { external: true, ..request("poller") }, "test").await {
+        Ok(Created::External { workspace, .. }) => workspace.id,
+        Ok(Created::Provisioning { .. }) => panic!("an external workspace is not provisioned"),
+        Err(e) => panic!("create: {e}"),
+    };
+    const WRITERS: usize = 4;
+    const EACH: usize = 100;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in 0..EACH {
+                    let item = NewActivity {
+                        workspace_id: ws,
+                        activity_type: jobs::inbox::INBOX_TYPE.into(),
+                        method: Some("message/send".into()),
+                        request_body: Some(jobs::inbox::message_send(&format!("{w}-{n}"), "hi", serde_json::json!({}))),
+                        status: "ok".into(),
+                        ..Default::default()
+                    };
+                    ids.push(jobs::inbox::append(&pool, DeliveryMode::Poll, item).await.expect("append"));
+                }
+                ids
+            })
+        })
+        .collect();
+    // The reader moves its cursor to the last id it saw, as an agent does: an id that
+    // committed after a higher one would be skipped for good.
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < WRITERS * EACH {
+        assert!(std::time::Instant::now() < deadline, "only {} of {} items were read", seen.len(), WRITERS * EACH);
+        let rows = activity_logs::list(&pool, ws, Some(jobs::inbox::INBOX_TYPE), Some(cursor), 500).await.unwrap();
+        if let Some(last) = rows.last() {
+            cursor = last.id;
+        } else if writers.iter().all(|w| w.is_finished()) {
+            break;
+        } else {
+            tokio::task::yield_now().await;
+        }
+        seen.extend(rows.iter().map(|r| r.id));
+    }
+    let mut written: Vec<i64> = Vec::new();
+    for w in writers {
+        written.extend(w.await.unwrap());
+    }
+    written.sort_unstable();
+    assert_eq!(seen, written, "the reader saw every item, once, in id order");
+}
