@@ -18,10 +18,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::Result;
-use crate::backend::{BackendKind, Backends};
+use crate::backend::Backends;
 use crate::config::Config;
 use crate::domain::OpKind;
-use crate::fleet::{Fleet, Snapshot};
+use crate::fleet::Fleet;
 use crate::metrics::{self, JobEnd};
 use crate::ops::rounds::Rounds;
 use crate::ops::{self, Claim, ClaimResult, Claimant, Ending, Finished, Outcome};
@@ -41,58 +41,17 @@ pub struct JobContext {
     pub started: std::time::Instant,
     /// Pushes to agents: no redirects, the push timeouts.
     pub http: reqwest::Client,
-    /// The live workers, read at most once a second for all ops.
-    pub fleet: Fleet,
+    /// The live workers, read at most once a second for all ops (and the claim rounds).
+    pub fleet: Arc<Fleet>,
     /// This process's concurrent claims and endings, coalesced (started at first use).
     rounds: OnceLock<OpRounds>,
-}
-
-/// A delivery to claim, with the fleet as its handler last saw it and what this process
-/// reached when it asked (backends come and go with their probes).
-struct ClaimAsk {
-    op_id: Uuid,
-    task_id: String,
-    fleet: Arc<Snapshot>,
-    reach: Reach,
-}
-
-/// A [`Claimant`]'s fields but its worker id, owned.
-#[derive(Debug, Clone, PartialEq)]
-struct Reach {
-    lease: Duration,
-    starts: bool,
-    reaches: Vec<BackendKind>,
-    engines: Vec<String>,
-    new_on_engine: Option<String>,
-}
-
-impl Reach {
-    fn of(c: Claimant<'_>) -> Reach {
-        Reach {
-            lease: c.lease,
-            starts: c.starts,
-            reaches: c.reaches,
-            engines: c.engines,
-            new_on_engine: c.new_on_engine,
-        }
-    }
-
-    fn claimant<'a>(&self, worker: &'a str) -> Claimant<'a> {
-        Claimant {
-            worker,
-            lease: self.lease,
-            starts: self.starts,
-            reaches: self.reaches.clone(),
-            engines: self.engines.clone(),
-            new_on_engine: self.new_on_engine.clone(),
-        }
-    }
 }
 
 /// One statement claims every delivery that arrived during the previous claim round; one
 /// transaction records every ending that arrived during the previous ending round.
 struct OpRounds {
-    claims: Rounds<ClaimAsk, Option<Claim>>,
+    /// (op id, task id) deliveries.
+    claims: Rounds<(Uuid, String), Option<Claim>>,
     endings: Rounds<Ending, Option<Finished>>,
 }
 
@@ -103,7 +62,7 @@ impl JobContext {
             tracing::warn!(error = %e, "could not build the push client with its timeouts; using defaults");
             reqwest::Client::new()
         });
-        let fleet = Fleet::new(pool.clone());
+        let fleet = Arc::new(Fleet::new(pool.clone()));
         JobContext {
             pool,
             config,
@@ -119,10 +78,15 @@ impl JobContext {
 
     fn rounds(&self) -> &OpRounds {
         self.rounds.get_or_init(|| {
-            let (pool, worker) = (self.pool.clone(), self.process_id.clone());
-            let claims = Rounds::spawn(move |asks: Vec<ClaimAsk>| {
-                let (pool, worker) = (pool.clone(), worker.clone());
-                async move { claim_round(&pool, &worker, &asks).await }
+            let claimant = ClaimantOf {
+                worker: self.process_id.clone(),
+                lease: self.config.worker.op_lease,
+                backends: self.backends.clone(),
+            };
+            let (pool, fleet) = (self.pool.clone(), self.fleet.clone());
+            let claims = Rounds::spawn(move |deliveries: Vec<(Uuid, String)>| {
+                let (pool, fleet, claimant) = (pool.clone(), fleet.clone(), claimant.clone());
+                async move { claim_round(&pool, &fleet, &claimant, &deliveries).await }
             });
             let pool = self.pool.clone();
             let endings = Rounds::spawn(move |endings: Vec<Ending>| {
@@ -159,16 +123,29 @@ impl JobContext {
 
     /// This process as a claimant, with the backends it reaches now.
     pub fn claimant(&self) -> Claimant<'_> {
-        let reaches = self.backends.all().iter().map(|b| b.kind()).collect();
-        Claimant {
-            worker: &self.process_id,
-            lease: self.config.worker.op_lease,
-            starts: self.backends.for_new_instance().is_some(),
-            reaches,
-            engines: self.backends.docker_engine().into_iter().collect(),
-            new_on_engine: self.backends.for_new_instance().and_then(|b| b.engine().map(str::to_owned)),
-        }
+        claimant(&self.process_id, self.config.worker.op_lease, &self.backends)
     }
+}
+
+/// A worker process as a claimant, with the backends it reaches now.
+fn claimant<'a>(worker: &'a str, lease: Duration, backends: &Backends) -> Claimant<'a> {
+    Claimant {
+        worker,
+        lease,
+        starts: backends.for_new_instance().is_some(),
+        reaches: backends.all().iter().map(|b| b.kind()).collect(),
+        engines: backends.docker_engine().into_iter().collect(),
+        new_on_engine: backends.for_new_instance().and_then(|b| b.engine().map(str::to_owned)),
+    }
+}
+
+/// What the claim round needs to make the process's [`Claimant`] when a round runs: the
+/// backends come and go with their probes, so it is made afresh each round.
+#[derive(Clone)]
+struct ClaimantOf {
+    worker: String,
+    lease: Duration,
+    backends: Backends,
 }
 
 fn push_client(
@@ -202,10 +179,8 @@ pub async fn run_op(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> 
 
 async fn claim_and_run(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<()> {
     let ttl = ctx.config.worker.op_lease;
-    let fleet = ctx.fleet.snapshot().await?;
     let span = tracing::Span::current();
-    let ask = ClaimAsk { op_id, task_id: task_id.to_owned(), fleet, reach: Reach::of(ctx.claimant()) };
-    let direct = ctx.rounds().claims.submit(ask).await.flatten();
+    let direct = ctx.rounds().claims.submit((op_id, task_id.to_owned())).await.flatten();
     let claimed = match direct {
         Some(claim) => ClaimResult::Claimed(Box::new(claim)),
         None => ops::claim_exactly(&ctx.pool, op_id, task_id, &ctx.claimant()).await?,
@@ -274,37 +249,30 @@ async fn claim_and_run(ctx: &JobContext, op_id: Uuid, task_id: &str) -> Result<(
     Ok(())
 }
 
-/// Claims a round's deliveries in one statement (one per distinct reach, which is one
-/// unless a backend came or went during the round); a delivery it did not take (or every
-/// one of a statement that failed) goes the exact path, alone.
-async fn claim_round(pool: &PgPool, worker: &str, asks: &[ClaimAsk]) -> Vec<Option<Claim>> {
-    let mut answers: Vec<Option<Claim>> = asks.iter().map(|_| None).collect();
-    let mut reaches: Vec<&Reach> = Vec::new();
-    for ask in asks {
-        if !reaches.contains(&&ask.reach) {
-            reaches.push(&ask.reach);
+/// Claims a round's deliveries in one statement; a delivery it did not take (or every one,
+/// should the statement fail) goes the exact path, alone.
+async fn claim_round(
+    pool: &PgPool,
+    fleet: &Fleet,
+    of: &ClaimantOf,
+    deliveries: &[(Uuid, String)],
+) -> Vec<Option<Claim>> {
+    let claimed = match fleet.snapshot().await {
+        Ok(seen) => ops::claim_directly(pool, deliveries, &claimant(&of.worker, of.lease, &of.backends), &seen).await,
+        Err(e) => Err(e),
+    };
+    match claimed {
+        Ok(claims) => {
+            // Keyed by task too: a stale delivery of an op in the same round gets nothing.
+            let mut by_delivery: HashMap<(Uuid, String), Claim> =
+                claims.into_iter().filter_map(|c| c.op.task_id.clone().map(|task| ((c.op.id, task), c))).collect();
+            deliveries.iter().map(|d| by_delivery.remove(d)).collect()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, deliveries = deliveries.len(), "could not claim a round of ops together");
+            deliveries.iter().map(|_| None).collect()
         }
     }
-    for reach in reaches {
-        let group: Vec<usize> = (0..asks.len()).filter(|&i| asks[i].reach == *reach).collect();
-        // The newest view of the fleet: the last delivery's.
-        let Some(fleet) = group.last().map(|&i| asks[i].fleet.clone()) else { continue };
-        let deliveries: Vec<(Uuid, String)> = group.iter().map(|&i| (asks[i].op_id, asks[i].task_id.clone())).collect();
-        match ops::claim_directly(pool, &deliveries, &reach.claimant(worker), &fleet).await {
-            Ok(claims) => {
-                let mut by_op: HashMap<Uuid, Claim> = claims.into_iter().map(|c| (c.op.id, c)).collect();
-                for i in group {
-                    let ask = &asks[i];
-                    answers[i] =
-                        by_op.remove(&ask.op_id).filter(|c| c.op.task_id.as_deref() == Some(ask.task_id.as_str()));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, deliveries = deliveries.len(), "could not claim a round of ops together")
-            }
-        }
-    }
-    answers
 }
 
 /// Renews the claim's lease every third of its length until dropped. A renewal that finds

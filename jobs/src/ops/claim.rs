@@ -102,30 +102,21 @@ pub const SPREAD_MARGIN: i64 = 2;
 ///   due when that lease would expire;
 /// - an op needing a backend the claimant lacks, while another live worker advertises it:
 ///   claiming it here would only use up an attempt.
+///
+/// The common case (a queued head op that this worker can run) is one statement
+/// ([`claim_directly`], which workers run for many deliveries at once); anything else takes
+/// [`claim_exactly`].
 pub async fn claim(pool: &PgPool, op_id: Uuid, task_id: &str, claimant: &Claimant<'_>) -> Result<ClaimResult> {
     let fleet = Snapshot::read(pool).await?;
-    claim_seen(pool, op_id, task_id, claimant, &fleet).await
-}
-
-/// [`claim`], given the fleet as the claimant last saw it. The common case (a queued head
-/// op that this worker can run) is one statement; anything else takes the exact path below,
-/// which reads the fleet afresh inside the transaction before it leaves an op to others.
-pub async fn claim_seen(
-    pool: &PgPool,
-    op_id: Uuid,
-    task_id: &str,
-    claimant: &Claimant<'_>,
-    fleet: &Snapshot,
-) -> Result<ClaimResult> {
     let delivery = [(op_id, task_id.to_owned())];
-    if let Some(claim) = claim_directly(pool, &delivery, claimant, fleet).await?.pop() {
+    if let Some(claim) = claim_directly(pool, &delivery, claimant, &fleet).await?.pop() {
         return Ok(ClaimResult::Claimed(Box::new(claim)));
     }
     claim_exactly(pool, op_id, task_id, claimant).await
 }
 
-/// The exact path of [`claim_seen`], for a delivery the one-statement claim did not take:
-/// it reads the fleet afresh inside the transaction before it leaves an op to others.
+/// The exact path of [`claim`], for a delivery the one-statement claim did not take: it
+/// reads the fleet afresh inside the transaction before it leaves an op to others.
 pub async fn claim_exactly(pool: &PgPool, op_id: Uuid, task_id: &str, claimant: &Claimant<'_>) -> Result<ClaimResult> {
     let mut tx = pool.begin().await?;
     let Some(workspace_id) = workspace_ops::workspace_of(&mut *tx, op_id).await? else {

@@ -149,18 +149,12 @@ pub async fn finish_round(pool: &PgPool, endings: &[Ending]) -> Result<Vec<Finis
         .map(|op| (op.id, op.lease))
         .collect();
     let recorded: Vec<&Ending> = endings.iter().filter(|e| ended.contains(&(e.op_id, e.lease))).collect();
-    // Only a workspace still waiting for this start is failed; a paused or removed one has
-    // moved on.
-    let failed: Vec<_> = recorded
+    let failed_starts: Vec<_> = recorded
         .iter()
         .filter(|e| e.status == OpStatus::Failed && matches!(e.kind, OpKind::Provision | OpKind::Restart))
-        .filter_map(|e| locked.get(&e.workspace_id).map(|ws| (ws, e)))
-        .filter(|(ws, _)| matches!(ws.status, Status::Provisioning | Status::Failed))
-        .map(|(ws, e)| (ws, Some(e.text.as_str()), json!({"op_id": e.op_id, "source": e.kind})))
+        .filter_map(|e| locked.get(&e.workspace_id).map(|ws| (ws, e.op_id, e.kind, e.text.as_str())))
         .collect();
-    if !failed.is_empty() {
-        transition::set_status_many(&mut tx, failed, Status::Failed).await?;
-    }
+    fail_workspaces_of(&mut tx, failed_starts).await?;
     let mut advanced: Vec<Uuid> = recorded.iter().map(|e| e.workspace_id).collect();
     advanced.sort_unstable();
     advanced.dedup();
@@ -176,15 +170,22 @@ pub async fn finish_round(pool: &PgPool, endings: &[Ending]) -> Result<Vec<Finis
 
 async fn on_final_failure(conn: &mut PgConnection, ws: &Workspace, op: &Op, err: &str) -> Result<()> {
     match op.kind {
-        OpKind::Provision | OpKind::Restart => {
-            // Only a workspace still waiting for this start is failed; a paused or removed
-            // one has moved on.
-            if matches!(ws.status, Status::Provisioning | Status::Failed) {
-                transition::set_status(conn, ws, Status::Failed, Some(err), json!({"op_id": op.id, "source": op.kind}))
-                    .await?;
-            }
-        }
-        OpKind::Stop => report_leak_suspect(conn, ws, op.id, err, "stop gave up").await?,
+        OpKind::Provision | OpKind::Restart => fail_workspaces_of(conn, vec![(ws, op.id, op.kind, err)]).await,
+        OpKind::Stop => report_leak_suspect(conn, ws, op.id, err, "stop gave up").await,
+    }
+}
+
+/// The final failure of starts (workspace, op id, kind, error), in one statement per table:
+/// only a workspace still waiting for its start is failed; a paused or removed one has
+/// moved on.
+async fn fail_workspaces_of(conn: &mut PgConnection, starts: Vec<(&Workspace, Uuid, OpKind, &str)>) -> Result<()> {
+    let failing: Vec<_> = starts
+        .into_iter()
+        .filter(|(ws, ..)| matches!(ws.status, Status::Provisioning | Status::Failed))
+        .map(|(ws, op_id, kind, err)| (ws, Some(err), json!({"op_id": op_id, "source": kind})))
+        .collect();
+    if !failing.is_empty() {
+        transition::set_status_many(conn, failing, Status::Failed).await?;
     }
     Ok(())
 }

@@ -18,9 +18,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-pub use claim::{
-    Claim, ClaimResult, Claimant, ClaimedWorkspace, Fenced, claim, claim_directly, claim_exactly, claim_seen,
-};
+pub use claim::{Claim, ClaimResult, Claimant, ClaimedWorkspace, Fenced, claim, claim_directly, claim_exactly};
 pub use finish::{Ending, Finished, Outcome, finish, finish_round, report_leak_suspect};
 pub use redelivery::redeliver_stranded;
 pub use sequencing::{advance, advance_head, cancel_queued_starts, request, request_first};

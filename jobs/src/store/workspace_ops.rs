@@ -74,14 +74,7 @@ pub async fn has_unfinished<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid) -> 
 
 /// The workspace's oldest unfinished op: the only one allowed a task.
 pub async fn head(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Option<Op>> {
-    Ok(sqlx::query_as::<_, Op>(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM workspace_ops WHERE workspace_id = $1 AND status IN ('queued', 'running') ORDER BY seq LIMIT 1"
-    ))
-    .bind(workspace_id)
-    .fetch_optional(conn)
-    .await?)
+    Ok(heads(conn, &[workspace_id]).await?.pop())
 }
 
 /// [`head`] of each of the workspaces, in one statement; a workspace with no unfinished op
