@@ -58,7 +58,7 @@ async fn main() -> ExitCode {
         }
         other => {
             eprintln!(
-                "worker: unknown command {other:?}; use `worker run`, `worker migrate`, `worker admin` or `worker bench retention|inbox`"
+                "worker: unknown command {other:?}; use `worker run`, `worker migrate`, `worker admin` or `worker bench retention|inbox|queue`"
             );
             return ExitCode::from(2);
         }
