@@ -52,6 +52,8 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
     let fleet = Arc::new(jobs::fleet::Fleet::new(pool.clone()));
     let metrics = jobs::metrics::install()?;
     tokio::spawn(jobs::metrics::keep_up(metrics.clone()));
+    let creates = Arc::new(jobs::lifecycle::Creates::spawn(pool.clone()));
+    let appends = Arc::new(jobs::inbox::Appends::spawn(pool.clone()));
     let state = AppState {
         pool,
         config: Arc::new(config.clone()),
@@ -61,6 +63,8 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
         org_token_rate,
         fleet,
         metrics,
+        creates,
+        appends,
     };
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await

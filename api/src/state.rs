@@ -3,6 +3,8 @@ use std::sync::Arc;
 
 use jobs::config::Config;
 use jobs::fleet::Fleet;
+use jobs::inbox::Appends;
+use jobs::lifecycle::Creates;
 use jobs::notify::Notice;
 use sqlx::PgPool;
 use tokio::sync::broadcast;
@@ -23,4 +25,8 @@ pub struct AppState {
     pub fleet: Arc<Fleet>,
     /// Renders this process's metrics for `GET /metrics`.
     pub metrics: jobs::metrics::Handle,
+    /// `POST /workspaces`, coalesced into rounds.
+    pub creates: Arc<Creates>,
+    /// Activity rows and inbox items, coalesced into rounds.
+    pub appends: Arc<Appends>,
 }

@@ -7,12 +7,13 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::Result;
 use crate::config::Env;
 use crate::domain::DeliveryMode;
+use crate::ops::rounds::Rounds;
 use crate::queue::{self, INBOX_QUEUE, InboxTask};
 use crate::retry::RetryPolicy;
 use crate::store::activity_logs::{self, NewActivity};
@@ -70,7 +71,7 @@ fn pushed(a: &NewActivity, mode: DeliveryMode) -> bool {
 }
 
 /// [`write`] in a transaction of its own; a row that arms no drain is one statement.
-pub async fn append(pool: &sqlx::PgPool, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
+pub async fn append(pool: &PgPool, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
     if !pushed(&a, mode) {
         a.push = false;
         return Ok(activity_logs::insert_at_head(pool, &a).await?.0);
@@ -79,6 +80,47 @@ pub async fn append(pool: &sqlx::PgPool, mode: DeliveryMode, mut a: NewActivity)
     let id = write(&mut tx, mode, a).await?;
     tx.commit().await?;
     Ok(id)
+}
+
+/// The api's appends. Concurrent appends that arm no drain (every row but a push-mode
+/// agent's inbox item) run in rounds (ADR 0014): one statement, and one commit, for every
+/// append that arrived while the previous round ran. A pushed item, which may enqueue a
+/// drain, is appended alone.
+pub struct Appends {
+    pool: PgPool,
+    rounds: Rounds<NewActivity, Option<i64>>,
+}
+
+impl Appends {
+    /// Starts the round runner on the current tokio runtime.
+    pub fn spawn(pool: PgPool) -> Appends {
+        let round_pool = pool.clone();
+        let rounds = Rounds::spawn(move |rows: Vec<NewActivity>| {
+            let pool = round_pool.clone();
+            async move {
+                match activity_logs::insert_at_heads(&pool, &rows).await {
+                    Ok(written) => written.into_iter().map(|(id, _)| Some(id)).collect(),
+                    // Each then appends alone, and a row's own error is its own.
+                    Err(e) => {
+                        tracing::warn!(error = %e, rows = rows.len(), "a round of appends failed; each runs alone");
+                        rows.iter().map(|_| None).collect()
+                    }
+                }
+            }
+        });
+        Appends { pool, rounds }
+    }
+
+    /// [`append`], in the next round when it can share one.
+    pub async fn append(&self, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
+        if !pushed(&a, mode) {
+            a.push = false;
+            if let Some(Some(id)) = self.rounds.submit(a.clone()).await {
+                return Ok(id);
+            }
+        }
+        append(&self.pool, mode, a).await
+    }
 }
 
 /// Enqueues a drain task for the workspace (after `delay`) and names it the due one. The

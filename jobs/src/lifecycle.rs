@@ -11,6 +11,7 @@ use crate::domain::workspace::EXTERNAL_RUNTIME;
 use crate::domain::{CreateRequest, Op, OpKind, Patch, Status, Workspace};
 use crate::events;
 use crate::ops;
+use crate::ops::rounds::Rounds;
 use crate::store::{workspace_ops, workspace_tokens, workspaces};
 use crate::transition;
 use crate::{Error, Result};
@@ -41,33 +42,103 @@ pub async fn create_in(conn: &mut PgConnection, req: CreateRequest, requested_by
     if let Some(parent) = req.parent_id {
         lock_live_as(conn, parent, "parent workspace").await?;
     }
-    let external = req.external || req.runtime == EXTERNAL_RUNTIME;
-    let status = match (external, &req.url) {
-        (true, Some(_)) => Status::Online,
-        (true, None) => Status::AwaitingAgent,
-        (false, _) => Status::Provisioning,
-    };
-    let mut req = req;
-    if external {
-        req.external = true;
-        req.runtime = EXTERNAL_RUNTIME.to_string();
+    if !is_external(&req) {
+        let mut created = create_provisioning(conn, &[(&req, requested_by)]).await?;
+        return created.pop().ok_or_else(|| Error::Internal("a create made no workspace".into()));
     }
+    let status = if req.url.is_some() { Status::Online } else { Status::AwaitingAgent };
+    let req = CreateRequest { external: true, runtime: EXTERNAL_RUNTIME.to_string(), ..req };
     let workspace = workspaces::insert(conn, Uuid::new_v4(), status, &req).await?;
-    events::record(
-        conn,
-        events::for_status(status),
-        Some(workspace.id),
-        json!({"name": workspace.name, "tier": workspace.tier, "runtime": workspace.runtime, "parent_id": workspace.parent_id}),
-    )
-    .await?;
-    let created = if external {
-        let token = workspace_tokens::mint(conn, workspace.id).await?;
-        Created::External { workspace: Box::new(workspace), token }
-    } else {
-        let op = ops::request_first(conn, &workspace, OpKind::Provision, "create", requested_by).await?;
-        Created::Provisioning { workspace: Box::new(workspace), op: Box::new(op) }
+    events::record(conn, events::for_status(status), Some(workspace.id), created_payload(&workspace)).await?;
+    let token = workspace_tokens::mint(conn, workspace.id).await?;
+    Ok(Created::External { workspace: Box::new(workspace), token })
+}
+
+fn is_external(req: &CreateRequest) -> bool {
+    req.external || req.runtime == EXTERNAL_RUNTIME
+}
+
+fn created_payload(w: &Workspace) -> serde_json::Value {
+    json!({"name": w.name, "tier": w.tier, "runtime": w.runtime, "parent_id": w.parent_id})
+}
+
+/// Workspaces that start by provisioning, each with its `requested_by`, and their first
+/// ops: one statement per table however many there are. Their parents, if any, are locked
+/// by the caller. Returns them in the order given.
+async fn create_provisioning(conn: &mut PgConnection, reqs: &[(&CreateRequest, &str)]) -> Result<Vec<Created>> {
+    let rows: Vec<(Uuid, Status, &CreateRequest)> =
+        reqs.iter().map(|(req, _)| (Uuid::new_v4(), Status::Provisioning, *req)).collect();
+    let workspaces = workspaces::insert_many(conn, &rows).await?;
+    let payloads: Vec<serde_json::Value> = workspaces.iter().map(created_payload).collect();
+    let announced: Vec<(Option<Uuid>, &serde_json::Value)> =
+        workspaces.iter().zip(&payloads).map(|(w, p)| (Some(w.id), p)).collect();
+    events::record_many(conn, events::WORKSPACE_PROVISIONING, &announced).await?;
+    let firsts: Vec<(Uuid, &str)> = workspaces.iter().zip(reqs).map(|(w, (_, by))| (w.id, *by)).collect();
+    let ops = ops::request_first(conn, &firsts, OpKind::Provision, "create").await?;
+    if ops.len() != workspaces.len() {
+        return Err(Error::Internal(format!("{} workspaces created but {} first ops", workspaces.len(), ops.len())));
+    }
+    Ok(workspaces
+        .into_iter()
+        .zip(ops)
+        .map(|(workspace, op)| Created::Provisioning { workspace: Box::new(workspace), op: Box::new(op) })
+        .collect())
+}
+
+/// The api's creates. Concurrent creates of workspaces that start by provisioning and have
+/// no parent run in rounds (ADR 0014): one transaction, and one statement per table, for
+/// every create that arrived while the previous round ran. Each create announces its event
+/// and op (and apalis its task) with NOTIFY, and PostgreSQL lets only one transaction that
+/// notified commit at a time, so one commit per create caps creates at one per WAL flush.
+/// A create that locks a parent, or mints an external workspace's token, runs alone.
+pub struct Creates {
+    pool: PgPool,
+    rounds: Rounds<(CreateRequest, String), Option<Created>>,
+}
+
+impl Creates {
+    /// Starts the round runner on the current tokio runtime.
+    pub fn spawn(pool: PgPool) -> Creates {
+        let round_pool = pool.clone();
+        let rounds = Rounds::spawn(move |reqs: Vec<(CreateRequest, String)>| {
+            let pool = round_pool.clone();
+            async move { create_round(&pool, reqs).await }
+        });
+        Creates { pool, rounds }
+    }
+
+    /// [`create`], in the next round when it can share one.
+    pub async fn create(&self, req: CreateRequest, requested_by: &str) -> Result<Created> {
+        if req.parent_id.is_none()
+            && !is_external(&req)
+            && let Some(Some(created)) = self.rounds.submit((req.clone(), requested_by.to_string())).await
+        {
+            return Ok(created);
+        }
+        create(&self.pool, req, requested_by).await
+    }
+}
+
+/// One round of creates in one transaction; `None` for each when it failed, and each
+/// caller then creates alone, so one create's failure is its own and nothing half-made
+/// is left.
+async fn create_round(pool: &PgPool, reqs: Vec<(CreateRequest, String)>) -> Vec<Option<Created>> {
+    let n = reqs.len();
+    let borrowed: Vec<(&CreateRequest, &str)> = reqs.iter().map(|(req, by)| (req, by.as_str())).collect();
+    let round = async {
+        let mut tx = pool.begin().await?;
+        let created = create_provisioning(&mut tx, &borrowed).await?;
+        tx.commit().await?;
+        Ok::<_, Error>(created)
     };
-    Ok(created)
+    match round.await {
+        Ok(created) if created.len() == n => created.into_iter().map(Some).collect(),
+        Ok(_) => (0..n).map(|_| None).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, creates = n, "a round of creates failed; each runs alone");
+            (0..n).map(|_| None).collect()
+        }
+    }
 }
 
 /// Locks a subtree, parents first, re-reading until no member appeared meanwhile: a child

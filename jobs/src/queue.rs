@@ -62,6 +62,13 @@ pub async fn enqueue(
     apalis::insert_task(conn, queue, &body, delay).await
 }
 
+/// [`enqueue`] for several tasks due now, in one statement; ids in the order given.
+pub async fn enqueue_many(conn: &mut PgConnection, queue: &str, payloads: &[impl Serialize]) -> Result<Vec<String>> {
+    let bodies = payloads.iter().map(serde_json::to_vec).collect::<std::result::Result<Vec<_>, _>>()?;
+    let bodies: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+    apalis::insert_tasks(conn, queue, &bodies, None).await
+}
+
 /// Leaves a task whose payload version `version` this worker does not know for a worker
 /// that does (a newer build, during a rolling deploy): a copy is enqueued after `delay` and
 /// takes over whatever the task delivered, and the refusal is recorded as an event. The

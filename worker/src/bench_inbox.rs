@@ -160,27 +160,29 @@ pub(crate) async fn produce(
     mode: DeliveryMode,
     items: usize,
 ) -> jobs::Result<HashMap<i64, Instant>> {
+    // As the api appends: concurrent items share rounds.
+    let appends = Arc::new(inbox::Appends::spawn(pool.clone()));
     let mut tasks = vec![];
     for p in 0..PRODUCERS {
-        let (pool, ws) = (pool.clone(), ws.to_vec());
+        let (appends, ws) = (appends.clone(), ws.to_vec());
         tasks.push(tokio::spawn(async move {
             let mut sent = HashMap::new();
             for n in (p..items).step_by(PRODUCERS) {
                 let w = ws[n % ws.len()];
                 let at = Instant::now();
-                let id = inbox::append(
-                    &pool,
-                    mode,
-                    NewActivity {
-                        workspace_id: w,
-                        activity_type: inbox::INBOX_TYPE.into(),
-                        method: Some("message/send".into()),
-                        request_body: Some(inbox::message_send(&n.to_string(), "bench", json!({}))),
-                        status: "ok".into(),
-                        ..Default::default()
-                    },
-                )
-                .await?;
+                let id = appends
+                    .append(
+                        mode,
+                        NewActivity {
+                            workspace_id: w,
+                            activity_type: inbox::INBOX_TYPE.into(),
+                            method: Some("message/send".into()),
+                            request_body: Some(inbox::message_send(&n.to_string(), "bench", json!({}))),
+                            status: "ok".into(),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                 sent.insert(id, at);
             }
             Ok::<_, jobs::Error>(sent)

@@ -154,25 +154,26 @@ pub async fn record(
     }
     let status = capped("status", b.status, 32)?.unwrap_or_else(|| "ok".into());
     let ws = live_workspace(&state, who.id).await?;
-    let id = inbox::append(
-        &state.pool,
-        ws.delivery_mode,
-        NewActivity {
-            workspace_id: who.id,
-            activity_type: b.activity_type,
-            method: capped("method", b.method, 255)?,
-            source_id: Some(who.id),
-            target_id: b.target_id,
-            summary: capped("summary", b.summary, TEXT_MAX)?,
-            request_body: b.request_body,
-            response_body: b.response_body,
-            status,
-            error_detail: capped("error_detail", b.error_detail, TEXT_MAX)?,
-            duration_ms: b.duration_ms,
-            push: false,
-        },
-    )
-    .await?;
+    let id = state
+        .appends
+        .append(
+            ws.delivery_mode,
+            NewActivity {
+                workspace_id: who.id,
+                activity_type: b.activity_type,
+                method: capped("method", b.method, 255)?,
+                source_id: Some(who.id),
+                target_id: b.target_id,
+                summary: capped("summary", b.summary, TEXT_MAX)?,
+                request_body: b.request_body,
+                response_body: b.response_body,
+                status,
+                error_detail: capped("error_detail", b.error_detail, TEXT_MAX)?,
+                duration_ms: b.duration_ms,
+                push: false,
+            },
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(Recorded { id })).into_response())
 }
 
@@ -262,25 +263,26 @@ pub async fn send(
     let envelope = message_envelope(body)?;
     let source = caller.workspace();
     let ws = live_workspace(&state, target).await?;
-    let id = inbox::append(
-        &state.pool,
-        ws.delivery_mode,
-        NewActivity {
-            workspace_id: target,
-            activity_type: inbox::INBOX_TYPE.into(),
-            method: Some("message/send".into()),
-            source_id: source,
-            target_id: Some(target),
-            summary: Some(match source {
-                Some(s) => format!("Message from workspace {s}"),
-                None => "Message from the canvas".into(),
-            }),
-            request_body: Some(envelope),
-            status: "ok".into(),
-            ..Default::default()
-        },
-    )
-    .await?;
+    let id = state
+        .appends
+        .append(
+            ws.delivery_mode,
+            NewActivity {
+                workspace_id: target,
+                activity_type: inbox::INBOX_TYPE.into(),
+                method: Some("message/send".into()),
+                source_id: source,
+                target_id: Some(target),
+                summary: Some(match source {
+                    Some(s) => format!("Message from workspace {s}"),
+                    None => "Message from the canvas".into(),
+                }),
+                request_body: Some(envelope),
+                status: "ok".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
     let mut item = activity_logs::get(&state.pool, id).await?;
     if let Some(wait) = wait.filter(|_| ws.delivery_mode == jobs::domain::DeliveryMode::Push) {
         let deadline = tokio::time::Instant::now() + wait;

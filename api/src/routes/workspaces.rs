@@ -157,7 +157,7 @@ pub async fn create(
     let wait = q.duration()?;
     let req = CreateRequest::try_from(body)?;
     req.url.as_ref().map(|u| u.check(&state.config.api.agent_urls)).transpose()?;
-    match lifecycle::create(&state.pool, req, &admin.label()).await? {
+    match state.creates.create(req, &admin.label()).await? {
         lifecycle::Created::External { workspace, token } => {
             let body = Created::External(CreatedExternal {
                 id: workspace.id,

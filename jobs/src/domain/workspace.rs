@@ -168,6 +168,13 @@ pub enum DeliveryMode {
 }
 
 impl DeliveryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::Push => "push",
+            DeliveryMode::Poll => "poll",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<DeliveryMode> {
         match s {
             "push" => Ok(DeliveryMode::Push),

@@ -3,7 +3,7 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{announce, deliver, new_task};
+use super::{announce, deliver, new_tasks};
 use crate::Result;
 use crate::domain::{Op, OpKind, OpStatus, Workspace};
 use crate::metrics;
@@ -38,20 +38,35 @@ pub async fn request(
     Ok((op, true))
 }
 
-/// The first op of a workspace created in the caller's transaction: it has no op before
-/// it, so it is the head and gets its task at once, without looking.
+/// The first ops of workspaces created in the caller's transaction, one per `(workspace,
+/// requested_by)`, in one statement per table: each has no op before it, so it is its
+/// workspace's head and gets its task at once, without looking. Returns them in the order
+/// given.
 pub async fn request_first(
     conn: &mut PgConnection,
-    ws: &Workspace,
+    firsts: &[(Uuid, &str)],
     kind: OpKind,
     reason: &str,
-    requested_by: &str,
-) -> Result<Op> {
+) -> Result<Vec<Op>> {
     let max_attempts = retry::default_policy(kind).max_attempts;
-    let id = Uuid::new_v4();
-    let task = new_task(conn, id, None).await?;
-    metrics::enqueued(kind);
-    workspace_ops::insert_delivered(conn, id, ws.id, kind, reason, max_attempts, requested_by, &task, OPS_CHANNEL).await
+    let ids: Vec<Uuid> = firsts.iter().map(|_| Uuid::new_v4()).collect();
+    let tasks = new_tasks(conn, &ids).await?;
+    let delivered: Vec<workspace_ops::Delivered> = firsts
+        .iter()
+        .zip(&ids)
+        .zip(&tasks)
+        .map(|(((workspace_id, requested_by), id), task_id)| workspace_ops::Delivered {
+            id: *id,
+            workspace_id: *workspace_id,
+            requested_by,
+            task_id,
+        })
+        .collect();
+    let ops = workspace_ops::insert_delivered(conn, &delivered, kind, reason, max_attempts, OPS_CHANNEL).await?;
+    for _ in &ops {
+        metrics::enqueued(kind);
+    }
+    Ok(ops)
 }
 
 /// Cancels the workspace's queued starts (delete and pause supersede them).

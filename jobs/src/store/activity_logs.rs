@@ -84,32 +84,71 @@ pub async fn lock_head(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Op
 /// statement: the insert reads the locked head, so the row's id is drawn under the lock and
 /// ids reach readers in commit order. Returns the row id and the drain task due, if any.
 pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Result<(i64, Option<String>)> {
-    Ok(sqlx::query_as(
-        "WITH h AS (
-             INSERT INTO inbox_heads (workspace_id) VALUES ($1)
+    insert_at_heads(db, std::slice::from_ref(a))
+        .await?
+        .pop()
+        .ok_or_else(|| crate::Error::Internal("an activity insert returned no row".into()))
+}
+
+/// [`insert_at_head`] for several rows, of one workspace or several, in one statement: it
+/// locks their heads in workspace id order (so two writers of several never deadlock), and
+/// only then draws the rows' ids, in the order given. Returns `(id, drain task due)` per
+/// row, in the order given.
+pub async fn insert_at_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) -> Result<Vec<(i64, Option<String>)>> {
+    let text = |f: fn(&NewActivity) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
+    let workspaces: Vec<Uuid> = rows.iter().map(|a| a.workspace_id).collect();
+    let sources: Vec<Option<Uuid>> = rows.iter().map(|a| a.source_id).collect();
+    let targets: Vec<Option<Uuid>> = rows.iter().map(|a| a.target_id).collect();
+    let requests: Vec<Option<&Value>> = rows.iter().map(|a| a.request_body.as_ref()).collect();
+    let responses: Vec<Option<&Value>> = rows.iter().map(|a| a.response_body.as_ref()).collect();
+    let durations: Vec<Option<i32>> = rows.iter().map(|a| a.duration_ms).collect();
+    let pushed: Vec<bool> = rows.iter().map(|a| a.push).collect();
+    let mut written: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "WITH r AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::text[], $7::jsonb[],
+                                  $8::jsonb[], $9::text[], $10::text[], $11::int[], $12::bool[])
+                    WITH ORDINALITY AS r(workspace_id, activity_type, method, source_id, target_id, summary,
+                                         request_body, response_body, status, error_detail, duration_ms, push, n)),
+         h AS (
+             INSERT INTO inbox_heads (workspace_id) SELECT DISTINCT workspace_id FROM r ORDER BY workspace_id
              ON CONFLICT (workspace_id) DO UPDATE SET workspace_id = excluded.workspace_id
              RETURNING workspace_id, drain_task_id),
          i AS (
              INSERT INTO activity_logs (workspace_id, activity_type, method, source_id, target_id, summary,
                                         request_body, response_body, status, error_detail, duration_ms, delivery)
-             SELECT h.workspace_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $12 THEN 'pending' END FROM h
-             RETURNING id)
-         SELECT i.id, h.drain_task_id FROM i, h",
+             SELECT r.workspace_id, r.activity_type, r.method, r.source_id, r.target_id, r.summary, r.request_body,
+                    r.response_body, r.status, r.error_detail, r.duration_ms, CASE WHEN r.push THEN 'pending' END
+               FROM r
+              -- An init plan: every head is locked before the first id is drawn.
+              WHERE (SELECT count(*) FROM h) > 0
+              ORDER BY r.n
+             RETURNING id, workspace_id)
+         SELECT i.id, h.drain_task_id FROM i JOIN h USING (workspace_id) ORDER BY i.id",
     )
-    .bind(a.workspace_id)
-    .bind(&a.activity_type)
-    .bind(&a.method)
-    .bind(a.source_id)
-    .bind(a.target_id)
-    .bind(&a.summary)
-    .bind(&a.request_body)
-    .bind(&a.response_body)
-    .bind(&a.status)
-    .bind(&a.error_detail)
-    .bind(a.duration_ms)
-    .bind(a.push)
-    .fetch_one(db)
-    .await?)
+    .bind(&workspaces)
+    .bind(text(|a| Some(a.activity_type.as_str())))
+    .bind(text(|a| a.method.as_deref()))
+    .bind(&sources)
+    .bind(&targets)
+    .bind(text(|a| a.summary.as_deref()))
+    .bind(&requests)
+    .bind(&responses)
+    .bind(text(|a| Some(a.status.as_str())))
+    .bind(text(|a| a.error_detail.as_deref()))
+    .bind(&durations)
+    .bind(&pushed)
+    .fetch_all(db)
+    .await?;
+    if written.len() != rows.len() {
+        return Err(crate::Error::Internal(format!(
+            "{} activity rows to write, {} written",
+            rows.len(),
+            written.len()
+        )));
+    }
+    // The ids were drawn in the order given, so ascending ids are the rows in that order.
+    written.sort_by_key(|(id, _)| *id);
+    Ok(written)
 }
 
 pub async fn get<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<Activity>> {

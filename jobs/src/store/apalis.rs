@@ -17,20 +17,32 @@ const MAX_ATTEMPTS: i32 = 5;
 /// Inserts a pending task on `queue` that becomes due after `delay`; returns its id (a
 /// ULID, which apalis requires).
 pub async fn insert_task(conn: &mut PgConnection, queue: &str, body: &[u8], delay: Option<Duration>) -> Result<String> {
-    let id = ulid::Ulid::new().to_string();
+    let ids = insert_tasks(conn, queue, &[body], delay).await?;
+    ids.into_iter().next().ok_or_else(|| crate::Error::Internal("a task insert made no task".into()))
+}
+
+/// [`insert_task`] for several tasks in one statement; returns their ids in the order given.
+pub async fn insert_tasks(
+    conn: &mut PgConnection,
+    queue: &str,
+    bodies: &[&[u8]],
+    delay: Option<Duration>,
+) -> Result<Vec<String>> {
+    let ids: Vec<String> = bodies.iter().map(|_| ulid::Ulid::new().to_string()).collect();
     let delay_ms = delay.map(|d| d.as_millis() as f64).unwrap_or(0.0);
     sqlx::query(
         "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority)
-         VALUES ($1, $2, $3, 'Pending', 0, $4, now() + $5 * interval '1 millisecond', 0)",
+         SELECT t.id, $2, t.job, 'Pending', 0, $4, now() + $5 * interval '1 millisecond', 0
+           FROM unnest($1::text[], $3::bytea[]) AS t(id, job)",
     )
-    .bind(&id)
+    .bind(&ids)
     .bind(queue)
-    .bind(body)
+    .bind(bodies)
     .bind(MAX_ATTEMPTS)
     .bind(delay_ms)
     .execute(conn)
     .await?;
-    Ok(id)
+    Ok(ids)
 }
 
 /// Makes task `new` the deliverer of whatever row task `old` was delivering (an op, a sweep

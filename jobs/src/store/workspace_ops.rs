@@ -145,24 +145,37 @@ pub async fn insert(
     .await?)
 }
 
-/// Inserts a queued op already delivered by task `task_id`, and announces it on `channel`
-/// at commit: for the first op of a workspace, which is its head from the start.
-#[allow(clippy::too_many_arguments)]
+/// A queued op to insert already delivered by its task: the first op of a workspace, which
+/// is its head from the start.
+pub struct Delivered<'a> {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub requested_by: &'a str,
+    pub task_id: &'a str,
+}
+
+/// Inserts queued ops of one kind already delivered by their tasks, in one statement, and
+/// announces each on `channel` at commit; returns them in the order given.
 pub async fn insert_delivered(
     conn: &mut PgConnection,
-    id: Uuid,
-    workspace_id: Uuid,
+    ops: &[Delivered<'_>],
     kind: OpKind,
     reason: &str,
     max_attempts: i32,
-    requested_by: &str,
-    task_id: &str,
     channel: &str,
-) -> Result<Op> {
-    Ok(sqlx::query_as::<_, Op>(concat!(
+) -> Result<Vec<Op>> {
+    let ids: Vec<Uuid> = ops.iter().map(|o| o.id).collect();
+    let workspaces: Vec<Uuid> = ops.iter().map(|o| o.workspace_id).collect();
+    let requested_by: Vec<&str> = ops.iter().map(|o| o.requested_by).collect();
+    let tasks: Vec<&str> = ops.iter().map(|o| o.task_id).collect();
+    let mut inserted = sqlx::query_as::<_, Op>(concat!(
         "WITH i AS (
              INSERT INTO workspace_ops (id, workspace_id, kind, reason, status, max_attempts, requested_by, task_id)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7) RETURNING ",
+             SELECT r.id, r.workspace_id, $5, $6, 'queued', $7, r.requested_by, r.task_id
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])
+                    WITH ORDINALITY AS r(id, workspace_id, requested_by, task_id, n)
+              ORDER BY r.n
+             RETURNING ",
         columns!(),
         ") SELECT ",
         columns!(),
@@ -170,16 +183,19 @@ pub async fn insert_delivered(
         announced!(8),
         " FROM i"
     ))
-    .bind(id)
-    .bind(workspace_id)
+    .bind(&ids)
+    .bind(&workspaces)
+    .bind(&requested_by)
+    .bind(&tasks)
     .bind(kind)
     .bind(reason)
     .bind(max_attempts)
-    .bind(requested_by)
-    .bind(task_id)
     .bind(channel)
-    .fetch_one(conn)
-    .await?)
+    .fetch_all(conn)
+    .await?;
+    // RETURNING promises no order; callers pair ops with their requests by position.
+    inserted.sort_by_key(|o| ids.iter().position(|id| *id == o.id));
+    Ok(inserted)
 }
 
 /// Cancels the workspace's queued provisions and restarts, returning them.

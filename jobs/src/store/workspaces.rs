@@ -45,28 +45,56 @@ pub async fn lock_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<Work
 
 /// Inserts a workspace as `req` describes it, with the status it starts in.
 pub async fn insert(conn: &mut PgConnection, id: Uuid, status: Status, w: &CreateRequest) -> Result<Workspace> {
-    Ok(sqlx::query_as::<_, Workspace>(concat!(
+    insert_many(conn, &[(id, status, w)])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::Internal(format!("inserting workspace {id} returned no row")))
+}
+
+/// [`insert`] for several workspaces in one statement; returns them in the order given.
+pub async fn insert_many(conn: &mut PgConnection, rows: &[(Uuid, Status, &CreateRequest)]) -> Result<Vec<Workspace>> {
+    let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
+    let statuses: Vec<&str> = rows.iter().map(|(_, s, _)| s.as_str()).collect();
+    let field = |f: fn(&CreateRequest) -> Option<String>| rows.iter().map(|(_, _, w)| f(w)).collect::<Vec<_>>();
+    let names = field(|w| Some(w.name.clone()));
+    let roles = field(|w| w.role.clone());
+    let runtimes = field(|w| Some(w.runtime.clone()));
+    let models = field(|w| Some(w.model.clone()));
+    let urls = field(|w| w.url.as_ref().map(|u| u.as_str().to_string()));
+    let modes: Vec<&str> = rows.iter().map(|(_, _, w)| w.delivery_mode.as_str()).collect();
+    let tiers: Vec<i32> = rows.iter().map(|(_, _, w)| w.tier).collect();
+    let parents: Vec<Option<Uuid>> = rows.iter().map(|(_, _, w)| w.parent_id).collect();
+    let externals: Vec<bool> = rows.iter().map(|(_, _, w)| w.external).collect();
+    let max_tasks: Vec<i32> = rows.iter().map(|(_, _, w)| w.max_concurrent_tasks).collect();
+    let xs: Vec<Option<f64>> = rows.iter().map(|(_, _, w)| w.canvas.map(|c| c.0)).collect();
+    let ys: Vec<Option<f64>> = rows.iter().map(|(_, _, w)| w.canvas.map(|c| c.1)).collect();
+    let mut inserted = sqlx::query_as::<_, Workspace>(concat!(
         "INSERT INTO workspaces (id, name, role, runtime, tier, model, parent_id, status, url, delivery_mode,
                                  external, max_concurrent_tasks, canvas_x, canvas_y)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING ",
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::uuid[],
+                              $8::text[], $9::text[], $10::text[], $11::bool[], $12::int[], $13::float8[], $14::float8[])
+         RETURNING ",
         columns!()
     ))
-    .bind(id)
-    .bind(&w.name)
-    .bind(&w.role)
-    .bind(&w.runtime)
-    .bind(w.tier)
-    .bind(&w.model)
-    .bind(w.parent_id)
-    .bind(status)
-    .bind(w.url.as_ref().map(AgentUrl::as_str))
-    .bind(w.delivery_mode)
-    .bind(w.external)
-    .bind(w.max_concurrent_tasks)
-    .bind(w.canvas.map(|c| c.0))
-    .bind(w.canvas.map(|c| c.1))
-    .fetch_one(conn)
-    .await?)
+    .bind(&ids)
+    .bind(&names)
+    .bind(&roles)
+    .bind(&runtimes)
+    .bind(&tiers)
+    .bind(&models)
+    .bind(&parents)
+    .bind(&statuses)
+    .bind(&urls)
+    .bind(&modes)
+    .bind(&externals)
+    .bind(&max_tasks)
+    .bind(&xs)
+    .bind(&ys)
+    .fetch_all(conn)
+    .await?;
+    // RETURNING promises no order; callers pair rows with their requests by position.
+    inserted.sort_by_key(|w| ids.iter().position(|id| *id == w.id));
+    Ok(inserted)
 }
 
 pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Workspace>> {
