@@ -31,5 +31,6 @@ mod org_tokens;
 mod platform;
 mod purge;
 mod restart_options;
+mod rounds;
 mod uploads;
 mod wait_and_events;
