@@ -133,8 +133,11 @@ struct Report {
 }
 
 /// `(label, numerator, denominator)`: each a key of [`Report::rates`].
-const RATIOS: [(&str, &str, &str); 8] = [
+const RATIOS: [(&str, &str, &str); 11] = [
     ("provision (1 worker) / pgbench INSERT (8 clients)", "provision-1", "pgbench-8"),
+    ("pgbench INSERT + NOTIFY / pgbench INSERT (8 clients)", "pgbench-notify-8", "pgbench-8"),
+    ("POST /workspaces / pgbench INSERT (8 clients)", "enqueue", "pgbench-8"),
+    ("POST /workspaces / pgbench INSERT + NOTIFY (8 clients)", "enqueue", "pgbench-notify-8"),
     ("poll inbox / pgbench INSERT (8 clients)", "poll", "pgbench-8"),
     ("provision (1 worker) / raw apalis", "provision-1", "raw"),
     ("push inbox (1 worker) / raw apalis", "push-1", "raw"),
@@ -265,25 +268,41 @@ fn print_header(b: &Bench) {
 // References: pgbench and raw apalis
 // ---------------------------------------------------------------------------------------------
 
+/// pgbench scripts: `(key, what, script)`. The second is the first plus a NOTIFY in the
+/// same statement, as our writes announce theirs: PostgreSQL lets one transaction that
+/// notified commit at a time (a global lock held through the commit's WAL flush), so it
+/// measures what that serialisation costs on this machine.
+const PGBENCH_SCRIPTS: [(&str, &str, &str); 2] = [
+    ("pgbench", "pgbench one-row INSERT", "INSERT INTO bench_insert (v) VALUES (1);\n"),
+    (
+        "pgbench-notify",
+        "pgbench one-row INSERT + NOTIFY",
+        "WITH i AS (INSERT INTO bench_insert (v) VALUES (1) RETURNING id) SELECT pg_notify('bench', id::text) FROM i;\n",
+    ),
+];
+
 async fn pgbench(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_insert (id bigserial PRIMARY KEY, v int)").execute(&b.pool).await?;
-    let script = std::env::temp_dir().join(format!("bench-queue-{}.sql", std::process::id()));
-    std::fs::write(&script, "INSERT INTO bench_insert (v) VALUES (1);\n")
-        .map_err(|e| jobs::Error::Internal(format!("writing {}: {e}", script.display())))?;
-    let result = pgbench_rows(b, &script, report).await;
-    let _ = std::fs::remove_file(&script);
-    result
+    for (key, what, sql) in PGBENCH_SCRIPTS {
+        let script = std::env::temp_dir().join(format!("bench-queue-{}-{key}.sql", std::process::id()));
+        std::fs::write(&script, sql)
+            .map_err(|e| jobs::Error::Internal(format!("writing {}: {e}", script.display())))?;
+        let result = pgbench_rows(b, &script, key, what, report).await;
+        let _ = std::fs::remove_file(&script);
+        result?;
+    }
+    Ok(())
 }
 
-async fn pgbench_rows(b: &Bench, script: &Path, report: &mut Report) -> jobs::Result<()> {
+async fn pgbench_rows(b: &Bench, script: &Path, key: &str, what: &str, report: &mut Report) -> jobs::Result<()> {
     for (clients, threads) in [(1, 1), (8, 2)] {
-        let what = format!("pgbench one-row INSERT, {clients} client{}", if clients == 1 { "" } else { "s" });
+        let what = format!("{what}, {clients} client{}", if clients == 1 { "" } else { "s" });
         progress(format_args!("{what}, {} s", b.args.seconds));
         let row = match run_pgbench(&b.config.database_url, script, clients, threads, b.args.seconds).await? {
             Some((tps, n)) => Row::new(1, what, "-", n, tps),
             None => Row::new(1, format!("{what}: pgbench not found"), "-", 0, f64::NAN),
         };
-        report.add(Some(format!("pgbench-{clients}")), row);
+        report.add(Some(format!("{key}-{clients}")), row);
     }
     Ok(())
 }
@@ -746,7 +765,7 @@ async fn enqueue(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     api.stop().await;
     let what = format!("POST /workspaces (enqueue only), {ENQUEUE_CLIENTS} clients, non-2xx: {errors}");
     let n = samples.len();
-    report.add(None, Row::new(6, what, "0", n, n as f64 / secs).latencies(samples));
+    report.add(Some("enqueue".into()), Row::new(6, what, "0", n, n as f64 / secs).latencies(samples));
     Ok(())
 }
 
