@@ -37,9 +37,9 @@ const PICKUP_SAMPLES: usize = 200;
 const WAIT_SAMPLES: usize = 100;
 const INBOX_WORKSPACES: usize = 100;
 const LONG: Duration = Duration::from_secs(600);
-const PHASES: [&str; 6] = ["provision", "pickup", "wait", "enqueue", "inbox", "refs"];
+const PHASES: [&str; 7] = ["provision", "pickup", "wait", "enqueue", "messages", "inbox", "refs"];
 const USAGE: &str = "use `worker bench queue [--ops N] [--items N] [--seconds S] [--pg-stat] \
-                     [--only provision,pickup,wait,enqueue,inbox,refs]`";
+                     [--only provision,pickup,wait,enqueue,messages,inbox,refs]`";
 
 struct Args {
     ops: usize,
@@ -133,12 +133,13 @@ struct Report {
 }
 
 /// `(label, numerator, denominator)`: each a key of [`Report::rates`].
-const RATIOS: [(&str, &str, &str); 11] = [
+const RATIOS: [(&str, &str, &str); 12] = [
     ("provision (1 worker) / pgbench INSERT (8 clients)", "provision-1", "pgbench-8"),
     ("pgbench INSERT + NOTIFY / pgbench INSERT (8 clients)", "pgbench-notify-8", "pgbench-8"),
     ("POST /workspaces / pgbench INSERT (8 clients)", "enqueue", "pgbench-8"),
     ("POST /workspaces / pgbench INSERT + NOTIFY (8 clients)", "enqueue", "pgbench-notify-8"),
     ("poll inbox / pgbench INSERT (8 clients)", "poll", "pgbench-8"),
+    ("POST /workspaces/{id}/a2a / pgbench INSERT (8 clients)", "messages", "pgbench-8"),
     ("provision (1 worker) / raw apalis", "provision-1", "raw"),
     ("push inbox (1 worker) / raw apalis", "push-1", "raw"),
     ("provision, 2 workers / 1 worker", "provision-2", "provision-1"),
@@ -235,6 +236,9 @@ async fn phases(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     }
     if b.args.wants("inbox") {
         inbox(b, report).await?;
+    }
+    if b.args.wants("messages") {
+        messages(b, report).await?;
     }
     // Last: it leaves its ops queued, which any later worker would drain.
     if b.args.wants("enqueue") {
@@ -771,20 +775,69 @@ async fn enqueue(b: &Bench, report: &mut Report) -> jobs::Result<()> {
 
 /// Posts until `until`; returns each request's latency (ms) and how many were not 2xx.
 async fn enqueue_client(client: &reqwest::Client, url: &str, c: usize, until: Instant) -> (Vec<f64>, usize) {
+    post_until(client, until, |i| (url.to_string(), create_body(format!("bench-enq-{c}-{i}")))).await
+}
+
+/// Posts the `i`th `(url, body)` after another until `until`; returns each request's
+/// latency (ms) and how many were not 2xx.
+async fn post_until(
+    client: &reqwest::Client,
+    until: Instant,
+    request: impl Fn(usize) -> (String, Value),
+) -> (Vec<f64>, usize) {
     let (mut samples, mut errors) = (vec![], 0);
     for i in 0.. {
         if Instant::now() >= until {
             break;
         }
+        let (url, body) = request(i);
         let t = Instant::now();
-        let sent =
-            client.post(url).bearer_auth(ADMIN_TOKEN).json(&create_body(format!("bench-enq-{c}-{i}"))).send().await;
+        let sent = client.post(url).bearer_auth(ADMIN_TOKEN).json(&body).send().await;
         samples.push(t.elapsed().as_secs_f64() * 1000.0);
         if !sent.is_ok_and(|r| r.status().is_success()) {
             errors += 1;
         }
     }
     (samples, errors)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages through the api, no worker
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /workspaces/{id}/a2a` from 32 clients for the run's seconds, to poll-mode
+/// workspaces: each message is an inbox item its agent would poll; no job is involved.
+async fn messages(b: &Bench, report: &mut Report) -> jobs::Result<()> {
+    progress(format_args!("messages: {ENQUEUE_CLIENTS} clients POST /workspaces/{{id}}/a2a for {} s", b.args.seconds));
+    let ws = bench_inbox::workspaces(&b.pool, INBOX_WORKSPACES, DeliveryMode::Poll, None).await?;
+    let client = http_client()?;
+    let api = Api::start(&b.config, &client).await?;
+    let started = Instant::now();
+    let until = started + Duration::from_secs(b.args.seconds);
+    let mut tasks = vec![];
+    for c in 0..ENQUEUE_CLIENTS {
+        let (client, base, ws) = (client.clone(), api.base.clone(), ws.clone());
+        tasks.push(tokio::spawn(async move {
+            post_until(&client, until, |i| {
+                let target = ws[(c + i * ENQUEUE_CLIENTS) % ws.len()];
+                let body = jobs::inbox::message_send(&format!("{c}-{i}"), "bench", json!({}));
+                (format!("{base}/workspaces/{target}/a2a"), body)
+            })
+            .await
+        }));
+    }
+    let (mut samples, mut errors) = (vec![], 0usize);
+    for t in tasks {
+        let (s, e) = t.await.map_err(|e| jobs::Error::Internal(format!("message client: {e}")))?;
+        samples.extend(s);
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    api.stop().await;
+    let what = format!("POST /workspaces/{{id}}/a2a to poll-mode agents, {ENQUEUE_CLIENTS} clients, non-2xx: {errors}");
+    let n = samples.len();
+    report.add(Some("messages".into()), Row::new(7, what, "0", n, n as f64 / secs).latencies(samples));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
