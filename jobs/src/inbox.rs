@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::Result;
 use crate::config::Env;
 use crate::domain::DeliveryMode;
-use crate::ops::rounds::Rounds;
+use crate::ops::rounds::{Rounds, Written};
 use crate::queue::{self, INBOX_QUEUE, InboxTask};
 use crate::retry::RetryPolicy;
 use crate::store::activity_logs::{self, NewActivity};
@@ -88,7 +88,7 @@ pub async fn append(pool: &PgPool, mode: DeliveryMode, mut a: NewActivity) -> Re
 /// drain, is appended alone.
 pub struct Appends {
     pool: PgPool,
-    rounds: Rounds<NewActivity, Option<i64>>,
+    rounds: Rounds<NewActivity, Written<i64>>,
 }
 
 impl Appends {
@@ -99,11 +99,11 @@ impl Appends {
             let pool = round_pool.clone();
             async move {
                 match activity_logs::insert_at_heads(&pool, &rows).await {
-                    Ok(written) => written.into_iter().map(|(id, _)| Some(id)).collect(),
-                    // Each then appends alone, and a row's own error is its own.
+                    Ok(written) => written.into_iter().map(|(id, _)| Written::Done(id)).collect(),
                     Err(e) => {
-                        tracing::warn!(error = %e, rows = rows.len(), "a round of appends failed; each runs alone");
-                        rows.iter().map(|_| None).collect()
+                        tracing::warn!(error = %e, rows = rows.len(), "a round of appends failed");
+                        // The statement commits itself.
+                        Written::all_failed(rows.len(), &e, true)
                     }
                 }
             }
@@ -115,8 +115,10 @@ impl Appends {
     pub async fn append(&self, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
         if !pushed(&a, mode) {
             a.push = false;
-            if let Some(Some(id)) = self.rounds.submit(a.clone()).await {
-                return Ok(id);
+            match self.rounds.submit(a.clone()).await {
+                Some(Written::Done(id)) => return Ok(id),
+                Some(Written::Failed(e)) => return Err(e),
+                Some(Written::Alone) | None => {}
             }
         }
         append(&self.pool, mode, a).await

@@ -11,7 +11,7 @@ use crate::domain::workspace::EXTERNAL_RUNTIME;
 use crate::domain::{CreateRequest, Op, OpKind, Patch, Status, Workspace};
 use crate::events;
 use crate::ops;
-use crate::ops::rounds::Rounds;
+use crate::ops::rounds::{Rounds, Written};
 use crate::store::{workspace_ops, workspace_tokens, workspaces};
 use crate::transition;
 use crate::{Error, Result};
@@ -93,7 +93,7 @@ async fn create_provisioning(conn: &mut PgConnection, reqs: &[(&CreateRequest, &
 /// A create that locks a parent, or mints an external workspace's token, runs alone.
 pub struct Creates {
     pool: PgPool,
-    rounds: Rounds<(CreateRequest, String), Option<Created>>,
+    rounds: Rounds<(CreateRequest, String), Written<Created>>,
 }
 
 impl Creates {
@@ -109,34 +109,38 @@ impl Creates {
 
     /// [`create`], in the next round when it can share one.
     pub async fn create(&self, req: CreateRequest, requested_by: &str) -> Result<Created> {
-        if req.parent_id.is_none()
-            && !is_external(&req)
-            && let Some(Some(created)) = self.rounds.submit((req.clone(), requested_by.to_string())).await
-        {
-            return Ok(created);
+        if req.parent_id.is_none() && !is_external(&req) {
+            match self.rounds.submit((req.clone(), requested_by.to_string())).await {
+                Some(Written::Done(created)) => return Ok(created),
+                Some(Written::Failed(e)) => return Err(e),
+                Some(Written::Alone) | None => {}
+            }
         }
         create(&self.pool, req, requested_by).await
     }
 }
 
-/// One round of creates in one transaction; `None` for each when it failed, and each
-/// caller then creates alone, so one create's failure is its own and nothing half-made
-/// is left.
-async fn create_round(pool: &PgPool, reqs: Vec<(CreateRequest, String)>) -> Vec<Option<Created>> {
+/// One round of creates in one transaction, which commits all of them or none.
+async fn create_round(pool: &PgPool, reqs: Vec<(CreateRequest, String)>) -> Vec<Written<Created>> {
     let n = reqs.len();
     let borrowed: Vec<(&CreateRequest, &str)> = reqs.iter().map(|(req, by)| (req, by.as_str())).collect();
-    let round = async {
-        let mut tx = pool.begin().await?;
-        let created = create_provisioning(&mut tx, &borrowed).await?;
-        tx.commit().await?;
-        Ok::<_, Error>(created)
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return Written::all_failed(n, &e.into(), false),
     };
-    match round.await {
-        Ok(created) if created.len() == n => created.into_iter().map(Some).collect(),
-        Ok(_) => (0..n).map(|_| None).collect(),
+    let created = match create_provisioning(&mut tx, &borrowed).await {
+        Ok(created) if created.len() == n => created,
+        Ok(_) => return Written::all_failed(n, &Error::Internal("a round made too few workspaces".into()), false),
         Err(e) => {
             tracing::warn!(error = %e, creates = n, "a round of creates failed; each runs alone");
-            (0..n).map(|_| None).collect()
+            return Written::all_failed(n, &e, false);
+        }
+    };
+    match tx.commit().await {
+        Ok(()) => created.into_iter().map(Written::Done).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, creates = n, "a round of creates failed at its commit");
+            Written::all_failed(n, &e.into(), true)
         }
     }
 }

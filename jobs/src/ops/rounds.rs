@@ -11,6 +11,51 @@ use tokio::sync::{mpsc, oneshot};
 /// and the requests after it do not wait on an ever larger round.
 pub const ROUND_MAX: usize = 256;
 
+/// How one request of a round of writes ended.
+#[derive(Debug)]
+pub enum Written<T> {
+    /// Written with its round.
+    Done(T),
+    /// A statement of the round failed, so nothing of it committed: the request is to be
+    /// done alone, where a failure is its own.
+    Alone,
+    /// The round failed where it may have committed (at COMMIT, or with the connection
+    /// gone mid-statement), or the database is unreachable: doing the request again could
+    /// write it twice, so its caller gets the error.
+    Failed(crate::Error),
+}
+
+impl<T> Written<T> {
+    /// The outcome of each of a round's `n` requests when the round failed with `e`.
+    /// `committing` says whether `e` came from a step that commits (the COMMIT, or a
+    /// statement that commits itself) rather than from a statement of an open transaction.
+    pub fn all_failed(n: usize, e: &crate::Error, committing: bool) -> Vec<Written<T>> {
+        (0..n)
+            .map(|_| match e {
+                // The server answered with an error: that statement, or that COMMIT, rolled back.
+                crate::Error::Db(sqlx::Error::Database(_)) => Written::Alone,
+                // No answer (the connection), or no connection at all: maybe committed, or
+                // the database is out of reach for every request alike.
+                crate::Error::Db(db) => Written::Failed(crate::Error::Db(copy(db))),
+                // Ours (a row count, a payload), raised while nothing had committed.
+                _ if !committing => Written::Alone,
+                other => Written::Failed(crate::Error::Internal(format!("a round of writes failed: {other}"))),
+            })
+            .collect()
+    }
+}
+
+/// An error of the round for each of its callers: sqlx errors cannot be cloned. Pool
+/// errors stay what they are; anything else says the database could not be reached, since
+/// whether the round committed is unknown.
+fn copy(e: &sqlx::Error) -> sqlx::Error {
+    match e {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
+        other => sqlx::Error::Io(std::io::Error::other(format!("a round of writes failed: {other}"))),
+    }
+}
+
 type Pending<Req, Resp> = (Req, oneshot::Sender<Resp>);
 
 /// The sending side of a round runner. Dropping it ends the runner once its round is done.

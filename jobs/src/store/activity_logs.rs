@@ -92,8 +92,7 @@ pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Res
 
 /// [`insert_at_head`] for several rows, of one workspace or several, in one statement: it
 /// locks their heads in workspace id order (so two writers of several never deadlock), and
-/// only then draws the rows' ids, in the order given. Returns `(id, drain task due)` per
-/// row, in the order given.
+/// only then draws the rows' ids. Returns `(id, drain task due)` per row, in the order given.
 pub async fn insert_at_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) -> Result<Vec<(i64, Option<String>)>> {
     let text = |f: fn(&NewActivity) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
     let workspaces: Vec<Uuid> = rows.iter().map(|a| a.workspace_id).collect();
@@ -103,7 +102,7 @@ pub async fn insert_at_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) 
     let responses: Vec<Option<&Value>> = rows.iter().map(|a| a.response_body.as_ref()).collect();
     let durations: Vec<Option<i32>> = rows.iter().map(|a| a.duration_ms).collect();
     let pushed: Vec<bool> = rows.iter().map(|a| a.push).collect();
-    let mut written: Vec<(i64, Option<String>)> = sqlx::query_as(
+    let written: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
         "WITH r AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::text[], $7::jsonb[],
                                   $8::jsonb[], $9::text[], $10::text[], $11::int[], $12::bool[])
@@ -113,17 +112,20 @@ pub async fn insert_at_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) 
              INSERT INTO inbox_heads (workspace_id) SELECT DISTINCT workspace_id FROM r ORDER BY workspace_id
              ON CONFLICT (workspace_id) DO UPDATE SET workspace_id = excluded.workspace_id
              RETURNING workspace_id, drain_task_id),
+         -- The ids, each tied to its row. The init plan (count) reads all of h first, so
+         -- every head is locked before the first id is drawn.
+         k AS MATERIALIZED (
+             SELECT r.n, nextval(pg_get_serial_sequence('activity_logs', 'id')) AS id
+               FROM r WHERE (SELECT count(*) FROM h) > 0 ORDER BY r.n),
          i AS (
-             INSERT INTO activity_logs (workspace_id, activity_type, method, source_id, target_id, summary,
+             INSERT INTO activity_logs (id, workspace_id, activity_type, method, source_id, target_id, summary,
                                         request_body, response_body, status, error_detail, duration_ms, delivery)
-             SELECT r.workspace_id, r.activity_type, r.method, r.source_id, r.target_id, r.summary, r.request_body,
-                    r.response_body, r.status, r.error_detail, r.duration_ms, CASE WHEN r.push THEN 'pending' END
-               FROM r
-              -- An init plan: every head is locked before the first id is drawn.
-              WHERE (SELECT count(*) FROM h) > 0
-              ORDER BY r.n
+             SELECT k.id, r.workspace_id, r.activity_type, r.method, r.source_id, r.target_id, r.summary,
+                    r.request_body, r.response_body, r.status, r.error_detail, r.duration_ms,
+                    CASE WHEN r.push THEN 'pending' END
+               FROM k JOIN r USING (n)
              RETURNING id, workspace_id)
-         SELECT i.id, h.drain_task_id FROM i JOIN h USING (workspace_id) ORDER BY i.id",
+         SELECT k.n, i.id, h.drain_task_id FROM i JOIN k USING (id) JOIN h USING (workspace_id) ORDER BY k.n",
     )
     .bind(&workspaces)
     .bind(text(|a| Some(a.activity_type.as_str())))
@@ -139,16 +141,15 @@ pub async fn insert_at_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) 
     .bind(&pushed)
     .fetch_all(db)
     .await?;
-    if written.len() != rows.len() {
+    let in_order = written.iter().enumerate().all(|(at, (n, _, _))| *n == at as i64 + 1);
+    if written.len() != rows.len() || !in_order {
         return Err(crate::Error::Internal(format!(
             "{} activity rows to write, {} written",
             rows.len(),
             written.len()
         )));
     }
-    // The ids were drawn in the order given, so ascending ids are the rows in that order.
-    written.sort_by_key(|(id, _)| *id);
-    Ok(written)
+    Ok(written.into_iter().map(|(_, id, due)| (id, due)).collect())
 }
 
 pub async fn get<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<Activity>> {
