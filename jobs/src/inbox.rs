@@ -84,8 +84,10 @@ pub async fn append(pool: &PgPool, mode: DeliveryMode, mut a: NewActivity) -> Re
 
 /// The api's appends. Concurrent appends that arm no drain (every row but a push-mode
 /// agent's inbox item) run in rounds (ADR 0014): one statement, and one commit, for every
-/// append that arrived while the previous round ran. A pushed item, which may enqueue a
-/// drain, is appended alone.
+/// append that arrived while the previous round ran. A round does not wait for a
+/// workspace's inbox head that another writer holds: that row is appended alone, waiting
+/// its turn, while the round goes on. A pushed item, which may enqueue a drain, is
+/// appended alone.
 pub struct Appends {
     pool: PgPool,
     rounds: Rounds<NewActivity, Written<i64>>,
@@ -98,8 +100,11 @@ impl Appends {
         let rounds = Rounds::spawn(move |rows: Vec<NewActivity>| {
             let pool = round_pool.clone();
             async move {
-                match activity_logs::insert_at_heads(&pool, &rows).await {
-                    Ok(written) => written.into_iter().map(|(id, _)| Written::Done(id)).collect(),
+                match activity_logs::insert_at_free_heads(&pool, &rows).await {
+                    // A row whose head another writer held waits for it alone.
+                    Ok(written) => {
+                        written.into_iter().map(|w| w.map_or(Written::Alone, |(id, _)| Written::Done(id))).collect()
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, rows = rows.len(), "a round of appends failed");
                         // The statement commits itself.

@@ -84,16 +84,45 @@ pub async fn lock_head(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Op
 /// statement: the insert reads the locked head, so the row's id is drawn under the lock and
 /// ids reach readers in commit order. Returns the row id and the drain task due, if any.
 pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Result<(i64, Option<String>)> {
-    insert_at_heads(db, std::slice::from_ref(a))
-        .await?
-        .pop()
-        .ok_or_else(|| crate::Error::Internal("an activity insert returned no row".into()))
+    Ok(sqlx::query_as(
+        "WITH h AS (
+             INSERT INTO inbox_heads (workspace_id) VALUES ($1)
+             ON CONFLICT (workspace_id) DO UPDATE SET workspace_id = excluded.workspace_id
+             RETURNING workspace_id, drain_task_id),
+         i AS (
+             INSERT INTO activity_logs (workspace_id, activity_type, method, source_id, target_id, summary,
+                                        request_body, response_body, status, error_detail, duration_ms, delivery)
+             SELECT h.workspace_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $12 THEN 'pending' END FROM h
+             RETURNING id)
+         SELECT i.id, h.drain_task_id FROM i, h",
+    )
+    .bind(a.workspace_id)
+    .bind(&a.activity_type)
+    .bind(&a.method)
+    .bind(a.source_id)
+    .bind(a.target_id)
+    .bind(&a.summary)
+    .bind(&a.request_body)
+    .bind(&a.response_body)
+    .bind(&a.status)
+    .bind(&a.error_detail)
+    .bind(a.duration_ms)
+    .bind(a.push)
+    .fetch_one(db)
+    .await?)
 }
 
-/// [`insert_at_head`] for several rows, of one workspace or several, in one statement: it
-/// locks their heads in workspace id order (so two writers of several never deadlock), and
-/// only then draws the rows' ids. Returns `(id, drain task due)` per row, in the order given.
-pub async fn insert_at_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) -> Result<Vec<(i64, Option<String>)>> {
+/// Writes several rows, of one workspace or several, in one statement, but only those
+/// whose workspace's head no other writer holds: it takes those heads (locked in workspace
+/// id order, creating the ones not yet there), and only then draws the rows' ids, so ids
+/// still reach readers in commit order. It never waits for a held head, so one busy
+/// workspace does not hold up the others' rows. Returns, per row in the order given,
+/// `Some((id, drain task due))`, or `None` for a row not written because its head was held
+/// (the caller writes it with [`insert_at_head`], which waits its turn).
+pub async fn insert_at_free_heads<'e>(
+    db: impl PgExecutor<'e>,
+    rows: &[NewActivity],
+) -> Result<Vec<Option<(i64, Option<String>)>>> {
     let text = |f: fn(&NewActivity) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
     let workspaces: Vec<Uuid> = rows.iter().map(|a| a.workspace_id).collect();
     let sources: Vec<Option<Uuid>> = rows.iter().map(|a| a.source_id).collect();
@@ -108,15 +137,26 @@ pub async fn insert_at_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) 
                                   $8::jsonb[], $9::text[], $10::text[], $11::int[], $12::bool[])
                     WITH ORDINALITY AS r(workspace_id, activity_type, method, source_id, target_id, summary,
                                          request_body, response_body, status, error_detail, duration_ms, push, n)),
-         h AS (
-             INSERT INTO inbox_heads (workspace_id) SELECT DISTINCT workspace_id FROM r ORDER BY workspace_id
-             ON CONFLICT (workspace_id) DO UPDATE SET workspace_id = excluded.workspace_id
+         -- Heads not there yet: ours once inserted. Heads there: ours unless someone holds
+         -- them. (A head inserted here is not seen by the second, so none is taken twice;
+         -- and an existing head is not inserted, since that would wait for its holder.)
+         fresh AS (
+             INSERT INTO inbox_heads (workspace_id)
+             SELECT DISTINCT workspace_id FROM r
+              WHERE NOT EXISTS (SELECT 1 FROM inbox_heads x WHERE x.workspace_id = r.workspace_id)
+              ORDER BY workspace_id
+             ON CONFLICT (workspace_id) DO NOTHING
              RETURNING workspace_id, drain_task_id),
+         free AS (
+             SELECT workspace_id, drain_task_id FROM inbox_heads
+              WHERE workspace_id = ANY($1) ORDER BY workspace_id FOR UPDATE SKIP LOCKED),
+         h AS (SELECT * FROM fresh UNION ALL SELECT * FROM free),
          -- The ids, each tied to its row. The init plan (count) reads all of h first, so
-         -- every head is locked before the first id is drawn.
+         -- every head is taken before the first id is drawn.
          k AS MATERIALIZED (
              SELECT r.n, nextval(pg_get_serial_sequence('activity_logs', 'id')) AS id
-               FROM r WHERE (SELECT count(*) FROM h) > 0 ORDER BY r.n),
+               FROM r WHERE (SELECT count(*) FROM h) > 0 AND r.workspace_id IN (SELECT workspace_id FROM h)
+              ORDER BY r.n),
          i AS (
              INSERT INTO activity_logs (id, workspace_id, activity_type, method, source_id, target_id, summary,
                                         request_body, response_body, status, error_detail, duration_ms, delivery)
@@ -141,15 +181,15 @@ pub async fn insert_at_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) 
     .bind(&pushed)
     .fetch_all(db)
     .await?;
-    let in_order = written.iter().enumerate().all(|(at, (n, _, _))| *n == at as i64 + 1);
-    if written.len() != rows.len() || !in_order {
-        return Err(crate::Error::Internal(format!(
-            "{} activity rows to write, {} written",
-            rows.len(),
-            written.len()
-        )));
+    let mut out: Vec<Option<(i64, Option<String>)>> = rows.iter().map(|_| None).collect();
+    for (n, id, due) in written {
+        let slot = usize::try_from(n - 1).ok().and_then(|at| out.get_mut(at));
+        match slot {
+            Some(slot @ None) => *slot = Some((id, due)),
+            _ => return Err(crate::Error::Internal(format!("an activity round returned row {n} of {}", rows.len()))),
+        }
     }
-    Ok(written.into_iter().map(|(_, id, due)| (id, due)).collect())
+    Ok(out)
 }
 
 pub async fn get<'e>(db: impl PgExecutor<'e>, id: i64) -> Result<Option<Activity>> {

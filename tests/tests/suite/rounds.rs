@@ -344,30 +344,60 @@ async fn a_since_id_reader_misses_no_item_of_concurrent_round_writers_in_several
 }
 
 #[tokio::test]
-async fn a_round_draws_its_ids_only_once_it_holds_every_head_it_writes_to() {
+async fn a_round_writes_past_a_held_head_and_that_row_waits_alone_and_draws_its_id_under_the_lock() {
     let (_db, pool) = database().await;
     let creates = Creates::spawn(pool.clone());
     let mut spaces = vec![];
-    for n in 0..3 {
+    for n in 0..4 {
         spaces.push(provisioning(creates.create(request(&format!("w{n}")), "admin").await).0.id);
     }
-    let (a, b, c) = (spaces[0], spaces[1], spaces[2]);
-    // Another writer holds b's head: the round, which writes to a and b, must wait for it
-    // before drawing any id, so a row written meanwhile elsewhere gets a smaller id. Were an
-    // id drawn before the wait, a reader of b could move its cursor past it before it commits.
+    let (a, b, c, d) = (spaces[0], spaces[1], spaces[2], spaces[3]);
+    activity_logs::insert_at_head(&pool, &item(b, "earlier")).await.expect("b's earlier row");
+    let appends = std::sync::Arc::new(Appends::spawn(pool.clone()));
+    // A first round is held up on the table, so that a and b's appends queue as one round.
+    let held_table = hold(&pool, "activity_logs").await;
+    let first = appends.append(DeliveryMode::Poll, item(d, "first"));
+    // Another writer holds b's head (which b's earlier row made; a has none yet).
     let mut holder = pool.begin().await.unwrap();
     activity_logs::lock_head(&mut holder, b).await.unwrap();
-    let appends = Appends::spawn(pool.clone());
-    let round = futures::future::join_all([a, b].map(|w| appends.append(DeliveryMode::Poll, item(w, "round"))));
-    let meanwhile = async {
+    let round = futures::future::join_all([a, b].map(|w| {
+        let appends = appends.clone();
+        async move { appends.append(DeliveryMode::Poll, item(w, "round")).await }
+    }));
+    let steps = async {
         until_a_writer_waits(&pool).await;
-        let (id, _) = activity_logs::insert_at_head(&pool, &item(c, "meanwhile")).await.expect("write alone");
+        // Let the round's submissions queue (join! polled them first), then let it run.
+        tokio::task::yield_now().await;
+        held_table.rollback().await.expect("release the table");
+        // a's row commits while b's head is still held: the round did not wait for it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let written: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM activity_logs WHERE workspace_id = $1 AND summary = 'round'")
+                    .bind(a)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            if written == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the round waited for b's held head instead of writing a's row");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // b's row, written alone, waits for the head; a row of c written meanwhile gets an
+        // id first, and b's id is drawn only under b's head, so a reader of b misses nothing.
+        until_a_writer_waits(&pool).await;
+        let (meanwhile, _) = activity_logs::insert_at_head(&pool, &item(c, "meanwhile")).await.expect("write c");
         holder.rollback().await.expect("release b's head");
-        id
+        meanwhile
     };
-    let (round, meanwhile) = tokio::join!(round, meanwhile);
-    for id in round {
-        let id = id.expect("append");
-        assert!(id > meanwhile, "the round drew id {id} before it held b's head (row written meanwhile: {meanwhile})");
+    let (first, round, meanwhile) = tokio::join!(first, round, steps);
+    first.expect("first append");
+    let ids: Vec<i64> = round.into_iter().map(|r| r.expect("append")).collect();
+    assert!(ids[0] < meanwhile, "a's row was written before c's");
+    assert!(ids[1] > meanwhile, "b's id {} was drawn before b's head was free (c's: {meanwhile})", ids[1]);
+    for (id, ws) in ids.iter().zip([a, b]) {
+        let row = activity_logs::get(&pool, *id).await.unwrap().expect("row");
+        assert_eq!((row.workspace_id, row.summary.as_deref()), (ws, Some("round")));
     }
 }
