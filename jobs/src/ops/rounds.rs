@@ -141,4 +141,22 @@ mod tests {
         assert_eq!(answers, vec![Some((20, 1)), Some((30, 1)), Some((40, 1)), Some((50, 1))]);
         assert_eq!(rounds_run.load(Ordering::SeqCst), 2, "the four later requests ran as one round");
     }
+
+    #[test]
+    fn a_failed_round_is_redone_alone_only_where_nothing_can_have_committed() {
+        let alone = |w: &Written<()>| matches!(w, Written::Alone);
+        let failed = |w: &Written<()>| matches!(w, Written::Failed(_));
+        // Ours, raised before any commit: nothing was written.
+        let ours = crate::Error::Internal("a row count".into());
+        assert!(Written::all_failed(3, &ours, false).iter().all(alone));
+        // The same after a statement that commits itself: it may have written.
+        assert!(Written::all_failed(3, &ours, true).iter().all(failed));
+        // No answer from the server, or no connection: every caller gets the error.
+        let gone = crate::Error::Db(sqlx::Error::Io(std::io::Error::other("connection reset")));
+        assert!(Written::all_failed(2, &gone, false).iter().all(failed));
+        let no_pool = crate::Error::Db(sqlx::Error::PoolTimedOut);
+        let outcomes = Written::<()>::all_failed(2, &no_pool, false);
+        assert!(outcomes.iter().all(|w| matches!(w, Written::Failed(crate::Error::Db(sqlx::Error::PoolTimedOut)))));
+        assert_eq!(Written::<()>::all_failed(4, &gone, true).len(), 4, "one outcome per request");
+    }
 }
