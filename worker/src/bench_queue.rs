@@ -745,38 +745,76 @@ async fn wait_sample(pool: &PgPool, client: &reqwest::Client, base: &str, i: usi
 }
 
 // ---------------------------------------------------------------------------------------------
-// Enqueue through the api, no worker
+// Enqueue and messages through the api, no worker
 // ---------------------------------------------------------------------------------------------
 
 async fn enqueue(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     progress(format_args!("enqueue: {ENQUEUE_CLIENTS} clients POST /workspaces for {} s, no worker", b.args.seconds));
+    let measured =
+        through_api(b, |base, c, i| (format!("{base}/workspaces"), create_body(format!("bench-enq-{c}-{i}")))).await?;
+    let what = format!("POST /workspaces (enqueue only), {ENQUEUE_CLIENTS} clients, non-2xx: {}", measured.errors);
+    report.add(Some("enqueue".into()), measured.row(6, what));
+    Ok(())
+}
+
+/// `POST /workspaces/{id}/a2a` from 32 clients for the run's seconds, to poll-mode
+/// workspaces: each message is an inbox item its agent would poll; no job is involved.
+async fn messages(b: &Bench, report: &mut Report) -> jobs::Result<()> {
+    progress(format_args!("messages: {ENQUEUE_CLIENTS} clients POST /workspaces/{{id}}/a2a for {} s", b.args.seconds));
+    let ws = bench_inbox::workspaces(&b.pool, INBOX_WORKSPACES, DeliveryMode::Poll, None).await?;
+    let measured = through_api(b, move |base, c, i| {
+        let target = ws[(c + i * ENQUEUE_CLIENTS) % ws.len()];
+        (format!("{base}/workspaces/{target}/a2a"), jobs::inbox::message_send(&format!("{c}-{i}"), "bench", json!({})))
+    })
+    .await?;
+    let what = format!(
+        "POST /workspaces/{{id}}/a2a to poll-mode agents, {ENQUEUE_CLIENTS} clients, non-2xx: {}",
+        measured.errors
+    );
+    report.add(Some("messages".into()), measured.row(7, what));
+    Ok(())
+}
+
+/// What the clients of one api phase measured.
+struct ThroughApi {
+    samples: Vec<f64>,
+    errors: usize,
+    secs: f64,
+}
+
+impl ThroughApi {
+    /// The rate counts only what was accepted; the latencies are of every request.
+    fn row(self, rank: u8, what: String) -> Row {
+        let ok = self.samples.len() - self.errors;
+        Row::new(rank, what, "0", ok, ok as f64 / self.secs).latencies(self.samples)
+    }
+}
+
+/// Starts the api (no worker) and has `ENQUEUE_CLIENTS` clients post for the run's
+/// seconds, client `c`'s `i`th request being `request(api base url, c, i)`.
+async fn through_api(
+    b: &Bench,
+    request: impl Fn(&str, usize, usize) -> (String, Value) + Send + Sync + 'static,
+) -> jobs::Result<ThroughApi> {
     let client = http_client()?;
     let api = Api::start(&b.config, &client).await?;
+    let request = std::sync::Arc::new(request);
     let started = Instant::now();
     let until = started + Duration::from_secs(b.args.seconds);
     let mut tasks = vec![];
     for c in 0..ENQUEUE_CLIENTS {
-        let (client, url) = (client.clone(), format!("{}/workspaces", api.base));
-        tasks.push(tokio::spawn(async move { enqueue_client(&client, &url, c, until).await }));
+        let (client, base, request) = (client.clone(), api.base.clone(), request.clone());
+        tasks.push(tokio::spawn(async move { post_until(&client, until, |i| request(&base, c, i)).await }));
     }
     let (mut samples, mut errors) = (vec![], 0usize);
     for t in tasks {
-        let (s, e) = t.await.map_err(|e| jobs::Error::Internal(format!("enqueue client: {e}")))?;
+        let (s, e) = t.await.map_err(|e| jobs::Error::Internal(format!("api client: {e}")))?;
         samples.extend(s);
         errors += e;
     }
     let secs = started.elapsed().as_secs_f64();
     api.stop().await;
-    let what = format!("POST /workspaces (enqueue only), {ENQUEUE_CLIENTS} clients, non-2xx: {errors}");
-    // The rate counts only what was accepted; the latencies are of every request.
-    let ok = samples.len() - errors;
-    report.add(Some("enqueue".into()), Row::new(6, what, "0", ok, ok as f64 / secs).latencies(samples));
-    Ok(())
-}
-
-/// Posts until `until`; returns each request's latency (ms) and how many were not 2xx.
-async fn enqueue_client(client: &reqwest::Client, url: &str, c: usize, until: Instant) -> (Vec<f64>, usize) {
-    post_until(client, until, |i| (url.to_string(), create_body(format!("bench-enq-{c}-{i}")))).await
+    Ok(ThroughApi { samples, errors, secs })
 }
 
 /// Posts the `i`th `(url, body)` after another until `until`; returns each request's
@@ -800,45 +838,6 @@ async fn post_until(
         }
     }
     (samples, errors)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Messages through the api, no worker
-// ---------------------------------------------------------------------------------------------
-
-/// `POST /workspaces/{id}/a2a` from 32 clients for the run's seconds, to poll-mode
-/// workspaces: each message is an inbox item its agent would poll; no job is involved.
-async fn messages(b: &Bench, report: &mut Report) -> jobs::Result<()> {
-    progress(format_args!("messages: {ENQUEUE_CLIENTS} clients POST /workspaces/{{id}}/a2a for {} s", b.args.seconds));
-    let ws = bench_inbox::workspaces(&b.pool, INBOX_WORKSPACES, DeliveryMode::Poll, None).await?;
-    let client = http_client()?;
-    let api = Api::start(&b.config, &client).await?;
-    let started = Instant::now();
-    let until = started + Duration::from_secs(b.args.seconds);
-    let mut tasks = vec![];
-    for c in 0..ENQUEUE_CLIENTS {
-        let (client, base, ws) = (client.clone(), api.base.clone(), ws.clone());
-        tasks.push(tokio::spawn(async move {
-            post_until(&client, until, |i| {
-                let target = ws[(c + i * ENQUEUE_CLIENTS) % ws.len()];
-                let body = jobs::inbox::message_send(&format!("{c}-{i}"), "bench", json!({}));
-                (format!("{base}/workspaces/{target}/a2a"), body)
-            })
-            .await
-        }));
-    }
-    let (mut samples, mut errors) = (vec![], 0usize);
-    for t in tasks {
-        let (s, e) = t.await.map_err(|e| jobs::Error::Internal(format!("message client: {e}")))?;
-        samples.extend(s);
-        errors += e;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    api.stop().await;
-    let what = format!("POST /workspaces/{{id}}/a2a to poll-mode agents, {ENQUEUE_CLIENTS} clients, non-2xx: {errors}");
-    let ok = samples.len() - errors;
-    report.add(Some("messages".into()), Row::new(7, what, "0", ok, ok as f64 / secs).latencies(samples));
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
