@@ -132,7 +132,7 @@ async fn create_round(pool: &PgPool, reqs: Vec<(CreateRequest, String)>) -> Vec<
         Ok(created) if created.len() == n => created,
         Ok(_) => return Written::all_failed(n, &Error::Internal("a round made too few workspaces".into()), false),
         Err(e) => {
-            tracing::warn!(error = %e, creates = n, "a round of creates failed; each runs alone");
+            tracing::warn!(error = %e, creates = n, "a round of creates failed before its commit");
             return Written::all_failed(n, &e, false);
         }
     };
