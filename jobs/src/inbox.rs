@@ -120,10 +120,8 @@ impl Appends {
     pub async fn append(&self, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
         if !pushed(&a, mode) {
             a.push = false;
-            match self.rounds.submit(a.clone()).await {
-                Some(Written::Done(id)) => return Ok(id),
-                Some(Written::Failed(e)) => return Err(e),
-                Some(Written::Alone) | None => {}
+            if let Some(id) = self.rounds.write(a.clone()).await {
+                return id;
             }
         }
         append(&self.pool, mode, a).await

@@ -109,12 +109,11 @@ impl Creates {
 
     /// [`create`], in the next round when it can share one.
     pub async fn create(&self, req: CreateRequest, requested_by: &str) -> Result<Created> {
-        if req.parent_id.is_none() && !is_external(&req) {
-            match self.rounds.submit((req.clone(), requested_by.to_string())).await {
-                Some(Written::Done(created)) => return Ok(created),
-                Some(Written::Failed(e)) => return Err(e),
-                Some(Written::Alone) | None => {}
-            }
+        if req.parent_id.is_none()
+            && !is_external(&req)
+            && let Some(created) = self.rounds.write((req.clone(), requested_by.to_string())).await
+        {
+            return created;
         }
         create(&self.pool, req, requested_by).await
     }

@@ -101,6 +101,19 @@ impl<Req: Send + 'static, Resp: Send + 'static> Rounds<Req, Resp> {
     }
 }
 
+impl<Req: Send + 'static, T: Send + 'static> Rounds<Req, Written<T>> {
+    /// Submits a write and waits for its round: `Some` with what the round made of it,
+    /// `None` when the caller is to do it alone (the round could not have written it, or
+    /// the runner is gone).
+    pub async fn write(&self, req: Req) -> Option<crate::Result<T>> {
+        match self.submit(req).await? {
+            Written::Done(t) => Some(Ok(t)),
+            Written::Failed(e) => Some(Err(e)),
+            Written::Alone => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
