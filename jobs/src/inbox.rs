@@ -102,9 +102,7 @@ impl Appends {
             async move {
                 match activity_logs::insert_at_free_heads(&pool, &rows).await {
                     // A row whose head another writer held waits for it alone.
-                    Ok(written) => {
-                        written.into_iter().map(|w| w.map_or(Written::Alone, |(id, _)| Written::Done(id))).collect()
-                    }
+                    Ok(written) => written.into_iter().map(|w| w.map_or(Written::Alone, Written::Done)).collect(),
                     Err(e) => {
                         tracing::warn!(error = %e, rows = rows.len(), "a round of appends failed");
                         // The statement commits itself.

@@ -112,17 +112,14 @@ pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Res
     .await?)
 }
 
-/// Writes several rows, of one workspace or several, in one statement, but only those
-/// whose workspace's head no other writer holds: it takes those heads (locked in workspace
-/// id order, creating the ones not yet there), and only then draws the rows' ids, so ids
-/// still reach readers in commit order. It never waits for a held head, so one busy
-/// workspace does not hold up the others' rows. Returns, per row in the order given,
-/// `Some((id, drain task due))`, or `None` for a row not written because its head was held
-/// (the caller writes it with [`insert_at_head`], which waits its turn).
-pub async fn insert_at_free_heads<'e>(
-    db: impl PgExecutor<'e>,
-    rows: &[NewActivity],
-) -> Result<Vec<Option<(i64, Option<String>)>>> {
+/// Writes several rows that are not pushed (no drain to arm), of one workspace or several,
+/// in one statement, but only those whose workspace's head no other writer holds: it takes
+/// those heads (locked in workspace id order, creating the ones not yet there), and only
+/// then draws the rows' ids, so ids still reach readers in commit order. It never waits
+/// for a held head, so one busy workspace does not hold up the others' rows. Returns, per
+/// row in the order given, its id, or `None` for a row not written because its head was
+/// held (the caller writes it with [`insert_at_head`], which waits its turn).
+pub async fn insert_at_free_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) -> Result<Vec<Option<i64>>> {
     let text = |f: fn(&NewActivity) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
     let workspaces: Vec<Uuid> = rows.iter().map(|a| a.workspace_id).collect();
     let sources: Vec<Option<Uuid>> = rows.iter().map(|a| a.source_id).collect();
@@ -130,13 +127,12 @@ pub async fn insert_at_free_heads<'e>(
     let requests: Vec<Option<&Value>> = rows.iter().map(|a| a.request_body.as_ref()).collect();
     let responses: Vec<Option<&Value>> = rows.iter().map(|a| a.response_body.as_ref()).collect();
     let durations: Vec<Option<i32>> = rows.iter().map(|a| a.duration_ms).collect();
-    let pushed: Vec<bool> = rows.iter().map(|a| a.push).collect();
-    let written: Vec<(i64, i64, Option<String>)> = sqlx::query_as(
+    let written: Vec<(i64, i64)> = sqlx::query_as(
         "WITH r AS (
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::uuid[], $6::text[], $7::jsonb[],
-                                  $8::jsonb[], $9::text[], $10::text[], $11::int[], $12::bool[])
+                                  $8::jsonb[], $9::text[], $10::text[], $11::int[])
                     WITH ORDINALITY AS r(workspace_id, activity_type, method, source_id, target_id, summary,
-                                         request_body, response_body, status, error_detail, duration_ms, push, n)),
+                                         request_body, response_body, status, error_detail, duration_ms, n)),
          -- Heads not there yet: ours once inserted. Heads there: ours unless someone holds
          -- them. (A head inserted here is not seen by the second, so none is taken twice;
          -- and an existing head is not inserted, since that would wait for its holder.)
@@ -146,9 +142,9 @@ pub async fn insert_at_free_heads<'e>(
               WHERE NOT EXISTS (SELECT 1 FROM inbox_heads x WHERE x.workspace_id = r.workspace_id)
               ORDER BY workspace_id
              ON CONFLICT (workspace_id) DO NOTHING
-             RETURNING workspace_id, drain_task_id),
+             RETURNING workspace_id),
          free AS (
-             SELECT workspace_id, drain_task_id FROM inbox_heads
+             SELECT workspace_id FROM inbox_heads
               WHERE workspace_id = ANY($1) ORDER BY workspace_id FOR UPDATE SKIP LOCKED),
          h AS (SELECT * FROM fresh UNION ALL SELECT * FROM free),
          -- The ids, each tied to its row. The init plan (count) reads all of h first, so
@@ -159,13 +155,12 @@ pub async fn insert_at_free_heads<'e>(
               ORDER BY r.n),
          i AS (
              INSERT INTO activity_logs (id, workspace_id, activity_type, method, source_id, target_id, summary,
-                                        request_body, response_body, status, error_detail, duration_ms, delivery)
+                                        request_body, response_body, status, error_detail, duration_ms)
              SELECT k.id, r.workspace_id, r.activity_type, r.method, r.source_id, r.target_id, r.summary,
-                    r.request_body, r.response_body, r.status, r.error_detail, r.duration_ms,
-                    CASE WHEN r.push THEN 'pending' END
+                    r.request_body, r.response_body, r.status, r.error_detail, r.duration_ms
                FROM k JOIN r USING (n)
-             RETURNING id, workspace_id)
-         SELECT k.n, i.id, h.drain_task_id FROM i JOIN k USING (id) JOIN h USING (workspace_id) ORDER BY k.n",
+             RETURNING id)
+         SELECT k.n, i.id FROM i JOIN k USING (id)",
     )
     .bind(&workspaces)
     .bind(text(|a| Some(a.activity_type.as_str())))
@@ -178,14 +173,12 @@ pub async fn insert_at_free_heads<'e>(
     .bind(text(|a| Some(a.status.as_str())))
     .bind(text(|a| a.error_detail.as_deref()))
     .bind(&durations)
-    .bind(&pushed)
     .fetch_all(db)
     .await?;
-    let mut out: Vec<Option<(i64, Option<String>)>> = rows.iter().map(|_| None).collect();
-    for (n, id, due) in written {
-        let slot = usize::try_from(n - 1).ok().and_then(|at| out.get_mut(at));
-        match slot {
-            Some(slot @ None) => *slot = Some((id, due)),
+    let mut out: Vec<Option<i64>> = rows.iter().map(|_| None).collect();
+    for (n, id) in written {
+        match usize::try_from(n - 1).ok().and_then(|at| out.get_mut(at)) {
+            Some(slot @ None) => *slot = Some(id),
             _ => return Err(crate::Error::Internal(format!("an activity round returned row {n} of {}", rows.len()))),
         }
     }
