@@ -84,6 +84,15 @@ impl TestDb {
         TestDb::create_on(&required_env("TEST_DATABASE_URL")).await
     }
 
+    /// A fresh database with apalis' schema and ours, and a pool of `connections` on it,
+    /// for tests of the `jobs` library with no process.
+    pub async fn migrated(connections: u32) -> (TestDb, PgPool) {
+        let db = TestDb::create().await;
+        let pool = jobs::db::connect(&db.url, connections).await.expect("connect");
+        jobs::db::migrate(&pool).await.expect("migrate");
+        (db, pool)
+    }
+
     /// A fresh database on the server at `server_url` (a URL naming any existing database).
     pub async fn create_on(server_url: &str) -> TestDb {
         let server_url = server_url.to_string();

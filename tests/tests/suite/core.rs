@@ -16,10 +16,7 @@ use uuid::Uuid;
 
 /// A fresh database with apalis' schema and ours. The `TestDb` drops it when the test ends.
 async fn database() -> (TestDb, PgPool) {
-    let db = TestDb::create().await;
-    let pool = jobs::db::connect(&db.url, 5).await.expect("connect");
-    jobs::db::migrate(&pool).await.expect("migrate");
-    (db, pool)
+    TestDb::migrated(5).await
 }
 
 fn request(name: &str) -> CreateRequest {

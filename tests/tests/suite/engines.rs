@@ -337,9 +337,7 @@ async fn a_task_of_an_unknown_payload_version_is_left_queued_and_run_by_a_worker
 async fn the_claim_gives_a_workspaces_op_only_to_a_worker_of_its_engine() {
     use jobs::ops::{self, ClaimResult, Claimant};
 
-    let db = tests::TestDb::create().await;
-    let pool = jobs::db::connect(&db.url, 5).await.expect("connect");
-    jobs::db::migrate(&pool).await.expect("migrate");
+    let (_db, pool) = tests::TestDb::migrated(5).await;
     let request = jobs::domain::CreateRequest {
         name: "on-a".into(),
         role: None,

@@ -18,10 +18,17 @@ use tests::TestDb;
 use uuid::Uuid;
 
 async fn database() -> (TestDb, PgPool) {
-    let db = TestDb::create().await;
-    let pool = jobs::db::connect(&db.url, 10).await.expect("connect");
-    jobs::db::migrate(&pool).await.expect("migrate");
-    (db, pool)
+    TestDb::migrated(10).await
+}
+
+/// `n` workspaces that start by provisioning, made one after another.
+async fn provisioned(pool: &PgPool, n: usize) -> Vec<Uuid> {
+    let creates = Creates::spawn(pool.clone());
+    let mut ids = vec![];
+    for i in 0..n {
+        ids.push(provisioning(creates.create(request(&format!("w{i}")), "admin").await).0.id);
+    }
+    ids
 }
 
 fn request(name: &str) -> CreateRequest {
@@ -214,15 +221,7 @@ async fn a_round_of_creates_that_fails_leaves_nothing_and_each_create_then_runs_
 #[tokio::test]
 async fn appends_that_arrive_together_share_one_statement_and_each_gets_the_id_of_its_own_row() {
     let (_db, pool) = database().await;
-    let spaces: Vec<Uuid> = {
-        let creates = Creates::spawn(pool.clone());
-        let mut ids = vec![];
-        for n in 0..3 {
-            let (ws, _) = provisioning(creates.create(request(&format!("w{n}")), "admin").await);
-            ids.push(ws.id);
-        }
-        ids
-    };
+    let spaces = provisioned(&pool, 3).await;
     let appends = std::sync::Arc::new(Appends::spawn(pool.clone()));
     let held = hold(&pool, "activity_logs").await;
     let first = appends.append(DeliveryMode::Poll, item(spaces[0], "first"));
@@ -346,11 +345,7 @@ async fn a_since_id_reader_misses_no_item_of_concurrent_round_writers_in_several
 #[tokio::test]
 async fn a_round_writes_past_a_held_head_and_that_row_waits_alone_and_draws_its_id_under_the_lock() {
     let (_db, pool) = database().await;
-    let creates = Creates::spawn(pool.clone());
-    let mut spaces = vec![];
-    for n in 0..4 {
-        spaces.push(provisioning(creates.create(request(&format!("w{n}")), "admin").await).0.id);
-    }
+    let spaces = provisioned(&pool, 4).await;
     let (a, b, c, d) = (spaces[0], spaces[1], spaces[2], spaces[3]);
     activity_logs::insert_at_head(&pool, &item(b, "earlier")).await.expect("b's earlier row");
     let appends = std::sync::Arc::new(Appends::spawn(pool.clone()));
