@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::Result;
 use crate::config::Env;
 use crate::domain::DeliveryMode;
+use crate::notify::Notice;
 use crate::ops::rounds::{Rounds, Written};
 use crate::queue::{self, INBOX_QUEUE, InboxTask};
 use crate::retry::RetryPolicy;
@@ -123,6 +126,46 @@ impl Appends {
             }
         }
         append(&self.pool, mode, a).await
+    }
+}
+
+/// How often a waiting reader re-reads the log whatever the notices say: a notice can be
+/// lost (between a listener's death and its rebuild), and rows that stop being pushed
+/// (the agent switched to polling) are not announced.
+pub const REREAD_EVERY: Duration = Duration::from_secs(2);
+
+/// The long poll: workspace `workspace_id`'s rows after `after`, oldest first, as
+/// [`activity_logs::list`] reads them; when there are none yet, waits up to `timeout` for
+/// some, woken by the append notices `notices` carries (ADR 0015). Empty when none came.
+pub async fn read_waiting(
+    pool: &PgPool,
+    notices: &broadcast::Sender<Notice>,
+    workspace_id: Uuid,
+    activity_type: Option<&str>,
+    after: i64,
+    limit: i64,
+    timeout: Duration,
+) -> Result<Vec<activity_logs::Activity>> {
+    // Subscribed before the first read, so no append can slip between the two.
+    let mut rx = notices.subscribe();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = activity_logs::list(pool, workspace_id, activity_type, Some(after), limit).await?;
+        if !rows.is_empty() || Instant::now() >= deadline {
+            return Ok(rows);
+        }
+        let reread_at = (Instant::now() + REREAD_EVERY).min(deadline);
+        loop {
+            match tokio::time::timeout_at(reread_at, rx.recv()).await {
+                Err(_) => break,
+                Ok(Ok(n)) if n.may_have_appended_to(workspace_id) => break,
+                Ok(Ok(_)) => continue,
+                Ok(Err(RecvError::Lagged(_))) => break,
+                Ok(Err(RecvError::Closed)) => {
+                    return Err(crate::Error::Internal("the process's event listener stopped".into()));
+                }
+            }
+        }
     }
 }
 

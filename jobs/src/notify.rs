@@ -10,6 +10,7 @@
 //! subscribers re-read what they follow instead of trusting notices they may have missed.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -29,6 +30,12 @@ use crate::{Error, Result};
 pub const EVENTS_CHANNEL: &str = "ws_events";
 /// Payload: `<op id> <workspace id>`.
 pub const OPS_CHANNEL: &str = "ws_ops";
+/// Payload: the ids of the workspaces a statement appended rows to that are read, not
+/// pushed, separated by spaces; or `*` when there were too many to name.
+pub const INBOX_CHANNEL: &str = "ws_inbox";
+/// Past this many workspaces an append's notice names none (`*`): a notification holds at
+/// most 8000 bytes, and each id takes 37.
+pub const INBOX_NOTICE_NAMES_MAX: i64 = 200;
 /// Payload: `<listener nonce> <sequence>`; each listener only answers to its own.
 pub const KEEPALIVE_CHANNEL: &str = "ws_keepalive";
 /// The listener's session name in `pg_stat_activity`, so operators (and tests) can find it.
@@ -49,6 +56,9 @@ pub enum Notice {
         op_id: Uuid,
         workspace_id: Uuid,
     },
+    /// Rows that readers poll for were appended to these workspaces' logs (`None`: to too
+    /// many to name, so every reader re-reads).
+    Appended(Option<Arc<[Uuid]>>),
     /// The listener was (re)built: notifications may have been missed, so subscribers re-read.
     Resync,
 }
@@ -58,7 +68,17 @@ impl Notice {
         match self {
             Notice::Event(e) => e.workspace_id,
             Notice::Op { workspace_id, .. } => Some(*workspace_id),
-            Notice::Resync => None,
+            Notice::Appended(_) | Notice::Resync => None,
+        }
+    }
+
+    /// Whether a reader of workspace `id`'s log should read again: rows were appended to it
+    /// (or to workspaces too many to name), or notices may have been missed.
+    pub fn may_have_appended_to(&self, id: Uuid) -> bool {
+        match self {
+            Notice::Appended(Some(ids)) => ids.contains(&id),
+            Notice::Appended(None) | Notice::Resync => true,
+            Notice::Event(_) | Notice::Op { .. } => false,
         }
     }
 }
@@ -166,7 +186,7 @@ async fn subscribe(pool: &PgPool) -> Result<PgListener> {
     // A lost connection must end this listener (and be announced as a resync), not be
     // replaced behind our back with the notices sent meanwhile gone.
     listener.eager_reconnect(false);
-    listener.listen_all([EVENTS_CHANNEL, OPS_CHANNEL, KEEPALIVE_CHANNEL]).await?;
+    listener.listen_all([EVENTS_CHANNEL, OPS_CHANNEL, INBOX_CHANNEL, KEEPALIVE_CHANNEL]).await?;
     Ok(listener)
 }
 
@@ -204,6 +224,31 @@ async fn decode(pool: &PgPool, n: &PgNotification) -> Result<Option<Notice>> {
                 _ => None,
             }
         }
+        INBOX_CHANNEL => Some(Notice::Appended(appended_to(n.payload()))),
         _ => None,
     })
+}
+
+/// The workspaces an [`INBOX_CHANNEL`] payload names; `None` (everyone re-reads) for `*`,
+/// or for a payload that does not parse.
+fn appended_to(payload: &str) -> Option<Arc<[Uuid]>> {
+    payload.split(' ').map(Uuid::parse_str).collect::<std::result::Result<Vec<_>, _>>().ok().map(Arc::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inbox_notice_wakes_the_readers_of_the_workspaces_it_names_or_all_of_them() {
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let named = Notice::Appended(appended_to(&format!("{a} {b}")));
+        assert!(named.may_have_appended_to(a) && named.may_have_appended_to(b));
+        assert!(!named.may_have_appended_to(c));
+        for everyone in ["*", "not an id", ""] {
+            assert!(Notice::Appended(appended_to(everyone)).may_have_appended_to(c), "{everyone:?}");
+        }
+        assert!(Notice::Resync.may_have_appended_to(c));
+        assert!(!Notice::Op { op_id: a, workspace_id: c }.may_have_appended_to(c));
+    }
 }

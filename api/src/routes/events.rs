@@ -117,7 +117,7 @@ async fn forward(mut socket: WebSocket, mut rx: tokio::sync::broadcast::Receiver
                     Ok(Notice::Resync) => {
                         resync_frame("the server's event listener reconnected; events may have been missed")
                     }
-                    Ok(Notice::Op { .. }) => None,
+                    Ok(Notice::Op { .. } | Notice::Appended(_)) => None,
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "websocket client too slow; events dropped");
                         resync_frame(&format!("this client fell behind and missed {n} notifications"))

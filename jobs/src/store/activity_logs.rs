@@ -10,6 +10,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::Result;
+use crate::notify::{INBOX_CHANNEL, INBOX_NOTICE_NAMES_MAX};
 
 macro_rules! columns {
     () => {
@@ -82,7 +83,9 @@ pub async fn lock_head(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Op
 
 /// Takes the workspace's head row lock as [`lock_head`] does, then writes the row, in one
 /// statement: the insert reads the locked head, so the row's id is drawn under the lock and
-/// ids reach readers in commit order. Returns the row id and the drain task due, if any.
+/// ids reach readers in commit order. A row that is not pushed is announced on
+/// [`INBOX_CHANNEL`] at commit, for readers waiting on the log. Returns the row id and the
+/// drain task due, if any.
 pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Result<(i64, Option<String>)> {
     Ok(sqlx::query_as(
         "WITH h AS (
@@ -93,8 +96,10 @@ pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Res
              INSERT INTO activity_logs (workspace_id, activity_type, method, source_id, target_id, summary,
                                         request_body, response_body, status, error_detail, duration_ms, delivery)
              SELECT h.workspace_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $12 THEN 'pending' END FROM h
-             RETURNING id)
-         SELECT i.id, h.drain_task_id FROM i, h",
+             RETURNING id),
+         -- A row that is read rather than pushed wakes its waiting readers at commit.
+         woken AS (SELECT pg_notify($13, h.workspace_id::text) FROM h, i WHERE NOT $12)
+         SELECT i.id, h.drain_task_id FROM i CROSS JOIN h LEFT JOIN woken ON true",
     )
     .bind(a.workspace_id)
     .bind(&a.activity_type)
@@ -108,6 +113,7 @@ pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Res
     .bind(&a.error_detail)
     .bind(a.duration_ms)
     .bind(a.push)
+    .bind(INBOX_CHANNEL)
     .fetch_one(db)
     .await?)
 }
@@ -118,7 +124,8 @@ pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Res
 /// then draws the rows' ids, so ids still reach readers in commit order. It never waits
 /// for a held head, so one busy workspace does not hold up the others' rows. Returns, per
 /// row in the order given, its id, or `None` for a row not written because its head was
-/// held (the caller writes it with [`insert_at_head`], which waits its turn).
+/// held (the caller writes it with [`insert_at_head`], which waits its turn). One notice on
+/// [`INBOX_CHANNEL`] names the workspaces written to.
 pub async fn insert_at_free_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) -> Result<Vec<Option<i64>>> {
     let text = |f: fn(&NewActivity) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
     let workspaces: Vec<Uuid> = rows.iter().map(|a| a.workspace_id).collect();
@@ -159,8 +166,13 @@ pub async fn insert_at_free_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivi
              SELECT k.id, r.workspace_id, r.activity_type, r.method, r.source_id, r.target_id, r.summary,
                     r.request_body, r.response_body, r.status, r.error_detail, r.duration_ms
                FROM k JOIN r USING (n)
-             RETURNING id)
-         SELECT k.n, i.id FROM i JOIN k USING (id)",
+             RETURNING id, workspace_id),
+         -- One notice for the statement wakes the readers of every workspace written to.
+         woken AS (
+             SELECT pg_notify($12, CASE WHEN count(DISTINCT workspace_id) > $13 THEN '*'
+                                        ELSE string_agg(DISTINCT workspace_id::text, ' ') END)
+               FROM i HAVING count(*) > 0)
+         SELECT k.n, i.id FROM i JOIN k USING (id) LEFT JOIN woken ON true",
     )
     .bind(&workspaces)
     .bind(text(|a| Some(a.activity_type.as_str())))
@@ -173,6 +185,8 @@ pub async fn insert_at_free_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivi
     .bind(text(|a| Some(a.status.as_str())))
     .bind(text(|a| a.error_detail.as_deref()))
     .bind(&durations)
+    .bind(INBOX_CHANNEL)
+    .bind(INBOX_NOTICE_NAMES_MAX)
     .fetch_all(db)
     .await?;
     let mut out: Vec<Option<i64>> = rows.iter().map(|_| None).collect();
