@@ -39,6 +39,10 @@ pub struct ListQuery {
     /// 1 to 500; 100 when absent.
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// The long poll, with `since_id` only: when no row follows the cursor yet, hold the
+    /// answer up to this many seconds (0 to 300) until one is appended; `[]` if none is.
+    #[param(minimum = 0, maximum = 300)]
+    wait: Option<f64>,
 }
 
 pub(crate) async fn live_workspace(state: &AppState, id: Uuid) -> ApiResult<jobs::domain::Workspace> {
@@ -51,13 +55,14 @@ pub(crate) async fn live_workspace(state: &AppState, id: Uuid) -> ApiResult<jobs
 /// `GET /workspaces/:id/activity`: without a cursor the newest rows first; with `since_id`
 /// the rows after it, oldest first (`since_id=0`: from the beginning). A cursor that is not
 /// one of this workspace's rows (another's, unknown, purged) is 410: the poller must start
-/// again rather than silently skip or repeat.
+/// again rather than silently skip or repeat. With `since_id`, `wait` makes it a long poll:
+/// an append wakes the waiting reader at once, instead of the agent polling on a timer.
 #[utoipa::path(get, path = "/workspaces/{id}/activity", tag = "activity",
     params(("id" = Uuid, Path, description = "The workspace"), ListQuery),
     security(("admin_token" = []), ("workspace_token" = [])),
     responses(
         (status = 200, description = "Activity rows", body = Vec<activity_logs::Activity>),
-        (status = 400, description = "A bad id, cursor or limit, or an unknown query parameter", body = ErrorBody),
+        (status = 400, description = "A bad id, cursor, limit or wait (or a wait without since_id), or an unknown query parameter", body = ErrorBody),
         (status = 401, description = "No token, or an unknown one", body = ErrorBody),
         (status = 403, description = "Another workspace's token", body = ErrorBody),
         (status = 404, description = "No such workspace", body = ErrorBody),
@@ -69,6 +74,10 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Vec<activity_logs::Activity>>> {
     let limit = Limit::parse_up_to(q.limit, 500)?;
+    let wait = WaitQuery { wait: q.wait }.duration()?;
+    if wait.is_some() && q.since_id.is_none() {
+        return Err(ApiError::BadRequest("wait needs since_id: a long poll waits for the rows after a cursor".into()));
+    }
     if workspaces::get(&state.pool, who.id).await?.is_none() {
         return Err(jobs::Error::workspace_not_found(who.id).into());
     }
@@ -90,7 +99,13 @@ pub async fn list(
             }
         },
     };
-    let rows = activity_logs::list(&state.pool, who.id, q.activity_type.as_deref(), after, limit.0).await?;
+    let rows = match (after, wait) {
+        (Some(after), Some(wait)) => {
+            inbox::read_waiting(&state.pool, &state.notices, who.id, q.activity_type.as_deref(), after, limit.0, wait)
+                .await?
+        }
+        _ => activity_logs::list(&state.pool, who.id, q.activity_type.as_deref(), after, limit.0).await?,
+    };
     Ok(Json(rows))
 }
 

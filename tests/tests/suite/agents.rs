@@ -414,6 +414,51 @@ async fn the_sweep_fails_overdue_and_sticks_silent_delegations_once_per_period()
 }
 
 #[tokio::test]
+async fn a_long_poll_answers_with_the_message_sent_while_it_waits_and_an_empty_list_when_none_is() {
+    let stack = Stack::builder().env("DOCKER_ENABLED", "false").workers(0).start().await;
+    let a = external(&stack, "a", json!({})).await;
+    let b = external(&stack, "b", json!({})).await;
+    let read = |q: &str| {
+        let (stack, path, token) = (&stack, format!("/workspaces/{}/activity?{q}", a.0), a.1.clone());
+        async move { call(stack, "GET", &path, &token, None).await }
+    };
+    for (q, names) in [("wait=5", "since_id"), ("since_id=0&wait=301", "wait"), ("since_id=0&wait=-1", "wait")] {
+        let r = read(q).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}: {}", r.body);
+        assert!(r.error().contains(names), "{q}: {}", r.body);
+    }
+
+    let started = std::time::Instant::now();
+    let r = read("type=a2a_receive&since_id=0&wait=1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, json!([]), "nothing came");
+    assert!(started.elapsed() >= Duration::from_secs(1), "answered before the wait was up");
+
+    let waiting = tokio::spawn({
+        let (url, token, id) = (stack.url.clone(), a.1.clone(), a.0.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .get(format!("{url}/workspaces/{id}/activity?type=a2a_receive&since_id=0&wait=120"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("long poll");
+            (r.status(), r.json::<Value>().await.expect("json"))
+        }
+    });
+    let msg = json!({"jsonrpc": "2.0", "id": 1, "method": "message/send",
+        "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": "wake up"}]}}});
+    let sent = call(&stack, "POST", &format!("/workspaces/{}/a2a", a.0), &b.1, Some(msg)).await;
+    assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.body);
+    let (status, rows) =
+        tokio::time::timeout(Duration::from_secs(60), waiting).await.expect("answered within the wait").expect("task");
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["id"], sent.body["id"], "the message sent while it waited");
+    assert_eq!(rows[0]["source_id"], b.0.as_str());
+}
+
+#[tokio::test]
 async fn the_cursor_reads_forward_and_a_foreign_or_unknown_one_is_gone() {
     let stack = Stack::builder().env("DOCKER_ENABLED", "false").workers(0).start().await;
     let a = external(&stack, "a", json!({})).await;

@@ -23,6 +23,7 @@ mod faults;
 mod hardening;
 mod leaks;
 mod lifecycle;
+mod long_poll;
 mod memories;
 mod metrics;
 mod openapi;

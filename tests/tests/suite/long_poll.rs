@@ -1,0 +1,160 @@
+//! The inbox long poll (ADR 0015), at the database level: every statement that appends rows
+//! a reader polls for announces the workspaces it wrote to, once, at commit; a pushed row
+//! wakes no reader; and a waiting read answers with what was appended meanwhile, or with
+//! nothing once its time is up.
+
+use std::time::{Duration, Instant};
+
+use jobs::domain::{CreateRequest, DeliveryMode, Status};
+use jobs::inbox::{self, Appends};
+use jobs::notify::{self, INBOX_NOTICE_NAMES_MAX, Notice};
+use jobs::store::activity_logs::{self, NewActivity};
+use sqlx::PgPool;
+use tests::TestDb;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// `n` external workspaces of `mode`, online.
+async fn workspaces(pool: &PgPool, n: usize, mode: DeliveryMode) -> Vec<Uuid> {
+    let mut tx = pool.begin().await.expect("begin");
+    let mut ids = vec![];
+    for i in 0..n {
+        let id = Uuid::new_v4();
+        let req = CreateRequest {
+            name: format!("lp-{i}"),
+            role: None,
+            runtime: "external".into(),
+            tier: 1,
+            model: "m".into(),
+            parent_id: None,
+            external: true,
+            url: None,
+            delivery_mode: mode,
+            max_concurrent_tasks: 1,
+            canvas: None,
+        };
+        jobs::store::workspaces::insert(&mut tx, id, Status::Online, &req).await.expect("workspace");
+        ids.push(id);
+    }
+    tx.commit().await.expect("commit");
+    ids
+}
+
+fn item(workspace_id: Uuid, text: &str) -> NewActivity {
+    NewActivity {
+        workspace_id,
+        activity_type: inbox::INBOX_TYPE.into(),
+        method: Some("message/send".into()),
+        request_body: Some(inbox::message_send(text, text, serde_json::json!({}))),
+        status: "ok".into(),
+        ..Default::default()
+    }
+}
+
+/// The process listener, once it hears: it announces each (re)build with a resync.
+async fn listening(pool: &PgPool) -> (broadcast::Sender<Notice>, broadcast::Receiver<Notice>) {
+    let notices = notify::spawn_listener(pool.clone());
+    let mut rx = notices.subscribe();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await.expect("the listener never connected") {
+            Ok(Notice::Resync) => return (notices, rx),
+            Ok(_) => continue,
+            Err(e) => panic!("listener: {e}"),
+        }
+    }
+}
+
+/// The next append notice, within 20 s.
+async fn next_appended(rx: &mut broadcast::Receiver<Notice>) -> Option<Vec<Uuid>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await.expect("no append notice came") {
+            Ok(Notice::Appended(named)) => return named.map(|ids| ids.to_vec()),
+            Ok(_) => continue,
+            Err(e) => panic!("listener: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_append_statement_wakes_the_readers_of_its_workspaces_once_and_a_pushed_row_wakes_none() {
+    let (_db, pool) = TestDb::migrated(10).await;
+    let polled = workspaces(&pool, 3, DeliveryMode::Poll).await;
+    let pushed = workspaces(&pool, 1, DeliveryMode::Push).await[0];
+    let (_notices, mut rx) = listening(&pool).await;
+
+    // Committed in this order, so announced in this order: the pushed row first, if at all.
+    inbox::append(&pool, DeliveryMode::Push, item(pushed, "pushed")).await.expect("pushed item");
+    inbox::append(&pool, DeliveryMode::Poll, item(polled[0], "alone")).await.expect("single-row append");
+    let round = activity_logs::insert_at_free_heads(
+        &pool,
+        &[item(polled[1], "r1"), item(polled[2], "r2"), item(polled[1], "r3")],
+    )
+    .await
+    .expect("round");
+    assert!(round.iter().all(Option::is_some), "no head was held: {round:?}");
+
+    assert_eq!(next_appended(&mut rx).await, Some(vec![polled[0]]), "the single-row append, and not the pushed row");
+    let mut named = next_appended(&mut rx).await.expect("the round names its workspaces");
+    named.sort();
+    let mut expected = vec![polled[1], polled[2]];
+    expected.sort();
+    assert_eq!(named, expected, "one notice for the round's statement, each workspace named once");
+
+    // Through the api's runner as well.
+    let appends = Appends::spawn(pool.clone());
+    appends.append(DeliveryMode::Poll, item(polled[2], "via the runner")).await.expect("append");
+    assert_eq!(next_appended(&mut rx).await, Some(vec![polled[2]]));
+}
+
+#[tokio::test]
+async fn a_round_written_to_more_workspaces_than_a_notice_can_name_wakes_every_reader() {
+    let (_db, pool) = TestDb::migrated(10).await;
+    let n = usize::try_from(INBOX_NOTICE_NAMES_MAX).unwrap() + 1;
+    let ids = workspaces(&pool, n, DeliveryMode::Poll).await;
+    let (_notices, mut rx) = listening(&pool).await;
+    let rows: Vec<_> = ids.iter().map(|w| item(*w, "many")).collect();
+    let written = activity_logs::insert_at_free_heads(&pool, &rows).await.expect("round");
+    assert_eq!(written.iter().flatten().count(), n);
+    let notice = next_appended(&mut rx).await;
+    assert_eq!(notice, None, "too many to name: everyone re-reads");
+    assert!(Notice::Appended(None).may_have_appended_to(ids[0]));
+}
+
+#[tokio::test]
+async fn a_waiting_read_answers_with_the_row_appended_meanwhile_or_with_nothing_when_its_time_is_up() {
+    let (_db, pool) = TestDb::migrated(10).await;
+    let ws = workspaces(&pool, 2, DeliveryMode::Poll).await;
+    let (notices, _rx) = listening(&pool).await;
+    let first = inbox::append(&pool, DeliveryMode::Poll, item(ws[0], "before")).await.expect("append");
+
+    // Rows after the cursor are there: no waiting.
+    let rows = inbox::read_waiting(&pool, &notices, ws[0], None, 0, 100, Duration::from_secs(60)).await.expect("read");
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![first]);
+
+    // Nothing comes: empty, once the time is up (another workspace's row does not count).
+    let started = Instant::now();
+    let other = inbox::append(&pool, DeliveryMode::Poll, item(ws[1], "elsewhere")).await.expect("append");
+    let rows =
+        inbox::read_waiting(&pool, &notices, ws[0], None, first, 100, Duration::from_millis(500)).await.expect("read");
+    assert!(rows.is_empty(), "{rows:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500), "answered before its time was up");
+    assert!(other > first);
+
+    // A row appended while the reader waits is its answer.
+    let reader = tokio::spawn({
+        let (pool, notices, ws) = (pool.clone(), notices.clone(), ws[0]);
+        async move { inbox::read_waiting(&pool, &notices, ws, None, first, 100, Duration::from_secs(60)).await }
+    });
+    let appends = Appends::spawn(pool.clone());
+    let later = appends.append(DeliveryMode::Poll, item(ws[0], "meanwhile")).await.expect("append");
+    let rows = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the reader answered within its wait")
+        .expect("reader task")
+        .expect("read");
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![later]);
+}
