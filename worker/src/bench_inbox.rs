@@ -1,7 +1,8 @@
 //! `worker bench inbox [--items N] [--workspaces W]`: the inbox path end to end, in process.
 //!
 //! - **poll**: producers write N items to W poll-mode workspaces while one poller per
-//!   workspace reads them with `since_id`, as agents do; no job is involved.
+//!   workspace reads them with `since_id`, as agents do, first re-reading every 20 ms, then
+//!   with the long poll; no job is involved.
 //! - **push**: the same N items to W push-mode workspaces whose URL is a local receiver,
 //!   drained by InboxPush workers (apalis runners, as `worker run` starts them): 1 worker,
 //!   then 2.
@@ -20,10 +21,11 @@ use jobs::config::Config;
 use jobs::domain::{AgentUrl, CreateRequest, DeliveryMode, Status};
 use jobs::inbox;
 use jobs::kinds::JobContext;
+use jobs::notify::Notice;
 use jobs::store::activity_logs::{self, NewActivity};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 const PRODUCERS: usize = 8;
@@ -54,8 +56,10 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     println!("| phase | workers | items | seconds | items/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|---|---|");
 
-    let poll_row = poll_phase(&pool, spaces, items).await?;
-    println!("| poll | 0 (no job) | {} |", poll_row.cells());
+    for reader in [Reader::Timer, Reader::LongPoll] {
+        let row = poll_phase(&pool, spaces, items, reader).await?;
+        println!("| poll ({reader:?}) | 0 (no job) | {} |", row.cells());
+    }
 
     let (url, received) = receiver().await?;
     let config = Arc::new(config);
@@ -80,13 +84,26 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     Ok(())
 }
 
+/// How a poll-mode agent reads its inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reader {
+    /// Re-reads every 20 ms while nothing is new.
+    Timer,
+    /// The long poll (`GET /workspaces/{id}/activity?since_id=..&wait=..`), woken by the
+    /// append notices through this process's listener, as the api is.
+    LongPoll,
+}
+
 /// Poll mode: one poller per workspace reads what the producers write; no job is involved.
-pub(crate) async fn poll_phase(pool: &PgPool, spaces: usize, items: usize) -> jobs::Result<Measured> {
+pub(crate) async fn poll_phase(pool: &PgPool, spaces: usize, items: usize, reader: Reader) -> jobs::Result<Measured> {
     let poll_ws = workspaces(pool, spaces, DeliveryMode::Poll, None).await?;
     let arrivals: Arrivals = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let pollers: Vec<_> =
-        poll_ws.iter().map(|ws| tokio::spawn(poll(pool.clone(), *ws, arrivals.clone(), stop_rx.clone()))).collect();
+    let notices = (reader == Reader::LongPoll).then(|| jobs::notify::spawn_listener(pool.clone()));
+    let pollers: Vec<_> = poll_ws
+        .iter()
+        .map(|ws| tokio::spawn(poll(pool.clone(), notices.clone(), *ws, arrivals.clone(), stop_rx.clone())))
+        .collect();
     let sent = produce(pool, &poll_ws, DeliveryMode::Poll, items).await?;
     let measured = wait_for(&sent, &arrivals, items).await;
     let _ = stop_tx.send(true);
@@ -195,10 +212,22 @@ pub(crate) async fn produce(
     Ok(all)
 }
 
-async fn poll(pool: PgPool, ws: Uuid, seen: Arrivals, stop: watch::Receiver<bool>) {
+async fn poll(
+    pool: PgPool,
+    notices: Option<broadcast::Sender<Notice>>,
+    ws: Uuid,
+    seen: Arrivals,
+    stop: watch::Receiver<bool>,
+) {
     let mut cursor = 0i64;
     while !*stop.borrow() {
-        match activity_logs::list(&pool, ws, Some(inbox::INBOX_TYPE), Some(cursor), 500).await {
+        let read = match &notices {
+            Some(n) => {
+                inbox::read_waiting(&pool, n, ws, Some(inbox::INBOX_TYPE), cursor, 500, Duration::from_secs(1)).await
+            }
+            None => activity_logs::list(&pool, ws, Some(inbox::INBOX_TYPE), Some(cursor), 500).await,
+        };
+        match read {
             Ok(rows) if !rows.is_empty() => {
                 let now = Instant::now();
                 if let Ok(mut s) = seen.lock() {

@@ -24,7 +24,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::bench_inbox::{self, Measured};
+use crate::bench_inbox::{self, Measured, Reader};
 use crate::{percentile, runners};
 
 const RAW_QUEUE: &str = "bench-raw";
@@ -133,14 +133,16 @@ struct Report {
 }
 
 /// `(label, numerator, denominator)`: each a key of [`Report::rates`].
-const RATIOS: [(&str, &str, &str); 12] = [
+const RATIOS: [(&str, &str, &str); 14] = [
     ("provision (1 worker) / pgbench INSERT (8 clients)", "provision-1", "pgbench-8"),
     ("pgbench INSERT + NOTIFY / pgbench INSERT (8 clients)", "pgbench-notify-8", "pgbench-8"),
     ("POST /workspaces / pgbench INSERT (8 clients)", "enqueue", "pgbench-8"),
     ("POST /workspaces / pgbench INSERT + NOTIFY (8 clients)", "enqueue", "pgbench-notify-8"),
-    ("poll inbox / pgbench INSERT (8 clients)", "poll", "pgbench-8"),
+    ("poll inbox, long poll / pgbench INSERT (8 clients)", "poll", "pgbench-8"),
+    ("poll inbox, long poll / re-read every 20 ms", "poll", "poll-timer"),
     ("POST /workspaces/{id}/a2a / pgbench INSERT (8 clients)", "messages", "pgbench-8"),
     ("provision (1 worker) / raw apalis", "provision-1", "raw"),
+    ("poll inbox, long poll / raw apalis", "poll", "raw"),
     ("push inbox (1 worker) / raw apalis", "push-1", "raw"),
     ("provision, 2 workers / 1 worker", "provision-2", "provision-1"),
     ("provision, 4 workers / 1 worker", "provision-4", "provision-1"),
@@ -846,9 +848,14 @@ async fn post_until(
 
 async fn inbox(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     let items = b.args.items;
-    progress(format_args!("inbox: {items} items, poll mode"));
-    let m = bench_inbox::poll_phase(&b.pool, INBOX_WORKSPACES, items).await?;
-    report.add(Some("poll".into()), Row::inbox(7, "inbox item, poll mode (write → read)", "0 (no job)", items, &m));
+    progress(format_args!("inbox: {items} items, poll mode, re-read every 20 ms"));
+    let m = bench_inbox::poll_phase(&b.pool, INBOX_WORKSPACES, items, Reader::Timer).await?;
+    let what = "inbox item, poll mode, re-read every 20 ms (write → read)";
+    report.add(Some("poll-timer".into()), Row::inbox(7, what, "0 (no job)", items, &m));
+    progress(format_args!("inbox: {items} items, poll mode, long poll"));
+    let m = bench_inbox::poll_phase(&b.pool, INBOX_WORKSPACES, items, Reader::LongPoll).await?;
+    let what = "inbox item, poll mode, long poll (write → read)";
+    report.add(Some("poll".into()), Row::inbox(7, what, "0 (no job)", items, &m));
     let (url, received) = bench_inbox::receiver().await?;
     for k in [1usize, 2, 4] {
         progress(format_args!("inbox: {items} items, push mode, {k} worker(s)"));
