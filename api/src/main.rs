@@ -54,6 +54,7 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
     tokio::spawn(jobs::metrics::keep_up(metrics.clone()));
     let creates = Arc::new(jobs::lifecycle::Creates::spawn(pool.clone()));
     let appends = Arc::new(jobs::inbox::Appends::spawn(pool.clone()));
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = AppState {
         pool,
         config: Arc::new(config.clone()),
@@ -65,6 +66,7 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
         metrics,
         creates,
         appends,
+        stopping,
     };
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
@@ -73,7 +75,10 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
     tracing::info!("api listening on http://{addr}");
     // The client's address keys the org token mint limit.
     axum::serve(listener, routes::router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(jobs::shutdown::signal())
+        .with_graceful_shutdown(async move {
+            jobs::shutdown::signal().await;
+            let _ = stop.send(true);
+        })
         .await
         .map_err(|e| jobs::Error::Internal(format!("http server: {e}")))?;
     Ok(())

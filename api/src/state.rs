@@ -7,7 +7,7 @@ use jobs::inbox::Appends;
 use jobs::lifecycle::Creates;
 use jobs::notify::Notice;
 use sqlx::PgPool;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::rate_limit::RateLimiter;
 
@@ -29,4 +29,7 @@ pub struct AppState {
     pub creates: Arc<Creates>,
     /// Activity rows and inbox items, coalesced into rounds.
     pub appends: Arc<Appends>,
+    /// Becomes true when the process is asked to stop: long polls answer at once, so the
+    /// graceful shutdown does not wait out their `wait`.
+    pub stopping: watch::Receiver<bool>,
 }

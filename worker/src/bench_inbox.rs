@@ -222,8 +222,10 @@ async fn poll(
     let mut cursor = 0i64;
     while !*stop.borrow() {
         let read = match &notices {
-            Some(n) => {
-                inbox::read_waiting(&pool, n, ws, Some(inbox::INBOX_TYPE), cursor, 500, Duration::from_secs(1)).await
+            Some(notices) => {
+                let wakes = inbox::Wakes { notices, stopping: stop.clone() };
+                inbox::read_waiting(&pool, wakes, ws, Some(inbox::INBOX_TYPE), cursor, 500, Duration::from_secs(30))
+                    .await
             }
             None => activity_logs::list(&pool, ws, Some(inbox::INBOX_TYPE), Some(cursor), 500).await,
         };

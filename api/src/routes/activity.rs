@@ -99,12 +99,13 @@ pub async fn list(
             }
         },
     };
+    let kind = q.activity_type.as_deref();
     let rows = match (after, wait) {
         (Some(after), Some(wait)) => {
-            inbox::read_waiting(&state.pool, &state.notices, who.id, q.activity_type.as_deref(), after, limit.0, wait)
-                .await?
+            let wakes = inbox::Wakes { notices: &state.notices, stopping: state.stopping.clone() };
+            inbox::read_waiting(&state.pool, wakes, who.id, kind, after, limit.0, wait).await?
         }
-        _ => activity_logs::list(&state.pool, who.id, q.activity_type.as_deref(), after, limit.0).await?,
+        _ => activity_logs::list(&state.pool, who.id, kind, after, limit.0).await?,
     };
     Ok(Json(rows))
 }
