@@ -4,6 +4,7 @@
 //! (`crate::kinds::inbox_push`). Either way the row is written in the caller's transaction,
 //! so whatever caused it and its delivery commit together.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -16,7 +17,7 @@ use uuid::Uuid;
 use crate::Result;
 use crate::config::Env;
 use crate::domain::DeliveryMode;
-use crate::notify::Notice;
+use crate::notify::{Announcer, Notice};
 use crate::ops::rounds::{Rounds, Written};
 use crate::queue::{self, INBOX_QUEUE, InboxTask};
 use crate::retry::RetryPolicy;
@@ -91,7 +92,8 @@ pub async fn append(pool: &PgPool, mode: DeliveryMode, mut a: NewActivity) -> Re
 /// append that arrived while the previous round ran. A round does not wait for a
 /// workspace's inbox head that another writer holds: that row is appended alone, waiting
 /// its turn, while the round goes on. A pushed item, which may enqueue a drain, is
-/// appended alone.
+/// appended alone. Waiting readers learn of a round's rows from the [`Announcer`], once the
+/// round committed (ADR 0015).
 pub struct Appends {
     pool: PgPool,
     rounds: Rounds<NewActivity, Written<i64>>,
@@ -101,12 +103,17 @@ impl Appends {
     /// Starts the round runner on the current tokio runtime.
     pub fn spawn(pool: PgPool) -> Appends {
         let round_pool = pool.clone();
+        let announcer = Arc::new(Announcer::spawn(pool.clone()));
         let rounds = Rounds::spawn(move |rows: Vec<NewActivity>| {
-            let pool = round_pool.clone();
+            let (pool, announcer) = (round_pool.clone(), announcer.clone());
             async move {
                 match activity_logs::insert_at_free_heads(&pool, &rows).await {
-                    // A row whose head another writer held waits for it alone.
-                    Ok(written) => written.into_iter().map(|w| w.map_or(Written::Alone, Written::Done)).collect(),
+                    Ok(written) => {
+                        let ids = rows.iter().zip(&written).filter(|(_, w)| w.is_some()).map(|(a, _)| a.workspace_id);
+                        announcer.announce(ids.collect());
+                        // A row whose head another writer held waits for it alone.
+                        written.into_iter().map(|w| w.map_or(Written::Alone, Written::Done)).collect()
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, rows = rows.len(), "a round of appends failed");
                         // The statement commits itself.

@@ -30,12 +30,12 @@ use crate::{Error, Result};
 pub const EVENTS_CHANNEL: &str = "ws_events";
 /// Payload: `<op id> <workspace id>`.
 pub const OPS_CHANNEL: &str = "ws_ops";
-/// Payload: the ids of the workspaces a statement appended rows to that are read, not
-/// pushed, separated by spaces; or `*` when there were too many to name.
+/// Payload: the ids of workspaces that rows read (not pushed) were appended to, separated
+/// by spaces; or `*` when there were too many to name.
 pub const INBOX_CHANNEL: &str = "ws_inbox";
-/// Past this many workspaces an append's notice names none (`*`): a notification holds at
+/// Past this many workspaces an append notice names none (`*`): a notification holds at
 /// most 8000 bytes, and each id takes 37.
-pub const INBOX_NOTICE_NAMES_MAX: i64 = 200;
+pub const INBOX_NOTICE_NAMES_MAX: usize = 200;
 /// Payload: `<listener nonce> <sequence>`; each listener only answers to its own.
 pub const KEEPALIVE_CHANNEL: &str = "ws_keepalive";
 /// The listener's session name in `pg_stat_activity`, so operators (and tests) can find it.
@@ -229,6 +229,62 @@ async fn decode(pool: &PgPool, n: &PgNotification) -> Result<Option<Notice>> {
     })
 }
 
+/// The [`INBOX_CHANNEL`] payload naming `ids` (each once), or `*` past
+/// [`INBOX_NOTICE_NAMES_MAX`].
+pub fn inbox_payload(ids: &[Uuid]) -> String {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() > INBOX_NOTICE_NAMES_MAX {
+        return "*".into();
+    }
+    ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(" ")
+}
+
+/// Announces rows written by rounds (ADR 0015) on [`INBOX_CHANNEL`] after they committed,
+/// off the rounds' path: a notice in a round's own transaction made its commit a notifying
+/// one, which costs the api a fifth of its appends. One notice is in flight at a time, and
+/// it names every workspace announced while the previous one was sent. A notice that cannot
+/// be sent is logged and dropped: waiting readers re-read every few seconds regardless
+/// (`inbox::REREAD_EVERY`), so it costs them latency, and never a row.
+pub struct Announcer {
+    tx: mpsc::UnboundedSender<Vec<Uuid>>,
+}
+
+impl Announcer {
+    /// Starts the sender on the current tokio runtime; it ends with the last `Announcer`.
+    pub fn spawn(pool: PgPool) -> Announcer {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Uuid>>();
+        tokio::spawn(async move {
+            while let Some(mut ids) = rx.recv().await {
+                while let Ok(more) = rx.try_recv() {
+                    ids.extend(more);
+                }
+                let payload = inbox_payload(&ids);
+                // The notice's transaction commits without waiting for its WAL flush: it
+                // carries no row (those committed durably in their round), and a crash
+                // that loses it loses only a wake-up. Waiting would put one more flush
+                // beside every round's.
+                let sent = sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
+                    .bind(INBOX_CHANNEL)
+                    .bind(&payload)
+                    .execute(&pool);
+                if let Err(e) = sent.await {
+                    tracing::warn!(error = %e, "could not announce appended rows; waiting readers find them on their re-read");
+                }
+            }
+        });
+        Announcer { tx }
+    }
+
+    /// Queues a notice naming `ids`; returns at once.
+    pub fn announce(&self, ids: Vec<Uuid>) {
+        if !ids.is_empty() {
+            let _ = self.tx.send(ids);
+        }
+    }
+}
+
 /// The workspaces an [`INBOX_CHANNEL`] payload names; `None` (everyone re-reads) for `*`,
 /// or for a payload that does not parse.
 fn appended_to(payload: &str) -> Option<Arc<[Uuid]>> {
@@ -250,5 +306,21 @@ mod tests {
         }
         assert!(Notice::Resync.may_have_appended_to(c));
         assert!(!Notice::Op { op_id: a, workspace_id: c }.may_have_appended_to(c));
+    }
+
+    #[test]
+    fn an_inbox_payload_names_each_workspace_once_and_past_the_limit_none() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut named = appended_to(&inbox_payload(&[a, b, a])).expect("named").to_vec();
+        named.sort();
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(named, both);
+        let many: Vec<Uuid> = (0..=INBOX_NOTICE_NAMES_MAX).map(|_| Uuid::new_v4()).collect();
+        assert_eq!(inbox_payload(&many), "*");
+        let most = &many[..INBOX_NOTICE_NAMES_MAX];
+        let payload = inbox_payload(most);
+        assert!(payload.len() < 8000, "a notification holds at most 8000 bytes: {}", payload.len());
+        assert_eq!(appended_to(&payload).map(|ids| ids.len()), Some(INBOX_NOTICE_NAMES_MAX));
     }
 }

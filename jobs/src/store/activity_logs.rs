@@ -10,7 +10,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::Result;
-use crate::notify::{INBOX_CHANNEL, INBOX_NOTICE_NAMES_MAX};
+use crate::notify::INBOX_CHANNEL;
 
 macro_rules! columns {
     () => {
@@ -124,8 +124,8 @@ pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Res
 /// then draws the rows' ids, so ids still reach readers in commit order. It never waits
 /// for a held head, so one busy workspace does not hold up the others' rows. Returns, per
 /// row in the order given, its id, or `None` for a row not written because its head was
-/// held (the caller writes it with [`insert_at_head`], which waits its turn). One notice on
-/// [`INBOX_CHANNEL`] names the workspaces written to.
+/// held (the caller writes it with [`insert_at_head`], which waits its turn). Announcing
+/// the rows to waiting readers is the caller's ([`crate::notify::Announcer`]).
 pub async fn insert_at_free_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivity]) -> Result<Vec<Option<i64>>> {
     let text = |f: fn(&NewActivity) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
     let workspaces: Vec<Uuid> = rows.iter().map(|a| a.workspace_id).collect();
@@ -166,13 +166,8 @@ pub async fn insert_at_free_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivi
              SELECT k.id, r.workspace_id, r.activity_type, r.method, r.source_id, r.target_id, r.summary,
                     r.request_body, r.response_body, r.status, r.error_detail, r.duration_ms
                FROM k JOIN r USING (n)
-             RETURNING id, workspace_id),
-         -- One notice for the statement wakes the readers of every workspace written to.
-         woken AS (
-             SELECT pg_notify($12, CASE WHEN count(DISTINCT workspace_id) > $13 THEN '*'
-                                        ELSE string_agg(DISTINCT workspace_id::text, ' ') END)
-               FROM i HAVING count(*) > 0)
-         SELECT k.n, i.id FROM i JOIN k USING (id) LEFT JOIN woken ON true",
+             RETURNING id)
+         SELECT k.n, i.id FROM i JOIN k USING (id)",
     )
     .bind(&workspaces)
     .bind(text(|a| Some(a.activity_type.as_str())))
@@ -185,8 +180,6 @@ pub async fn insert_at_free_heads<'e>(db: impl PgExecutor<'e>, rows: &[NewActivi
     .bind(text(|a| Some(a.status.as_str())))
     .bind(text(|a| a.error_detail.as_deref()))
     .bind(&durations)
-    .bind(INBOX_CHANNEL)
-    .bind(INBOX_NOTICE_NAMES_MAX)
     .fetch_all(db)
     .await?;
     let mut out: Vec<Option<i64>> = rows.iter().map(|_| None).collect();
