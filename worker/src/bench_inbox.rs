@@ -149,19 +149,7 @@ pub(crate) async fn workspaces(
     let mut tx = pool.begin().await?;
     for i in 0..n {
         let id = Uuid::new_v4();
-        let req = CreateRequest {
-            name: format!("bench-{i}"),
-            role: None,
-            runtime: "external".into(),
-            tier: 1,
-            model: "m".into(),
-            parent_id: None,
-            external: true,
-            url: url.clone(),
-            delivery_mode: mode,
-            max_concurrent_tasks: 1,
-            canvas: None,
-        };
+        let req = CreateRequest::external(format!("bench-{i}"), mode, url.clone());
         jobs::store::workspaces::insert(&mut tx, id, Status::Online, &req).await?;
         ids.push(id);
     }

@@ -201,6 +201,26 @@ pub struct CreateRequest {
     pub canvas: Option<(f64, f64)>,
 }
 
+impl CreateRequest {
+    /// An external workspace with placeholder details (tier 1, model `m`), for writers
+    /// that make workspaces in bulk without the api (benchmarks, tests).
+    pub fn external(name: String, delivery_mode: DeliveryMode, url: Option<AgentUrl>) -> CreateRequest {
+        CreateRequest {
+            name,
+            role: None,
+            runtime: "external".into(),
+            tier: 1,
+            model: "m".into(),
+            parent_id: None,
+            external: true,
+            url,
+            delivery_mode,
+            max_concurrent_tasks: 1,
+            canvas: None,
+        }
+    }
+}
+
 /// A validated PATCH: `None` leaves a field alone, `Some(None)` clears a nullable one.
 #[derive(Debug, Clone, Default)]
 pub struct Patch {

@@ -21,19 +21,7 @@ async fn workspaces(pool: &PgPool, n: usize, mode: DeliveryMode) -> Vec<Uuid> {
     let mut ids = vec![];
     for i in 0..n {
         let id = Uuid::new_v4();
-        let req = CreateRequest {
-            name: format!("lp-{i}"),
-            role: None,
-            runtime: "external".into(),
-            tier: 1,
-            model: "m".into(),
-            parent_id: None,
-            external: true,
-            url: None,
-            delivery_mode: mode,
-            max_concurrent_tasks: 1,
-            canvas: None,
-        };
+        let req = CreateRequest::external(format!("lp-{i}"), mode, None);
         jobs::store::workspaces::insert(&mut tx, id, Status::Online, &req).await.expect("workspace");
         ids.push(id);
     }
