@@ -54,6 +54,7 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
     tokio::spawn(jobs::metrics::keep_up(metrics.clone()));
     let creates = Arc::new(jobs::lifecycle::Creates::spawn(pool.clone()));
     let appends = Arc::new(jobs::inbox::Appends::spawn(pool.clone()));
+    let inbox_readers = jobs::long_poll::Readers::spawn(&notices);
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let state = AppState {
         pool,
@@ -66,6 +67,7 @@ async fn run(config: Config, admin_token: String) -> jobs::Result<()> {
         metrics,
         creates,
         appends,
+        inbox_readers,
         stopping,
     };
     let listener = tokio::net::TcpListener::bind(config.api_addr)

@@ -5,6 +5,7 @@ use jobs::config::Config;
 use jobs::fleet::Fleet;
 use jobs::inbox::Appends;
 use jobs::lifecycle::Creates;
+use jobs::long_poll::Readers;
 use jobs::notify::Notice;
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch};
@@ -29,6 +30,8 @@ pub struct AppState {
     pub creates: Arc<Creates>,
     /// Activity rows and inbox items, coalesced into rounds.
     pub appends: Arc<Appends>,
+    /// The long polls waiting on inbox appends, by workspace.
+    pub inbox_readers: Arc<Readers>,
     /// Becomes true when the process is asked to stop: long polls answer at once, so the
     /// graceful shutdown does not wait out their `wait`.
     pub stopping: watch::Receiver<bool>,

@@ -9,15 +9,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::sync::watch;
-use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::Result;
 use crate::config::Env;
 use crate::domain::DeliveryMode;
-use crate::notify::{Announcer, Notice};
+use crate::notify::Announcer;
 use crate::ops::rounds::{Rounds, Written};
 use crate::queue::{self, INBOX_QUEUE, InboxTask};
 use crate::retry::RetryPolicy;
@@ -134,62 +131,6 @@ impl Appends {
             }
         }
         append(&self.pool, mode, a).await
-    }
-}
-
-/// How often a waiting reader re-reads the log whatever the notices say: a notice can be
-/// lost (between a listener's death and its rebuild), and rows that stop being pushed
-/// (the agent switched to polling) are not announced.
-pub const REREAD_EVERY: Duration = Duration::from_secs(2);
-
-/// What wakes a waiting read besides its time running out.
-pub struct Wakes<'a> {
-    /// The process's notices: appends, and listener rebuilds.
-    pub notices: &'a broadcast::Sender<Notice>,
-    /// True (or its sender gone) once the process is stopping: the read answers at once
-    /// with what there is, so a graceful shutdown does not wait out every long poll.
-    pub stopping: watch::Receiver<bool>,
-}
-
-/// The long poll: workspace `workspace_id`'s rows after `after`, oldest first, as
-/// [`activity_logs::list`] reads them; when there are none yet, waits up to `timeout` for
-/// some, woken by the append notices (ADR 0015). Empty when none came.
-pub async fn read_waiting(
-    pool: &PgPool,
-    wakes: Wakes<'_>,
-    workspace_id: Uuid,
-    activity_type: Option<&str>,
-    after: i64,
-    limit: i64,
-    timeout: Duration,
-) -> Result<Vec<activity_logs::Activity>> {
-    // Subscribed before the first read, so no append can slip between the two.
-    let mut rx = wakes.notices.subscribe();
-    let mut stopping = wakes.stopping;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let rows = activity_logs::list(pool, workspace_id, activity_type, Some(after), limit).await?;
-        if !rows.is_empty() || Instant::now() >= deadline || *stopping.borrow() {
-            return Ok(rows);
-        }
-        let reread_at = (Instant::now() + REREAD_EVERY).min(deadline);
-        loop {
-            tokio::select! {
-                received = tokio::time::timeout_at(reread_at, rx.recv()) => match received {
-                    Err(_) => break,
-                    Ok(Ok(n)) if n.may_have_appended_to(workspace_id) => break,
-                    Ok(Ok(_)) => continue,
-                    Ok(Err(RecvError::Lagged(_))) => break,
-                    Ok(Err(RecvError::Closed)) => {
-                        return Err(crate::Error::Internal("the process's event listener stopped".into()));
-                    }
-                },
-                // Stopping, or no one left to say so: one last read is the answer.
-                () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
-                    return activity_logs::list(pool, workspace_id, activity_type, Some(after), limit).await;
-                }
-            }
-        }
     }
 }
 

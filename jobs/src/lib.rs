@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod inbox;
 pub mod kinds;
 pub mod lifecycle;
+pub mod long_poll;
 pub mod memories;
 pub mod metrics;
 pub mod notify;

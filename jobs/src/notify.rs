@@ -246,7 +246,7 @@ pub fn inbox_payload(ids: &[Uuid]) -> String {
 /// one, which costs the api a fifth of its appends. One notice is in flight at a time, and
 /// it names every workspace announced while the previous one was sent. A notice that cannot
 /// be sent is logged and dropped: waiting readers re-read every few seconds regardless
-/// (`inbox::REREAD_EVERY`), so it costs them latency, and never a row.
+/// (`long_poll::REREAD_EVERY`), so it costs them latency, and never a row.
 pub struct Announcer {
     tx: mpsc::UnboundedSender<Vec<Uuid>>,
 }

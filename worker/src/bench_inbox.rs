@@ -21,11 +21,11 @@ use jobs::config::Config;
 use jobs::domain::{AgentUrl, CreateRequest, DeliveryMode, Status};
 use jobs::inbox;
 use jobs::kinds::JobContext;
-use jobs::notify::Notice;
+use jobs::long_poll::{self, Readers};
 use jobs::store::activity_logs::{self, NewActivity};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 const PRODUCERS: usize = 8;
@@ -99,10 +99,10 @@ pub(crate) async fn poll_phase(pool: &PgPool, spaces: usize, items: usize, reade
     let poll_ws = workspaces(pool, spaces, DeliveryMode::Poll, None).await?;
     let arrivals: Arrivals = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
-    let notices = (reader == Reader::LongPoll).then(|| jobs::notify::spawn_listener(pool.clone()));
+    let readers = (reader == Reader::LongPoll).then(|| Readers::spawn(&jobs::notify::spawn_listener(pool.clone())));
     let pollers: Vec<_> = poll_ws
         .iter()
-        .map(|ws| tokio::spawn(poll(pool.clone(), notices.clone(), *ws, arrivals.clone(), stop_rx.clone())))
+        .map(|ws| tokio::spawn(poll(pool.clone(), readers.clone(), *ws, arrivals.clone(), stop_rx.clone())))
         .collect();
     let sent = produce(pool, &poll_ws, DeliveryMode::Poll, items).await?;
     let measured = wait_for(&sent, &arrivals, items).await;
@@ -200,20 +200,14 @@ pub(crate) async fn produce(
     Ok(all)
 }
 
-async fn poll(
-    pool: PgPool,
-    notices: Option<broadcast::Sender<Notice>>,
-    ws: Uuid,
-    seen: Arrivals,
-    stop: watch::Receiver<bool>,
-) {
+async fn poll(pool: PgPool, readers: Option<Arc<Readers>>, ws: Uuid, seen: Arrivals, stop: watch::Receiver<bool>) {
     let mut cursor = 0i64;
     while !*stop.borrow() {
-        let read = match &notices {
-            Some(notices) => {
-                let wakes = inbox::Wakes { notices, stopping: stop.clone() };
-                inbox::read_waiting(&pool, wakes, ws, Some(inbox::INBOX_TYPE), cursor, 500, Duration::from_secs(30))
-                    .await
+        let read = match &readers {
+            Some(readers) => {
+                let wakes = long_poll::Wakes { readers, stopping: stop.clone() };
+                let kind = Some(inbox::INBOX_TYPE);
+                long_poll::read_waiting(&pool, wakes, ws, kind, cursor, 500, Duration::from_secs(30)).await
             }
             None => activity_logs::list(&pool, ws, Some(inbox::INBOX_TYPE), Some(cursor), 500).await,
         };

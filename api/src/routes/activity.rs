@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use jobs::domain::DeliveryMode;
 use jobs::domain::Status;
 use jobs::inbox;
+use jobs::long_poll;
 use jobs::store::activity_logs::{self, NewActivity};
 use jobs::store::workspaces;
 use serde::{Deserialize, Serialize};
@@ -102,8 +103,8 @@ pub async fn list(
     let kind = q.activity_type.as_deref();
     let rows = match (after, wait) {
         (Some(after), Some(wait)) => {
-            let wakes = inbox::Wakes { notices: &state.notices, stopping: state.stopping.clone() };
-            inbox::read_waiting(&state.pool, wakes, who.id, kind, after, limit.0, wait).await?
+            let wakes = long_poll::Wakes { readers: &state.inbox_readers, stopping: state.stopping.clone() };
+            long_poll::read_waiting(&state.pool, wakes, who.id, kind, after, limit.0, wait).await?
         }
         _ => activity_logs::list(&state.pool, who.id, kind, after, limit.0).await?,
     };

@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use jobs::domain::{CreateRequest, DeliveryMode, Status};
-use jobs::inbox::{self, Appends, Wakes};
+use jobs::inbox::{self, Appends};
+use jobs::long_poll::{self, Readers, Wakes};
 use jobs::notify::{self, Announcer, INBOX_NOTICE_NAMES_MAX, Notice};
 use jobs::store::activity_logs::NewActivity;
 use sqlx::PgPool;
@@ -115,29 +116,32 @@ async fn a_waiting_read_answers_with_the_row_appended_meanwhile_or_with_nothing_
     let (_db, pool) = TestDb::migrated(10).await;
     let ws = workspaces(&pool, 2, DeliveryMode::Poll).await;
     let (notices, _rx) = listening(&pool).await;
+    let readers = Readers::spawn(&notices);
     let (_running, not_stopping) = watch::channel(false);
-    let wakes = || Wakes { notices: &notices, stopping: not_stopping.clone() };
+    let wakes = || Wakes { readers: &readers, stopping: not_stopping.clone() };
     let first = inbox::append(&pool, DeliveryMode::Poll, item(ws[0], "before")).await.expect("append");
 
     // Rows after the cursor are there: no waiting.
-    let rows = inbox::read_waiting(&pool, wakes(), ws[0], None, 0, 100, Duration::from_secs(60)).await.expect("read");
+    let rows =
+        long_poll::read_waiting(&pool, wakes(), ws[0], None, 0, 100, Duration::from_secs(60)).await.expect("read");
     assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![first]);
 
     // Nothing comes: empty, once the time is up (another workspace's row does not count).
     let started = Instant::now();
     let other = inbox::append(&pool, DeliveryMode::Poll, item(ws[1], "elsewhere")).await.expect("append");
-    let rows =
-        inbox::read_waiting(&pool, wakes(), ws[0], None, first, 100, Duration::from_millis(500)).await.expect("read");
+    let rows = long_poll::read_waiting(&pool, wakes(), ws[0], None, first, 100, Duration::from_millis(500))
+        .await
+        .expect("read");
     assert!(rows.is_empty(), "{rows:?}");
     assert!(started.elapsed() >= Duration::from_millis(500), "answered before its time was up");
     assert!(other > first);
 
     // A row appended while the reader waits is its answer.
     let reader = tokio::spawn({
-        let (pool, notices, stopping, ws) = (pool.clone(), notices.clone(), not_stopping.clone(), ws[0]);
+        let (pool, readers, stopping, ws) = (pool.clone(), readers.clone(), not_stopping.clone(), ws[0]);
         async move {
-            let wakes = Wakes { notices: &notices, stopping };
-            inbox::read_waiting(&pool, wakes, ws, None, first, 100, Duration::from_secs(60)).await
+            let wakes = Wakes { readers: &readers, stopping };
+            long_poll::read_waiting(&pool, wakes, ws, None, first, 100, Duration::from_secs(60)).await
         }
     });
     let appends = Appends::spawn(pool.clone());
@@ -155,12 +159,13 @@ async fn a_waiting_read_answers_at_once_with_what_there_is_when_the_process_stop
     let (_db, pool) = TestDb::migrated(10).await;
     let ws = workspaces(&pool, 1, DeliveryMode::Poll).await[0];
     let (notices, _rx) = listening(&pool).await;
+    let readers = Readers::spawn(&notices);
     let (stop, stopping) = watch::channel(false);
     let reader = tokio::spawn({
-        let (pool, notices) = (pool.clone(), notices.clone());
+        let (pool, readers) = (pool.clone(), readers.clone());
         async move {
-            let wakes = Wakes { notices: &notices, stopping };
-            inbox::read_waiting(&pool, wakes, ws, None, 0, 100, Duration::from_secs(300)).await
+            let wakes = Wakes { readers: &readers, stopping };
+            long_poll::read_waiting(&pool, wakes, ws, None, 0, 100, Duration::from_secs(300)).await
         }
     });
     stop.send(true).expect("the reader listens");
