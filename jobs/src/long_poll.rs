@@ -58,7 +58,8 @@ impl Readers {
     }
 
     /// How many workspaces have a reader waiting.
-    pub fn workspaces_waited_on(&self) -> usize {
+    #[cfg(test)]
+    fn workspaces_waited_on(&self) -> usize {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }

@@ -71,16 +71,6 @@ impl Notice {
             Notice::Appended(_) | Notice::Resync => None,
         }
     }
-
-    /// Whether a reader of workspace `id`'s log should read again: rows were appended to it
-    /// (or to workspaces too many to name), or notices may have been missed.
-    pub fn may_have_appended_to(&self, id: Uuid) -> bool {
-        match self {
-            Notice::Appended(Some(ids)) => ids.contains(&id),
-            Notice::Appended(None) | Notice::Resync => true,
-            Notice::Event(_) | Notice::Op { .. } => false,
-        }
-    }
 }
 
 /// Starts the process-wide listener and returns the sender that subscribers clone from.
@@ -296,16 +286,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_inbox_notice_wakes_the_readers_of_the_workspaces_it_names_or_all_of_them() {
-        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let named = Notice::Appended(appended_to(&format!("{a} {b}")));
-        assert!(named.may_have_appended_to(a) && named.may_have_appended_to(b));
-        assert!(!named.may_have_appended_to(c));
+    fn an_inbox_notice_names_its_workspaces_or_none_for_everyone() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(appended_to(&format!("{a} {b}")).map(|ids| ids.to_vec()), Some(vec![a, b]));
         for everyone in ["*", "not an id", ""] {
-            assert!(Notice::Appended(appended_to(everyone)).may_have_appended_to(c), "{everyone:?}");
+            assert_eq!(appended_to(everyone), None, "{everyone:?}");
         }
-        assert!(Notice::Resync.may_have_appended_to(c));
-        assert!(!Notice::Op { op_id: a, workspace_id: c }.may_have_appended_to(c));
     }
 
     #[test]
