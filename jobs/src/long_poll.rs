@@ -16,10 +16,11 @@ use crate::Result;
 use crate::notify::Notice;
 use crate::store::activity_logs::{self, Activity};
 
-/// How often a waiting reader re-reads the log whatever the notices say: a notice can be
-/// lost (between a listener's death and its rebuild, or a round's announcement that failed),
-/// and rows that stop being pushed (the agent switched to polling) are not announced.
-pub const REREAD_EVERY: Duration = Duration::from_secs(2);
+/// How often a waiting reader re-reads the log whatever the notices say: a round's
+/// announcement can fail, and rows that stop being pushed (the agent switched to polling)
+/// are not announced. (A listener rebuild wakes every reader by itself.) Long, because each
+/// idle agent pays it: a 30 s wait costs 3 reads.
+pub const REREAD_EVERY: Duration = Duration::from_secs(10);
 
 /// The process's waiting readers, by workspace.
 #[derive(Default)]

@@ -135,7 +135,9 @@ async fn a_waiting_read_answers_with_the_row_appended_meanwhile_or_with_nothing_
     assert!(started.elapsed() >= Duration::from_millis(500), "answered before its time was up");
     assert!(other > first);
 
-    // A row appended while the reader waits is its answer.
+    // A row appended while the reader waits is its answer, brought by the notice: the
+    // reader's own re-read would come only after REREAD_EVERY.
+    let started = Instant::now();
     let reader = tokio::spawn({
         let (pool, readers, stopping, ws) = (pool.clone(), readers.clone(), not_stopping.clone(), ws[0]);
         async move {
@@ -151,6 +153,7 @@ async fn a_waiting_read_answers_with_the_row_appended_meanwhile_or_with_nothing_
         .expect("reader task")
         .expect("read");
     assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![later]);
+    assert!(started.elapsed() < long_poll::REREAD_EVERY / 2, "woken by the notice, not by the re-read");
 }
 
 #[tokio::test]
