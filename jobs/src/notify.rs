@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::events::Envelope;
+use crate::ops::rounds::Rounds;
 use crate::retry;
 use crate::store::structure_events;
 use crate::{Error, Result};
@@ -238,19 +239,18 @@ pub fn inbox_payload(ids: &[Uuid]) -> String {
 /// be sent is logged and dropped: waiting readers re-read every few seconds regardless
 /// (`long_poll::REREAD_EVERY`), so it costs them latency, and never a row.
 pub struct Announcer {
-    tx: mpsc::UnboundedSender<Vec<Uuid>>,
+    rounds: Rounds<Vec<Uuid>, ()>,
 }
 
 impl Announcer {
     /// Starts the sender on the current tokio runtime; it ends with the last `Announcer`.
     pub fn spawn(pool: PgPool) -> Announcer {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Uuid>>();
-        tokio::spawn(async move {
-            while let Some(mut ids) = rx.recv().await {
-                while let Ok(more) = rx.try_recv() {
-                    ids.extend(more);
-                }
-                let payload = inbox_payload(&ids);
+        // A round is every announcement queued while the previous notice was sent.
+        let rounds = Rounds::spawn(move |batches: Vec<Vec<Uuid>>| {
+            let pool = pool.clone();
+            async move {
+                let n = batches.len();
+                let payload = inbox_payload(&batches.concat());
                 // The notice's transaction commits without waiting for its WAL flush: it
                 // carries no row (those committed durably in their round), and a crash
                 // that loses it loses only a wake-up. Waiting would put one more flush
@@ -262,15 +262,16 @@ impl Announcer {
                 if let Err(e) = sent.await {
                     tracing::warn!(error = %e, "could not announce appended rows; waiting readers find them on their re-read");
                 }
+                vec![(); n]
             }
         });
-        Announcer { tx }
+        Announcer { rounds }
     }
 
     /// Queues a notice naming `ids`; returns at once.
     pub fn announce(&self, ids: Vec<Uuid>) {
         if !ids.is_empty() {
-            let _ = self.tx.send(ids);
+            self.rounds.send(ids);
         }
     }
 }

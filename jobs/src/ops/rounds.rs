@@ -92,6 +92,13 @@ impl<Req: Send + 'static, Resp: Send + 'static> Rounds<Req, Resp> {
         Rounds { tx }
     }
 
+    /// Submits a request without waiting for its round: for work whose caller needs no
+    /// answer. Dropped if the runner is gone.
+    pub fn send(&self, req: Req) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.send((req, reply));
+    }
+
     /// Submits a request and waits for its round's answer. `None` when the runner is gone
     /// or answered fewer responses than requests: the caller then does the work alone.
     pub async fn submit(&self, req: Req) -> Option<Resp> {
