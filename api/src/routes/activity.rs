@@ -300,8 +300,10 @@ pub async fn send(
             },
         )
         .await?;
-    let mut item = activity_logs::get(&state.pool, id).await?;
+    // A fresh item is queued: it is read back only to wait for its push.
+    let mut item = None;
     if let Some(wait) = wait.filter(|_| ws.delivery_mode == jobs::domain::DeliveryMode::Push) {
+        item = activity_logs::get(&state.pool, id).await?;
         let deadline = tokio::time::Instant::now() + wait;
         while item.as_ref().is_some_and(|i| i.delivery.as_deref() == Some("pending"))
             && tokio::time::Instant::now() < deadline
