@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::Result;
@@ -19,6 +19,7 @@ use crate::ops::rounds::{Rounds, Written};
 use crate::queue::{self, INBOX_QUEUE, InboxTask};
 use crate::retry::RetryPolicy;
 use crate::store::activity_logs::{self, NewActivity};
+use crate::store::apalis::NewTask;
 
 /// The activity type of every inbox item.
 pub const INBOX_TYPE: &str = "a2a_receive";
@@ -59,11 +60,22 @@ impl PushSettings {
 
 /// Writes `a` to its workspace's log. An inbox item for a push-mode agent is marked for
 /// push, and a drain is made due unless one already is. Returns the row id.
-pub async fn write(conn: &mut PgConnection, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
+pub async fn write(conn: &mut PgConnection, mode: DeliveryMode, a: NewActivity) -> Result<i64> {
+    insert(conn, mode, a).await
+}
+
+/// One statement, which commits by itself when `db` is the pool.
+async fn insert<'e>(db: impl PgExecutor<'e>, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
     a.push = pushed(&a, mode);
-    let (id, due) = activity_logs::insert_at_head(&mut *conn, &a).await?;
-    if a.push && due.is_none() {
-        arm_drain(conn, a.workspace_id, None).await?;
+    let drain = match a.push {
+        true => {
+            Some(NewTask::new(INBOX_QUEUE, &InboxTask { v: queue::PAYLOAD_VERSION, workspace_id: a.workspace_id })?)
+        }
+        false => None,
+    };
+    let (id, armed) = activity_logs::insert_at_head(db, &a, drain.as_ref()).await?;
+    if armed {
+        crate::metrics::enqueued(crate::metrics::JobKind::InboxPush);
     }
     Ok(id)
 }
@@ -72,16 +84,9 @@ fn pushed(a: &NewActivity, mode: DeliveryMode) -> bool {
     a.activity_type == INBOX_TYPE && mode == DeliveryMode::Push
 }
 
-/// [`write`] in a transaction of its own; a row that arms no drain is one statement.
-pub async fn append(pool: &PgPool, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
-    if !pushed(&a, mode) {
-        a.push = false;
-        return Ok(activity_logs::insert_at_head(pool, &a).await?.0);
-    }
-    let mut tx = pool.begin().await?;
-    let id = write(&mut tx, mode, a).await?;
-    tx.commit().await?;
-    Ok(id)
+/// [`write`] in a transaction of its own: one statement, whether or not it arms a drain.
+pub async fn append(pool: &PgPool, mode: DeliveryMode, a: NewActivity) -> Result<i64> {
+    insert(pool, mode, a).await
 }
 
 /// The api's appends. Concurrent appends that arm no drain (every row but a push-mode
@@ -130,15 +135,14 @@ impl Appends {
                 return id;
             }
         }
-        append(&self.pool, mode, a).await
+        insert(&self.pool, mode, a).await
     }
 }
 
 /// Enqueues a drain task for the workspace (after `delay`) and names it the due one. The
 /// caller holds the head lock.
 pub async fn arm_drain(conn: &mut PgConnection, workspace_id: Uuid, delay: Option<Duration>) -> Result<String> {
-    let task =
-        queue::enqueue(conn, INBOX_QUEUE, &InboxTask { v: crate::queue::PAYLOAD_VERSION, workspace_id }, delay).await?;
+    let task = queue::enqueue(conn, INBOX_QUEUE, &InboxTask { v: queue::PAYLOAD_VERSION, workspace_id }, delay).await?;
     crate::metrics::enqueued(crate::metrics::JobKind::InboxPush);
     activity_logs::set_drain_task(conn, workspace_id, Some(&task)).await?;
     Ok(task)

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::JobContext;
 use crate::domain::{AgentUrl, DeliveryMode, Status};
 use crate::metrics::{self, JobEnd, JobKind};
-use crate::store::activity_logs::{self, DrainClaim, PendingItem};
+use crate::store::activity_logs::{self, Delivered, DrainClaim, PendingItem};
 use crate::store::workspaces;
 use crate::{Result, delegations, events, inbox};
 
@@ -41,8 +41,7 @@ fn lease_ttl(ctx: &JobContext) -> Duration {
 
 async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
     let ttl = lease_ttl(ctx);
-    let mut tx = ctx.pool.begin().await?;
-    let lease = match activity_logs::claim_drain(&mut tx, ws_id, task_id, &ctx.process_id, ttl).await? {
+    let lease = match activity_logs::claim_drain(&ctx.pool, ws_id, task_id, &ctx.process_id, ttl).await? {
         DrainClaim::Claimed(l) => l,
         DrainClaim::NotDue => {
             tracing::debug!("not the workspace's due drain task; nothing to do");
@@ -51,6 +50,7 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
         DrainClaim::Held(left) => {
             // A redelivery of a drain that is still running: try again once its lease
             // would have lapsed, without disturbing it.
+            let mut tx = ctx.pool.begin().await?;
             let next = crate::queue::enqueue(
                 &mut tx,
                 crate::queue::INBOX_QUEUE,
@@ -63,7 +63,6 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
             return Ok(());
         }
     };
-    tx.commit().await?;
     let claimed_at = std::time::Instant::now();
     metrics::claimed(JobKind::InboxPush);
     let result = deliver_pending(ctx, ws_id, lease, ttl).await;
@@ -72,109 +71,173 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
     result
 }
 
-/// Pushes the workspace's pending items under the drain's lease until none is due.
+/// Pushes the workspace's pending items under the drain's lease until none is due. Items
+/// are read [`BATCH`] at a time, with the workspace's target once per batch; each success
+/// is recorded by one statement.
 async fn deliver_pending(ctx: &JobContext, ws_id: Uuid, lease: i64, ttl: Duration) -> Result<()> {
     let mut delivered = 0u64;
+    let mut batch = activity_logs::pending(&ctx.pool, ws_id, BATCH).await?;
     loop {
-        let Some(item) = activity_logs::next_pending(&ctx.pool, ws_id).await? else {
+        if batch.is_empty() {
             // Nothing left: stand down, unless an item arrived meanwhile (writers hold the
-            // head lock, so after taking it the check is final).
+            // head lock, so after taking it the read is final).
             let mut tx = ctx.pool.begin().await?;
             if !activity_logs::renew_drain(&mut tx, ws_id, lease, ttl).await? {
                 return Ok(());
             }
-            if activity_logs::next_pending(&mut *tx, ws_id).await?.is_some() {
-                tx.commit().await?;
-                continue;
-            }
-            activity_logs::set_drain_task(&mut tx, ws_id, None).await?;
+            batch = activity_logs::pending_or_stand_down(&mut tx, ws_id, lease, BATCH).await?;
             tx.commit().await?;
-            tracing::debug!(delivered, "inbox drained");
-            return Ok(());
-        };
+            if batch.is_empty() {
+                tracing::debug!(delivered, "inbox drained");
+                return Ok(());
+            }
+        }
+        let full = batch.len() as i64 == BATCH;
+        match deliver_batch(ctx, ws_id, lease, ttl, &batch, &mut delivered).await? {
+            Turn::Next if full => batch = activity_logs::pending(&ctx.pool, ws_id, BATCH).await?,
+            // A short batch was all there was when it was read: go straight to standing down.
+            Turn::Next => batch.clear(),
+            Turn::Stop => return Ok(()),
+        }
+    }
+}
+
+/// How many pending items a drain reads at once. Each is held in memory until pushed, with
+/// its request body.
+const BATCH: i64 = 8;
+
+enum Turn {
+    /// Every item of the batch was recorded: read the next ones.
+    Next,
+    /// The drain ends: it was taken over, or the next attempt is scheduled as a new task.
+    Stop,
+}
+
+async fn deliver_batch(
+    ctx: &JobContext,
+    ws_id: Uuid,
+    lease: i64,
+    ttl: Duration,
+    batch: &[PendingItem],
+    delivered: &mut u64,
+) -> Result<Turn> {
+    let ws = workspaces::get(&ctx.pool, ws_id).await?;
+    let target = match &ws {
+        None => Err("the workspace no longer exists".to_string()),
+        Some(w) if w.status == Status::Removed => Err("the workspace was removed".to_string()),
+        Some(w) if w.delivery_mode == DeliveryMode::Poll => {
+            // Its agent polls now: the rows are its delivery.
+            let mut tx = ctx.pool.begin().await?;
+            if !activity_logs::renew_drain(&mut tx, ws_id, lease, ttl).await? {
+                return Ok(Turn::Stop);
+            }
+            activity_logs::stop_pushing(&mut tx, ws_id).await?;
+            tx.commit().await?;
+            return Ok(Turn::Next);
+        }
+        Some(w) => w.url.clone().ok_or_else(|| "the agent has not registered a URL yet".to_string()),
+    };
+    let final_failure = ws.as_ref().is_none_or(|w| w.status == Status::Removed);
+    for item in batch {
         if let Some(wait) = item.wait_secs.filter(|w| *w > 0.0) {
             let mut tx = ctx.pool.begin().await?;
             if activity_logs::renew_drain(&mut tx, ws_id, lease, ttl).await? {
                 inbox::arm_drain(&mut tx, ws_id, Some(Duration::from_secs_f64(wait))).await?;
                 tx.commit().await?;
             }
-            return Ok(());
+            return Ok(Turn::Stop);
         }
-        let ws = workspaces::get(&ctx.pool, ws_id).await?;
-        let target = match &ws {
-            None => Err("the workspace no longer exists".to_string()),
-            Some(w) if w.status == Status::Removed => Err("the workspace was removed".to_string()),
-            Some(w) if w.delivery_mode == DeliveryMode::Poll => {
-                // Its agent polls now: the row is its delivery.
-                let mut tx = ctx.pool.begin().await?;
-                if !activity_logs::renew_drain(&mut tx, ws_id, lease, ttl).await? {
-                    return Ok(());
-                }
-                activity_logs::stop_pushing(&mut tx, ws_id).await?;
-                tx.commit().await?;
-                continue;
-            }
-            Some(w) => w.url.clone().ok_or_else(|| "the agent has not registered a URL yet".to_string()),
-        };
-        let final_failure = ws.as_ref().is_none_or(|w| w.status == Status::Removed);
         let started = Utc::now();
         let answer = match &target {
-            Ok(url) => push(ctx, url, &item).await,
+            Ok(url) => push(ctx, url, item).await,
             Err(e) => Err((None, e.clone())),
         };
-        let mut tx = ctx.pool.begin().await?;
-        if !activity_logs::renew_drain(&mut tx, ws_id, lease, ttl).await? {
-            tracing::warn!(item = item.id, "the drain was taken over meanwhile; this attempt is not recorded");
-            return Ok(());
-        }
         let attempt = item.delivery_attempts + 1;
         let delegation = inbox::delegation_of(item.request_body.as_ref());
-        match answer {
+        let turn = match answer {
             Ok((status, body)) => {
-                activity_logs::record_attempt(&mut tx, item.id, attempt, started, Some(status), None, &ctx.process_id)
-                    .await?;
-                activity_logs::mark_delivered(&mut tx, item.id, body.as_ref()).await?;
-                if let Some(d) = &delegation {
-                    delegations::on_delivery(&mut tx, d, Ok(())).await?;
+                let d = Delivered {
+                    item_id: item.id,
+                    attempt,
+                    started_at: started,
+                    http_status: status,
+                    answer: body.as_ref(),
+                    worker: &ctx.process_id,
+                };
+                let recorded = match &delegation {
+                    None => activity_logs::record_delivered(&ctx.pool, ws_id, lease, ttl, &d).await?,
+                    Some(delegation) => {
+                        let mut tx = ctx.pool.begin().await?;
+                        let recorded = activity_logs::record_delivered(&mut *tx, ws_id, lease, ttl, &d).await?;
+                        if recorded {
+                            delegations::on_delivery(&mut tx, delegation, Ok(())).await?;
+                            tx.commit().await?;
+                        }
+                        recorded
+                    }
+                };
+                if recorded {
+                    *delivered += 1;
+                    Turn::Next
+                } else {
+                    Turn::Stop
                 }
-                delivered += 1;
             }
             Err((status, error)) => {
-                activity_logs::record_attempt(
-                    &mut tx,
-                    item.id,
-                    attempt,
-                    started,
-                    status,
-                    Some(&error),
-                    &ctx.process_id,
-                )
-                .await?;
-                let policy = &ctx.config.inbox.retry;
-                if final_failure || attempt >= policy.max_attempts {
-                    let why = format!("undeliverable after {attempt} attempt(s): {error}");
-                    tracing::warn!(item = item.id, %why, "inbox item undeliverable");
-                    activity_logs::mark_failed(&mut tx, item.id, &why, None).await?;
-                    events::record(
-                        &mut tx,
-                        INBOX_UNDELIVERABLE,
-                        Some(ws_id),
-                        json!({"item_id": item.id, "attempts": attempt, "error": why, "method": item.method}),
-                    )
-                    .await?;
-                    if let Some(d) = &delegation {
-                        delegations::on_delivery(&mut tx, d, Err(&why)).await?;
-                    }
-                } else {
-                    let delay = policy.delay_after(attempt);
-                    tracing::info!(item = item.id, attempt, delay_ms = delay.as_millis() as u64, %error, "push failed; retrying later");
-                    metrics::retried(JobKind::InboxPush);
-                    activity_logs::mark_failed(&mut tx, item.id, &error, Some(delay)).await?;
-                }
+                record_failure(ctx, ws_id, lease, ttl, item, final_failure, (attempt, started, status, error)).await?
             }
+        };
+        if let Turn::Stop = turn {
+            return Ok(Turn::Stop);
         }
-        tx.commit().await?;
     }
+    Ok(Turn::Next)
+}
+
+/// Records a failed attempt. A failure the policy retries schedules the next attempt as a
+/// delayed drain task and stops this drain (later items wait behind it: order first); the
+/// last attempt makes the item undeliverable and the drain goes on.
+async fn record_failure(
+    ctx: &JobContext,
+    ws_id: Uuid,
+    lease: i64,
+    ttl: Duration,
+    item: &PendingItem,
+    final_failure: bool,
+    (attempt, started, status, error): (i32, chrono::DateTime<Utc>, Option<i32>, String),
+) -> Result<Turn> {
+    let mut tx = ctx.pool.begin().await?;
+    if !activity_logs::renew_drain(&mut tx, ws_id, lease, ttl).await? {
+        tracing::warn!(item = item.id, "the drain was taken over meanwhile; this attempt is not recorded");
+        return Ok(Turn::Stop);
+    }
+    activity_logs::record_attempt(&mut tx, item.id, attempt, started, status, Some(&error), &ctx.process_id).await?;
+    let policy = &ctx.config.inbox.retry;
+    let turn = if final_failure || attempt >= policy.max_attempts {
+        let why = format!("undeliverable after {attempt} attempt(s): {error}");
+        tracing::warn!(item = item.id, %why, "inbox item undeliverable");
+        activity_logs::mark_failed(&mut tx, item.id, &why, None).await?;
+        events::record(
+            &mut tx,
+            INBOX_UNDELIVERABLE,
+            Some(ws_id),
+            json!({"item_id": item.id, "attempts": attempt, "error": why, "method": item.method}),
+        )
+        .await?;
+        if let Some(d) = inbox::delegation_of(item.request_body.as_ref()) {
+            delegations::on_delivery(&mut tx, &d, Err(&why)).await?;
+        }
+        Turn::Next
+    } else {
+        let delay = policy.delay_after(attempt);
+        tracing::info!(item = item.id, attempt, delay_ms = delay.as_millis() as u64, %error, "push failed; retrying later");
+        metrics::retried(JobKind::InboxPush);
+        activity_logs::mark_failed(&mut tx, item.id, &error, Some(delay)).await?;
+        inbox::arm_drain(&mut tx, ws_id, Some(delay)).await?;
+        Turn::Stop
+    };
+    tx.commit().await?;
+    Ok(turn)
 }
 
 /// POSTs the item; `Ok((status, answer))` on 2xx, else `Err((status, reason))`.

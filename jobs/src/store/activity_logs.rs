@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::notify::INBOX_CHANNEL;
+use crate::store::apalis::{NewTask, insert_task_into};
 
 macro_rules! columns {
     () => {
@@ -84,13 +85,19 @@ pub async fn lock_head(conn: &mut PgConnection, workspace_id: Uuid) -> Result<Op
 /// Takes the workspace's head row lock as [`lock_head`] does, then writes the row, in one
 /// statement: the insert reads the locked head, so the row's id is drawn under the lock and
 /// ids reach readers in commit order. A row that is not pushed is announced on
-/// [`INBOX_CHANNEL`] at commit, for readers waiting on the log. Returns the row id and the
-/// drain task due, if any.
-pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Result<(i64, Option<String>)> {
-    Ok(sqlx::query_as(
+/// [`INBOX_CHANNEL`] at commit, for readers waiting on the log. A pushed row comes with
+/// `drain`, the task that drains the workspace if none is due yet: the same statement then
+/// inserts it and names it on the head, so a push costs one statement whether or not it
+/// arms a drain. Returns the row id and whether `drain` was inserted.
+pub async fn insert_at_head<'e>(
+    db: impl PgExecutor<'e>,
+    a: &NewActivity,
+    drain: Option<&NewTask>,
+) -> Result<(i64, bool)> {
+    Ok(sqlx::query_as(concat!(
         "WITH h AS (
-             INSERT INTO inbox_heads (workspace_id) VALUES ($1)
-             ON CONFLICT (workspace_id) DO UPDATE SET workspace_id = excluded.workspace_id
+             INSERT INTO inbox_heads AS cur (workspace_id, drain_task_id) VALUES ($1, $14)
+             ON CONFLICT (workspace_id) DO UPDATE SET drain_task_id = coalesce(cur.drain_task_id, excluded.drain_task_id)
              RETURNING workspace_id, drain_task_id),
          i AS (
              INSERT INTO activity_logs (workspace_id, activity_type, method, source_id, target_id, summary,
@@ -98,9 +105,13 @@ pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Res
              SELECT h.workspace_id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $12 THEN 'pending' END FROM h
              RETURNING id),
          -- A row that is read rather than pushed wakes its waiting readers at commit.
-         woken AS (SELECT pg_notify($13, h.workspace_id::text) FROM h, i WHERE NOT $12)
-         SELECT i.id, h.drain_task_id FROM i CROSS JOIN h LEFT JOIN woken ON true",
-    )
+         woken AS (SELECT pg_notify($13, h.workspace_id::text) FROM h, i WHERE NOT $12),
+         -- The head names the new task only when no drain was due.
+         armed AS (",
+        insert_task_into!(),
+        " SELECT $14, $15, $16, 'Pending', 0, $17, now(), 0 FROM h WHERE h.drain_task_id = $14 RETURNING id)
+         SELECT i.id, EXISTS (SELECT 1 FROM armed) FROM i CROSS JOIN h LEFT JOIN woken ON true"
+    ))
     .bind(a.workspace_id)
     .bind(&a.activity_type)
     .bind(&a.method)
@@ -114,6 +125,10 @@ pub async fn insert_at_head<'e>(db: impl PgExecutor<'e>, a: &NewActivity) -> Res
     .bind(a.duration_ms)
     .bind(a.push)
     .bind(INBOX_CHANNEL)
+    .bind(drain.map(|t| t.id.as_str()))
+    .bind(drain.map(|t| t.queue))
+    .bind(drain.map(|t| t.body.as_slice()))
+    .bind(drain.map(|t| t.max_attempts))
     .fetch_one(db)
     .await?)
 }
@@ -231,15 +246,44 @@ pub async fn list<'e>(
     Ok(q.bind(workspace_id).bind(activity_type).bind(after).bind(limit).fetch_all(db).await?)
 }
 
-/// The workspace's oldest item still waiting for push delivery.
-pub async fn next_pending<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid) -> Result<Option<PendingItem>> {
-    Ok(sqlx::query_as(
+/// The workspace's oldest items still waiting for push delivery, at most `limit`, oldest
+/// first.
+macro_rules! pending_items {
+    () => {
         "SELECT id, method, request_body, response_body, status, error_detail, delivery_attempts,
                 greatest(extract(epoch FROM next_attempt_at - clock_timestamp()), 0)::float8 AS wait_secs
-           FROM activity_logs WHERE workspace_id = $1 AND delivery = 'pending' ORDER BY id LIMIT 1",
-    )
+           FROM activity_logs WHERE workspace_id = $1 AND delivery = 'pending' ORDER BY id LIMIT $2"
+    };
+}
+
+/// The workspace's oldest items waiting for push delivery, at most `limit`, oldest first.
+pub async fn pending<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid, limit: i64) -> Result<Vec<PendingItem>> {
+    Ok(sqlx::query_as(pending_items!()).bind(workspace_id).bind(limit).fetch_all(db).await?)
+}
+
+/// [`pending`], and when there are none, the drain holding lease `lease` stands down: the
+/// head names no drain task any more, so the next pushed item arms one. The caller must
+/// have taken the head lock in an earlier statement of its transaction ([`renew_drain`]):
+/// writers of pushed items hold it, so this statement's snapshot, taken after the lock,
+/// sees every item whose writer found the drain still due and so armed none.
+pub async fn pending_or_stand_down(
+    conn: &mut PgConnection,
+    workspace_id: Uuid,
+    lease: i64,
+    limit: i64,
+) -> Result<Vec<PendingItem>> {
+    Ok(sqlx::query_as(concat!(
+        "WITH p AS (",
+        pending_items!(),
+        "), down AS (
+             UPDATE inbox_heads SET drain_task_id = NULL, drain_lease_until = NULL, drain_claimed_by = NULL
+              WHERE workspace_id = $1 AND drain_lease = $3 AND NOT EXISTS (SELECT 1 FROM p))
+         SELECT * FROM p ORDER BY id"
+    ))
     .bind(workspace_id)
-    .fetch_optional(db)
+    .bind(limit)
+    .bind(lease)
+    .fetch_all(conn)
     .await?)
 }
 
@@ -256,20 +300,53 @@ pub struct PendingItem {
     pub wait_secs: Option<f64>,
 }
 
-/// Records a successful push: the agent's answer is kept as the row's response, unless the
-/// row has one of its own (a delegation result carries its text there).
-pub async fn mark_delivered(conn: &mut PgConnection, id: i64, response: Option<&Value>) -> Result<()> {
-    sqlx::query(
-        "UPDATE activity_logs SET delivery = 'delivered', delivered_at = now(),
-                delivery_attempts = delivery_attempts + 1, next_attempt_at = NULL,
-                response_body = coalesce(response_body, $2)
-          WHERE id = $1",
+/// A successful push to record.
+pub struct Delivered<'a> {
+    pub item_id: i64,
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub http_status: i32,
+    /// The agent's answer, kept as the row's response unless the row has one of its own (a
+    /// delegation result carries its text there).
+    pub answer: Option<&'a Value>,
+    pub worker: &'a str,
+}
+
+/// Records a successful push in one statement, fenced on the drain's lease, which it
+/// renews for `ttl`: the attempt and the item's delivery. False (and nothing written) when
+/// the drain was taken over.
+pub async fn record_delivered<'e>(
+    db: impl PgExecutor<'e>,
+    workspace_id: Uuid,
+    lease: i64,
+    ttl: Duration,
+    d: &Delivered<'_>,
+) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "WITH r AS (
+             UPDATE inbox_heads SET drain_lease_until = clock_timestamp() + $3 * interval '1 millisecond'
+              WHERE workspace_id = $1 AND drain_lease = $2 RETURNING workspace_id),
+         a AS (
+             INSERT INTO inbox_delivery_attempts (item_id, attempt, started_at, http_status, error, worker)
+             SELECT $4, $5, $6, $7, NULL, $8 FROM r ON CONFLICT DO NOTHING),
+         d AS (
+             UPDATE activity_logs SET delivery = 'delivered', delivered_at = now(),
+                    delivery_attempts = delivery_attempts + 1, next_attempt_at = NULL,
+                    response_body = coalesce(response_body, $9)
+              WHERE id = $4 AND EXISTS (SELECT 1 FROM r))
+         SELECT EXISTS (SELECT 1 FROM r)",
     )
-    .bind(id)
-    .bind(response)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .bind(workspace_id)
+    .bind(lease)
+    .bind(ttl.as_millis() as f64)
+    .bind(d.item_id)
+    .bind(d.attempt)
+    .bind(d.started_at)
+    .bind(d.http_status)
+    .bind(d.worker)
+    .bind(d.answer)
+    .fetch_one(db)
+    .await?)
 }
 
 /// Records a failed push: either the next attempt's time, or (`retry_in` = None) the end.
@@ -383,39 +460,42 @@ pub enum DrainClaim {
     Held(Duration),
 }
 
-/// Claims the workspace's drain for task `task_id` under a lease of `ttl`.
-pub async fn claim_drain(
-    conn: &mut PgConnection,
+/// Claims the workspace's drain for task `task_id` under a lease of `ttl`, in one statement.
+pub async fn claim_drain<'e>(
+    db: impl PgExecutor<'e>,
     workspace_id: Uuid,
     task_id: &str,
     worker: &str,
     ttl: Duration,
 ) -> Result<DrainClaim> {
-    let row: Option<(Option<String>, Option<f64>)> = sqlx::query_as(
-        "SELECT drain_task_id, extract(epoch FROM drain_lease_until - clock_timestamp())::float8
-           FROM inbox_heads WHERE workspace_id = $1 FOR UPDATE",
+    let row: Option<(Option<String>, Option<f64>, Option<i64>)> = sqlx::query_as(
+        "WITH h AS (
+             SELECT workspace_id, drain_task_id, drain_lease_until FROM inbox_heads WHERE workspace_id = $1 FOR UPDATE),
+         c AS (
+             UPDATE inbox_heads i SET drain_lease = i.drain_lease + 1, drain_claimed_by = $3,
+                    drain_lease_until = clock_timestamp() + $4 * interval '1 millisecond'
+               FROM h
+              WHERE i.workspace_id = h.workspace_id AND h.drain_task_id = $2
+                AND (h.drain_lease_until IS NULL OR h.drain_lease_until <= clock_timestamp())
+              RETURNING i.drain_lease)
+         SELECT h.drain_task_id, extract(epoch FROM h.drain_lease_until - clock_timestamp())::float8,
+                (SELECT drain_lease FROM c)
+           FROM h",
     )
     .bind(workspace_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((due, left)) = row else { return Ok(DrainClaim::NotDue) };
-    if due.as_deref() != Some(task_id) {
-        return Ok(DrainClaim::NotDue);
-    }
-    if let Some(left) = left.filter(|l| *l > 0.0) {
-        return Ok(DrainClaim::Held(Duration::from_secs_f64(left)));
-    }
-    let lease: i64 = sqlx::query_scalar(
-        "UPDATE inbox_heads SET drain_lease = drain_lease + 1, drain_claimed_by = $2,
-                drain_lease_until = clock_timestamp() + $3 * interval '1 millisecond'
-          WHERE workspace_id = $1 RETURNING drain_lease",
-    )
-    .bind(workspace_id)
+    .bind(task_id)
     .bind(worker)
     .bind(ttl.as_millis() as f64)
-    .fetch_one(conn)
+    .fetch_optional(db)
     .await?;
-    Ok(DrainClaim::Claimed(lease))
+    Ok(match row {
+        Some((_, _, Some(lease))) => DrainClaim::Claimed(lease),
+        // Due but not claimed: a live lease holds it.
+        Some((Some(due), left, None)) if due == task_id => {
+            DrainClaim::Held(Duration::from_secs_f64(left.unwrap_or(0.0).max(0.0)))
+        }
+        _ => DrainClaim::NotDue,
+    })
 }
 
 /// Locks the head and checks the claim still holds it, renewing its lease; false when the

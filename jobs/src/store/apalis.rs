@@ -14,6 +14,36 @@ use crate::Result;
 /// database itself is unreachable.
 const MAX_ATTEMPTS: i32 = 5;
 
+/// The head of an insert of a pending task into apalis' table, for a statement that inserts
+/// a task beside the row it delivers. The values follow as `SELECT id, queue, body,
+/// 'Pending', 0, max_attempts, run_at, 0`.
+macro_rules! insert_task_into {
+    () => {
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority)"
+    };
+}
+pub(crate) use insert_task_into;
+
+/// A task id as apalis requires it (a ULID).
+pub fn new_task_id() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+/// A task to insert in the statement that writes the row it delivers.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: String,
+    pub queue: &'static str,
+    pub body: Vec<u8>,
+    pub max_attempts: i32,
+}
+
+impl NewTask {
+    pub fn new(queue: &'static str, payload: &impl serde::Serialize) -> Result<NewTask> {
+        Ok(NewTask { id: new_task_id(), queue, body: serde_json::to_vec(payload)?, max_attempts: MAX_ATTEMPTS })
+    }
+}
+
 /// Inserts a pending task on `queue` that becomes due after `delay`; returns its id (a
 /// ULID, which apalis requires).
 pub async fn insert_task(conn: &mut PgConnection, queue: &str, body: &[u8], delay: Option<Duration>) -> Result<String> {
@@ -28,13 +58,13 @@ pub async fn insert_tasks(
     bodies: &[&[u8]],
     delay: Option<Duration>,
 ) -> Result<Vec<String>> {
-    let ids: Vec<String> = bodies.iter().map(|_| ulid::Ulid::new().to_string()).collect();
+    let ids: Vec<String> = bodies.iter().map(|_| new_task_id()).collect();
     let delay_ms = delay.map(|d| d.as_millis() as f64).unwrap_or(0.0);
-    sqlx::query(
-        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority)
-         SELECT t.id, $2, t.job, 'Pending', 0, $4, now() + $5 * interval '1 millisecond', 0
-           FROM unnest($1::text[], $3::bytea[]) AS t(id, job)",
-    )
+    sqlx::query(concat!(
+        insert_task_into!(),
+        " SELECT t.id, $2, t.job, 'Pending', 0, $4, now() + $5 * interval '1 millisecond', 0
+           FROM unnest($1::text[], $3::bytea[]) AS t(id, job)"
+    ))
     .bind(&ids)
     .bind(queue)
     .bind(bodies)

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 /// `n` external workspaces of `mode`, online.
-async fn workspaces(pool: &PgPool, n: usize, mode: DeliveryMode) -> Vec<Uuid> {
+pub(crate) async fn workspaces(pool: &PgPool, n: usize, mode: DeliveryMode) -> Vec<Uuid> {
     let mut tx = pool.begin().await.expect("begin");
     let mut ids = vec![];
     for i in 0..n {
@@ -30,7 +30,7 @@ async fn workspaces(pool: &PgPool, n: usize, mode: DeliveryMode) -> Vec<Uuid> {
     ids
 }
 
-fn item(workspace_id: Uuid, text: &str) -> NewActivity {
+pub(crate) fn item(workspace_id: Uuid, text: &str) -> NewActivity {
     NewActivity {
         workspace_id,
         activity_type: inbox::INBOX_TYPE.into(),

@@ -31,6 +31,7 @@ mod org_import;
 mod org_tokens;
 mod platform;
 mod purge;
+mod push_drain;
 mod restart_options;
 mod rounds;
 mod uploads;

@@ -347,7 +347,7 @@ async fn a_round_writes_past_a_held_head_and_that_row_waits_alone_and_draws_its_
     let (_db, pool) = database().await;
     let spaces = provisioned(&pool, 4).await;
     let (a, b, c, d) = (spaces[0], spaces[1], spaces[2], spaces[3]);
-    activity_logs::insert_at_head(&pool, &item(b, "earlier")).await.expect("b's earlier row");
+    activity_logs::insert_at_head(&pool, &item(b, "earlier"), None).await.expect("b's earlier row");
     let appends = std::sync::Arc::new(Appends::spawn(pool.clone()));
     // A first round is held up on the table, so that a and b's appends queue as one round.
     let held_table = hold(&pool, "activity_logs").await;
@@ -382,7 +382,7 @@ async fn a_round_writes_past_a_held_head_and_that_row_waits_alone_and_draws_its_
         // b's row, written alone, waits for the head; a row of c written meanwhile gets an
         // id first, and b's id is drawn only under b's head, so a reader of b misses nothing.
         until_a_writer_waits(&pool).await;
-        let (meanwhile, _) = activity_logs::insert_at_head(&pool, &item(c, "meanwhile")).await.expect("write c");
+        let (meanwhile, _) = activity_logs::insert_at_head(&pool, &item(c, "meanwhile"), None).await.expect("write c");
         holder.rollback().await.expect("release b's head");
         meanwhile
     };
