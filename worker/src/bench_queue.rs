@@ -129,7 +129,16 @@ struct Report {
     rows: Vec<Row>,
     /// Throughputs the ratios are made of, by key (`pgbench-8`, `provision-1`, ...).
     rates: HashMap<String, f64>,
-    statements: Option<Vec<Statement>>,
+    /// Top statements of the phases measured with `--pg-stat`, each with its title.
+    statements: Vec<Statements>,
+}
+
+/// A phase's `pg_stat_statements`: the top 10 by total time, and every call of the phase
+/// per unit of work (op or item).
+struct Statements {
+    phase: String,
+    top: Vec<Statement>,
+    calls_per_unit: f64,
 }
 
 /// `(label, numerator, denominator)`: each a key of [`Report::rates`].
@@ -180,14 +189,18 @@ impl Report {
     }
 
     fn print_statements(&self) {
-        let Some(statements) = &self.statements else { return };
-        println!();
-        println!("Top statements by total time during the 1-worker provision drain (pg_stat_statements):");
-        println!();
-        println!("| calls | mean ms | total ms | query |");
-        println!("|---|---|---|---|");
-        for s in statements {
-            println!("| {} | {:.3} | {:.1} | `{}` |", s.calls, s.mean_ms, s.total_ms, s.query.replace('|', "\\|"));
+        for s in &self.statements {
+            println!();
+            println!(
+                "Top statements by total time during the {} (pg_stat_statements; {:.1} calls per unit of work in all):",
+                s.phase, s.calls_per_unit
+            );
+            println!();
+            println!("| calls | mean ms | total ms | query |");
+            println!("|---|---|---|---|");
+            for t in &s.top {
+                println!("| {} | {:.3} | {:.1} | `{}` |", t.calls, t.mean_ms, t.total_ms, t.query.replace('|', "\\|"));
+            }
         }
     }
 }
@@ -642,7 +655,7 @@ async fn provision(b: &Bench, report: &mut Report) -> jobs::Result<()> {
             deadline.tick(Duration::from_millis(250), &mut procs).await?;
         }
         if stats {
-            report.statements = Some(top_statements(&b.pool).await?);
+            report.statements.push(statements("1-worker provision drain", &b.pool, ids.len()).await?);
         }
         stop(procs).await;
         let (n, failed, span) = drained(&b.pool, &ids).await?;
@@ -864,8 +877,16 @@ async fn inbox(b: &Bench, report: &mut Report) -> jobs::Result<()> {
         let extra = [("AGENT_URL_ALLOW_PRIVATE", "true"), ("INBOX_CONCURRENCY", "16")];
         let mut procs = spawn_workers(&b.config, k, &extra)?;
         wait_registered(&b.pool, &mut procs).await?;
+        let stats = k != 2 && b.args.pg_stat;
+        if stats {
+            sqlx::query("SELECT pg_stat_statements_reset()").execute(&b.pool).await?;
+        }
         let sent = bench_inbox::produce(&b.pool, &ws, DeliveryMode::Push, items).await?;
         let m = bench_inbox::wait_for(&sent, &received, items).await;
+        if stats {
+            let phase = format!("push inbox with {k} worker(s), writes included");
+            report.statements.push(statements(&phase, &b.pool, items).await?);
+        }
         stop(procs).await;
         report.add(Some(format!("push-{k}")), Row::inbox(8, "inbox item, push mode (write → received)", k, items, &m));
     }
@@ -884,6 +905,18 @@ async fn statements_available(pool: &PgPool) -> bool {
             .await;
     // The extension can exist while the library is not preloaded; then reading fails.
     matches!(present, Ok(Some(_))) && sqlx::query("SELECT pg_stat_statements_reset()").execute(pool).await.is_ok()
+}
+
+/// The phase's statements since the last reset, `units` being its ops or items.
+async fn statements(phase: &str, pool: &PgPool, units: usize) -> jobs::Result<Statements> {
+    let calls: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_statements
+          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(pool)
+    .await?;
+    let top = top_statements(pool).await?;
+    Ok(Statements { phase: phase.into(), top, calls_per_unit: calls as f64 / units.max(1) as f64 })
 }
 
 async fn top_statements(pool: &PgPool) -> jobs::Result<Vec<Statement>> {
