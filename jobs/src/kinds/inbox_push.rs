@@ -65,46 +65,22 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
     };
     let claimed_at = std::time::Instant::now();
     metrics::claimed(JobKind::InboxPush);
-    let result = deliver_pending(ctx, ws_id, lease, ttl).await;
+    let result = Drain { ctx, ws_id, lease, ttl }.deliver_pending().await;
     let end = if result.is_ok() { JobEnd::Succeeded } else { JobEnd::Failed };
     metrics::ended(JobKind::InboxPush, end, claimed_at.elapsed());
     result
 }
 
-/// Pushes the workspace's pending items under the drain's lease until none is due. Items
-/// are read [`BATCH`] at a time, with the workspace's target once per batch; each success
-/// is recorded by one statement.
-async fn deliver_pending(ctx: &JobContext, ws_id: Uuid, lease: i64, ttl: Duration) -> Result<()> {
-    let mut delivered = 0u64;
-    let mut batch = activity_logs::pending(&ctx.pool, ws_id, BATCH).await?;
-    loop {
-        if batch.is_empty() {
-            // Nothing left: stand down, unless an item arrived meanwhile (writers hold the
-            // head lock, so after taking it the read is final).
-            let mut tx = ctx.pool.begin().await?;
-            if !activity_logs::renew_drain(&mut tx, ws_id, lease, ttl).await? {
-                return Ok(());
-            }
-            batch = activity_logs::pending_or_stand_down(&mut tx, ws_id, lease, BATCH).await?;
-            tx.commit().await?;
-            if batch.is_empty() {
-                tracing::debug!(delivered, "inbox drained");
-                return Ok(());
-            }
-        }
-        let full = batch.len() as i64 == BATCH;
-        match deliver_batch(ctx, ws_id, lease, ttl, &batch, &mut delivered).await? {
-            Turn::Next if full => batch = activity_logs::pending(&ctx.pool, ws_id, BATCH).await?,
-            // A short batch was all there was when it was read: go straight to standing down.
-            Turn::Next => batch.clear(),
-            Turn::Stop => return Ok(()),
-        }
-    }
-}
-
 /// How many pending items a drain reads at once. Each is held in memory until pushed, with
 /// its request body.
 const BATCH: i64 = 8;
+
+/// Unrecorded successes are recorded before the next push once the first of them started
+/// this long ago. A fast agent's successes are then recorded together, at the batch's end;
+/// a slow agent's are recorded after each push, so its earlier items (and their `?wait`
+/// callers) never wait for later pushes, and the lease, which the record renews, never has
+/// to outlast more than one slow push.
+const RECORD_WITHIN: Duration = Duration::from_millis(20);
 
 enum Turn {
     /// Every item of the batch was recorded: read the next ones.
@@ -113,131 +89,211 @@ enum Turn {
     Stop,
 }
 
-async fn deliver_batch(
-    ctx: &JobContext,
+/// A claimed drain: every write is fenced on `lease`.
+struct Drain<'a> {
+    ctx: &'a JobContext,
     ws_id: Uuid,
     lease: i64,
     ttl: Duration,
-    batch: &[PendingItem],
-    delivered: &mut u64,
-) -> Result<Turn> {
-    let ws = workspaces::get(&ctx.pool, ws_id).await?;
-    let target = match &ws {
-        None => Err("the workspace no longer exists".to_string()),
-        Some(w) if w.status == Status::Removed => Err("the workspace was removed".to_string()),
-        Some(w) if w.delivery_mode == DeliveryMode::Poll => {
-            // Its agent polls now: the rows are its delivery.
-            let mut tx = ctx.pool.begin().await?;
-            if !activity_logs::renew_drain(&mut tx, ws_id, lease, ttl).await? {
-                return Ok(Turn::Stop);
-            }
-            activity_logs::stop_pushing(&mut tx, ws_id).await?;
-            tx.commit().await?;
-            return Ok(Turn::Next);
-        }
-        Some(w) => w.url.clone().ok_or_else(|| "the agent has not registered a URL yet".to_string()),
-    };
-    let final_failure = ws.as_ref().is_none_or(|w| w.status == Status::Removed);
-    for item in batch {
-        if let Some(wait) = item.wait_secs.filter(|w| *w > 0.0) {
-            let mut tx = ctx.pool.begin().await?;
-            if activity_logs::renew_drain(&mut tx, ws_id, lease, ttl).await? {
-                inbox::arm_drain(&mut tx, ws_id, Some(Duration::from_secs_f64(wait))).await?;
-                tx.commit().await?;
-            }
-            return Ok(Turn::Stop);
-        }
-        let started = Utc::now();
-        let answer = match &target {
-            Ok(url) => push(ctx, url, item).await,
-            Err(e) => Err((None, e.clone())),
-        };
-        let attempt = item.delivery_attempts + 1;
-        let delegation = inbox::delegation_of(item.request_body.as_ref());
-        let turn = match answer {
-            Ok((status, body)) => {
-                let d = Delivered {
-                    item_id: item.id,
-                    attempt,
-                    started_at: started,
-                    http_status: status,
-                    answer: body.as_ref(),
-                    worker: &ctx.process_id,
-                };
-                let recorded = match &delegation {
-                    None => activity_logs::record_delivered(&ctx.pool, ws_id, lease, ttl, &d).await?,
-                    Some(delegation) => {
-                        let mut tx = ctx.pool.begin().await?;
-                        let recorded = activity_logs::record_delivered(&mut *tx, ws_id, lease, ttl, &d).await?;
-                        if recorded {
-                            delegations::on_delivery(&mut tx, delegation, Ok(())).await?;
-                            tx.commit().await?;
-                        }
-                        recorded
-                    }
-                };
-                if recorded {
-                    *delivered += 1;
-                    Turn::Next
-                } else {
-                    Turn::Stop
-                }
-            }
-            Err((status, error)) => {
-                record_failure(ctx, ws_id, lease, ttl, item, final_failure, (attempt, started, status, error)).await?
-            }
-        };
-        if let Turn::Stop = turn {
-            return Ok(Turn::Stop);
-        }
-    }
-    Ok(Turn::Next)
 }
 
-/// Records a failed attempt. A failure the policy retries schedules the next attempt as a
-/// delayed drain task and stops this drain (later items wait behind it: order first); the
-/// last attempt makes the item undeliverable and the drain goes on.
-async fn record_failure(
-    ctx: &JobContext,
-    ws_id: Uuid,
-    lease: i64,
-    ttl: Duration,
-    item: &PendingItem,
-    final_failure: bool,
-    (attempt, started, status, error): (i32, chrono::DateTime<Utc>, Option<i32>, String),
-) -> Result<Turn> {
-    let mut tx = ctx.pool.begin().await?;
-    if !activity_logs::renew_drain(&mut tx, ws_id, lease, ttl).await? {
-        tracing::warn!(item = item.id, "the drain was taken over meanwhile; this attempt is not recorded");
-        return Ok(Turn::Stop);
-    }
-    activity_logs::record_attempt(&mut tx, item.id, attempt, started, status, Some(&error), &ctx.process_id).await?;
-    let policy = &ctx.config.inbox.retry;
-    let turn = if final_failure || attempt >= policy.max_attempts {
-        let why = format!("undeliverable after {attempt} attempt(s): {error}");
-        tracing::warn!(item = item.id, %why, "inbox item undeliverable");
-        activity_logs::mark_failed(&mut tx, item.id, &why, None).await?;
-        events::record(
-            &mut tx,
-            INBOX_UNDELIVERABLE,
-            Some(ws_id),
-            json!({"item_id": item.id, "attempts": attempt, "error": why, "method": item.method}),
-        )
-        .await?;
-        if let Some(d) = inbox::delegation_of(item.request_body.as_ref()) {
-            delegations::on_delivery(&mut tx, &d, Err(&why)).await?;
+/// Successful pushes not recorded yet, oldest first.
+#[derive(Default)]
+struct Unrecorded {
+    pushes: Vec<Delivered>,
+    /// The delegations they carry, told of their delivery in the same transaction.
+    delegations: Vec<String>,
+    /// When the first of them started.
+    since: Option<std::time::Instant>,
+}
+
+impl Drain<'_> {
+    /// Pushes the workspace's pending items until none is due. Items are read [`BATCH`] at a
+    /// time, with the workspace's target once per batch; the successes of a batch are
+    /// recorded together.
+    async fn deliver_pending(&self) -> Result<()> {
+        let (ctx, ws_id) = (self.ctx, self.ws_id);
+        let mut delivered = 0usize;
+        let mut batch = activity_logs::pending(&ctx.pool, ws_id, BATCH).await?;
+        loop {
+            if batch.is_empty() {
+                // Nothing left: stand down, unless an item arrived meanwhile (writers hold
+                // the head lock, so after taking it the read is final).
+                let mut tx = ctx.pool.begin().await?;
+                if !activity_logs::renew_drain(&mut tx, ws_id, self.lease, self.ttl).await? {
+                    return Ok(());
+                }
+                batch = activity_logs::pending_or_stand_down(&mut tx, ws_id, self.lease, BATCH).await?;
+                tx.commit().await?;
+                if batch.is_empty() {
+                    tracing::debug!(delivered, "inbox drained");
+                    return Ok(());
+                }
+            }
+            let full = batch.len() as i64 == BATCH;
+            match self.deliver_batch(&batch, &mut delivered).await? {
+                Turn::Next if full => batch = activity_logs::pending(&ctx.pool, ws_id, BATCH).await?,
+                // A short batch was all there was when it was read: go straight to standing down.
+                Turn::Next => batch.clear(),
+                Turn::Stop => return Ok(()),
+            }
         }
-        Turn::Next
-    } else {
-        let delay = policy.delay_after(attempt);
-        tracing::info!(item = item.id, attempt, delay_ms = delay.as_millis() as u64, %error, "push failed; retrying later");
-        metrics::retried(JobKind::InboxPush);
-        activity_logs::mark_failed(&mut tx, item.id, &error, Some(delay)).await?;
-        inbox::arm_drain(&mut tx, ws_id, Some(delay)).await?;
-        Turn::Stop
-    };
-    tx.commit().await?;
-    Ok(turn)
+    }
+
+    async fn deliver_batch(&self, batch: &[PendingItem], delivered: &mut usize) -> Result<Turn> {
+        let ctx = self.ctx;
+        let ws = workspaces::get(&ctx.pool, self.ws_id).await?;
+        let target = match &ws {
+            None => Err("the workspace no longer exists".to_string()),
+            Some(w) if w.status == Status::Removed => Err("the workspace was removed".to_string()),
+            Some(w) if w.delivery_mode == DeliveryMode::Poll => {
+                // Its agent polls now: the rows are its delivery.
+                let mut tx = ctx.pool.begin().await?;
+                if !activity_logs::renew_drain(&mut tx, self.ws_id, self.lease, self.ttl).await? {
+                    return Ok(Turn::Stop);
+                }
+                activity_logs::stop_pushing(&mut tx, self.ws_id).await?;
+                tx.commit().await?;
+                return Ok(Turn::Next);
+            }
+            Some(w) => w.url.clone().ok_or_else(|| "the agent has not registered a URL yet".to_string()),
+        };
+        let final_failure = ws.as_ref().is_none_or(|w| w.status == Status::Removed);
+        let mut unrecorded = Unrecorded::default();
+        for item in batch {
+            if unrecorded.since.is_some_and(|t| t.elapsed() >= RECORD_WITHIN)
+                && !self.record(&mut unrecorded, delivered).await?
+            {
+                return Ok(Turn::Stop);
+            }
+            if let Some(wait) = item.wait_secs.filter(|w| *w > 0.0) {
+                if !self.record(&mut unrecorded, delivered).await? {
+                    return Ok(Turn::Stop);
+                }
+                let mut tx = ctx.pool.begin().await?;
+                if activity_logs::renew_drain(&mut tx, self.ws_id, self.lease, self.ttl).await? {
+                    inbox::arm_drain(&mut tx, self.ws_id, Some(Duration::from_secs_f64(wait))).await?;
+                    tx.commit().await?;
+                }
+                return Ok(Turn::Stop);
+            }
+            let (started, began) = (Utc::now(), std::time::Instant::now());
+            let answer = match &target {
+                Ok(url) => push(ctx, url, item).await,
+                Err(e) => Err((None, e.clone())),
+            };
+            let attempt = item.delivery_attempts + 1;
+            match answer {
+                Ok((status, body)) => {
+                    unrecorded.pushes.push(Delivered {
+                        item_id: item.id,
+                        attempt,
+                        started_at: started,
+                        finished_at: Utc::now(),
+                        http_status: status,
+                        answer: body,
+                    });
+                    unrecorded.delegations.extend(inbox::delegation_of(item.request_body.as_ref()));
+                    unrecorded.since.get_or_insert(began);
+                }
+                Err((status, error)) => {
+                    // Earlier successes first: the failure may end the drain.
+                    if !self.record(&mut unrecorded, delivered).await? {
+                        return Ok(Turn::Stop);
+                    }
+                    let failed = Failed { attempt, started, status, error };
+                    if let Turn::Stop = self.record_failure(item, final_failure, failed).await? {
+                        return Ok(Turn::Stop);
+                    }
+                }
+            }
+        }
+        Ok(if self.record(&mut unrecorded, delivered).await? { Turn::Next } else { Turn::Stop })
+    }
+
+    /// Records the unrecorded successes (one statement, or one transaction with their
+    /// delegations); false when the drain was taken over, and nothing was written.
+    async fn record(&self, unrecorded: &mut Unrecorded, delivered: &mut usize) -> Result<bool> {
+        let Unrecorded { pushes, delegations, since } = std::mem::take(unrecorded);
+        if pushes.is_empty() {
+            return Ok(true);
+        }
+        let (ctx, worker) = (self.ctx, self.ctx.process_id.as_str());
+        let recorded = if delegations.is_empty() {
+            activity_logs::record_delivered(&ctx.pool, self.ws_id, self.lease, self.ttl, worker, &pushes).await?
+        } else {
+            let mut tx = ctx.pool.begin().await?;
+            let recorded =
+                activity_logs::record_delivered(&mut *tx, self.ws_id, self.lease, self.ttl, worker, &pushes).await?;
+            if recorded {
+                for d in &delegations {
+                    delegations::on_delivery(&mut tx, d, Ok(())).await?;
+                }
+                tx.commit().await?;
+            }
+            recorded
+        };
+        if recorded {
+            *delivered += pushes.len();
+        } else {
+            let waited = since.map(|t| t.elapsed().as_millis() as u64);
+            tracing::warn!(
+                pushes = pushes.len(),
+                waited_ms = waited,
+                "the drain was taken over meanwhile; these pushes are not recorded"
+            );
+        }
+        Ok(recorded)
+    }
+
+    /// Records a failed attempt. A failure the policy retries schedules the next attempt as a
+    /// delayed drain task and stops this drain (later items wait behind it: order first); the
+    /// last attempt makes the item undeliverable and the drain goes on.
+    async fn record_failure(&self, item: &PendingItem, final_failure: bool, f: Failed) -> Result<Turn> {
+        let (ctx, ws_id) = (self.ctx, self.ws_id);
+        let Failed { attempt, started, status, error } = f;
+        let mut tx = ctx.pool.begin().await?;
+        if !activity_logs::renew_drain(&mut tx, ws_id, self.lease, self.ttl).await? {
+            tracing::warn!(item = item.id, "the drain was taken over meanwhile; this attempt is not recorded");
+            return Ok(Turn::Stop);
+        }
+        activity_logs::record_attempt(&mut tx, item.id, attempt, started, status, Some(&error), &ctx.process_id)
+            .await?;
+        let policy = &ctx.config.inbox.retry;
+        let turn = if final_failure || attempt >= policy.max_attempts {
+            let why = format!("undeliverable after {attempt} attempt(s): {error}");
+            tracing::warn!(item = item.id, %why, "inbox item undeliverable");
+            activity_logs::mark_failed(&mut tx, item.id, &why, None).await?;
+            events::record(
+                &mut tx,
+                INBOX_UNDELIVERABLE,
+                Some(ws_id),
+                json!({"item_id": item.id, "attempts": attempt, "error": why, "method": item.method}),
+            )
+            .await?;
+            if let Some(d) = inbox::delegation_of(item.request_body.as_ref()) {
+                delegations::on_delivery(&mut tx, &d, Err(&why)).await?;
+            }
+            Turn::Next
+        } else {
+            let delay = policy.delay_after(attempt);
+            tracing::info!(item = item.id, attempt, delay_ms = delay.as_millis() as u64, %error, "push failed; retrying later");
+            metrics::retried(JobKind::InboxPush);
+            activity_logs::mark_failed(&mut tx, item.id, &error, Some(delay)).await?;
+            inbox::arm_drain(&mut tx, ws_id, Some(delay)).await?;
+            Turn::Stop
+        };
+        tx.commit().await?;
+        Ok(turn)
+    }
+}
+
+/// A failed push attempt.
+struct Failed {
+    attempt: i32,
+    started: chrono::DateTime<Utc>,
+    status: Option<i32>,
+    error: String,
 }
 
 /// POSTs the item; `Ok((status, answer))` on 2xx, else `Err((status, reason))`.

@@ -301,50 +301,57 @@ pub struct PendingItem {
 }
 
 /// A successful push to record.
-pub struct Delivered<'a> {
+pub struct Delivered {
     pub item_id: i64,
     pub attempt: i32,
     pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
     pub http_status: i32,
     /// The agent's answer, kept as the row's response unless the row has one of its own (a
     /// delegation result carries its text there).
-    pub answer: Option<&'a Value>,
-    pub worker: &'a str,
+    pub answer: Option<Value>,
 }
 
-/// Records a successful push in one statement, fenced on the drain's lease, which it
-/// renews for `ttl`: the attempt and the item's delivery. False (and nothing written) when
-/// the drain was taken over.
+/// Records successful pushes of one drain in one statement, fenced on the drain's lease,
+/// which it renews for `ttl`: each attempt and each item's delivery. False (and nothing
+/// written) when the drain was taken over.
 pub async fn record_delivered<'e>(
     db: impl PgExecutor<'e>,
     workspace_id: Uuid,
     lease: i64,
     ttl: Duration,
-    d: &Delivered<'_>,
+    worker: &str,
+    pushes: &[Delivered],
 ) -> Result<bool> {
+    let column = |f: fn(&Delivered) -> DateTime<Utc>| pushes.iter().map(f).collect::<Vec<_>>();
     Ok(sqlx::query_scalar(
         "WITH r AS (
              UPDATE inbox_heads SET drain_lease_until = clock_timestamp() + $3 * interval '1 millisecond'
               WHERE workspace_id = $1 AND drain_lease = $2 RETURNING workspace_id),
+         p AS (
+             SELECT * FROM unnest($5::int8[], $6::int4[], $7::timestamptz[], $8::timestamptz[], $9::int4[], $10::jsonb[])
+                        AS p(item_id, attempt, started_at, finished_at, http_status, answer)
+              WHERE EXISTS (SELECT 1 FROM r)),
          a AS (
-             INSERT INTO inbox_delivery_attempts (item_id, attempt, started_at, http_status, error, worker)
-             SELECT $4, $5, $6, $7, NULL, $8 FROM r ON CONFLICT DO NOTHING),
+             INSERT INTO inbox_delivery_attempts (item_id, attempt, started_at, finished_at, http_status, error, worker)
+             SELECT item_id, attempt, started_at, finished_at, http_status, NULL, $4 FROM p ON CONFLICT DO NOTHING),
          d AS (
-             UPDATE activity_logs SET delivery = 'delivered', delivered_at = now(),
-                    delivery_attempts = delivery_attempts + 1, next_attempt_at = NULL,
-                    response_body = coalesce(response_body, $9)
-              WHERE id = $4 AND EXISTS (SELECT 1 FROM r))
+             UPDATE activity_logs l SET delivery = 'delivered', delivered_at = p.finished_at,
+                    delivery_attempts = l.delivery_attempts + 1, next_attempt_at = NULL,
+                    response_body = coalesce(l.response_body, p.answer)
+               FROM p WHERE l.id = p.item_id)
          SELECT EXISTS (SELECT 1 FROM r)",
     )
     .bind(workspace_id)
     .bind(lease)
     .bind(ttl.as_millis() as f64)
-    .bind(d.item_id)
-    .bind(d.attempt)
-    .bind(d.started_at)
-    .bind(d.http_status)
-    .bind(d.worker)
-    .bind(d.answer)
+    .bind(worker)
+    .bind(pushes.iter().map(|p| p.item_id).collect::<Vec<_>>())
+    .bind(pushes.iter().map(|p| p.attempt).collect::<Vec<_>>())
+    .bind(column(|p| p.started_at))
+    .bind(column(|p| p.finished_at))
+    .bind(pushes.iter().map(|p| p.http_status).collect::<Vec<_>>())
+    .bind(pushes.iter().map(|p| p.answer.clone()).collect::<Vec<_>>())
     .fetch_one(db)
     .await?)
 }

@@ -1,16 +1,21 @@
 //! The push drain's statements, at the database level: a pushed item arms its workspace's
 //! drain in the statement that writes it, exactly once however many writers race; a drain
 //! claims under a lease, records each push fenced on it, and stands down only when nothing
-//! is left, so the next item arms a new drain.
+//! is left, so the next item arms a new drain. A slow agent's success is recorded before
+//! the drain's next push.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
+use axum::extract::State;
 use chrono::Utc;
 use jobs::domain::DeliveryMode;
 use jobs::inbox;
 use jobs::store::activity_logs::{self, Delivered, DrainClaim};
+use reqwest::StatusCode;
 use sqlx::PgPool;
-use tests::TestDb;
+use tests::{Stack, TestDb, eventually};
 use uuid::Uuid;
 
 use super::long_poll::{item, workspaces};
@@ -46,8 +51,24 @@ async fn delivery(pool: &PgPool, id: i64) -> (Option<String>, i64) {
     .expect("item")
 }
 
-fn delivered(item_id: i64) -> Delivered<'static> {
-    Delivered { item_id, attempt: 1, started_at: Utc::now(), http_status: 200, answer: None, worker: "test-worker" }
+fn delivered(item_id: i64) -> Delivered {
+    let answer = Some(serde_json::json!({"ack": item_id}));
+    Delivered { item_id, attempt: 1, started_at: Utc::now(), finished_at: Utc::now(), http_status: 200, answer }
+}
+
+/// The item's recorded answer, and the worker of its attempts.
+async fn recorded(pool: &PgPool, id: i64) -> (Option<serde_json::Value>, Vec<String>) {
+    let answer = sqlx::query_scalar("SELECT response_body FROM activity_logs WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("item");
+    let workers = sqlx::query_scalar("SELECT worker FROM inbox_delivery_attempts WHERE item_id = $1")
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .expect("attempts");
+    (answer, workers)
 }
 
 #[tokio::test]
@@ -98,13 +119,18 @@ async fn a_drain_records_under_its_lease_and_stands_down_only_when_nothing_is_le
     let batch = activity_logs::pending(&pool, ws, 8).await.expect("pending");
     assert_eq!(batch.iter().map(|i| i.id).collect::<Vec<_>>(), ids[..8], "the oldest 8, oldest first");
 
-    // A push recorded under a lease that is no longer the drain's writes nothing.
-    assert!(!activity_logs::record_delivered(&pool, ws, lease - 1, TTL, &delivered(ids[0])).await.expect("record"));
+    // Pushes recorded under a lease that is no longer the drain's write nothing.
+    let stale = [delivered(ids[0]), delivered(ids[1])];
+    assert!(!activity_logs::record_delivered(&pool, ws, lease - 1, TTL, "w", &stale).await.expect("record"));
     assert_eq!(delivery(&pool, ids[0]).await, (Some("pending".into()), 0));
+    // One statement records several pushes, each with its own answer and attempt.
+    let pushes: Vec<Delivered> = ids[..9].iter().map(|id| delivered(*id)).collect();
+    assert!(activity_logs::record_delivered(&pool, ws, lease, TTL, "w", &pushes).await.expect("record"));
     for id in &ids[..9] {
-        assert!(activity_logs::record_delivered(&pool, ws, lease, TTL, &delivered(*id)).await.expect("record"));
+        assert_eq!(delivery(&pool, *id).await, (Some("delivered".into()), 1));
+        assert_eq!(recorded(&pool, *id).await, (Some(serde_json::json!({"ack": id})), vec!["w".to_string()]));
     }
-    assert_eq!(delivery(&pool, ids[0]).await, (Some("delivered".into()), 1));
+    assert_eq!(delivery(&pool, ids[9]).await, (Some("pending".into()), 0), "only the pushes given");
 
     // One item is left: the drain reads it and stays due.
     let mut tx = pool.begin().await.expect("begin");
@@ -114,7 +140,7 @@ async fn a_drain_records_under_its_lease_and_stands_down_only_when_nothing_is_le
     assert_eq!(left.iter().map(|i| i.id).collect::<Vec<_>>(), [ids[9]]);
     assert_eq!(drains(&pool, ws).await.0.as_ref(), Some(&task), "still due while an item waits");
 
-    assert!(activity_logs::record_delivered(&pool, ws, lease, TTL, &delivered(ids[9])).await.expect("record"));
+    assert!(activity_logs::record_delivered(&pool, ws, lease, TTL, "w", &[delivered(ids[9])]).await.expect("record"));
     let mut tx = pool.begin().await.expect("begin");
     assert!(activity_logs::renew_drain(&mut tx, ws, lease, TTL).await.expect("renew"));
     assert!(activity_logs::pending_or_stand_down(&mut tx, ws, lease, 8).await.expect("read").is_empty());
@@ -127,4 +153,91 @@ async fn a_drain_records_under_its_lease_and_stands_down_only_when_nothing_is_le
     let (due, after) = drains(&pool, ws).await;
     assert_eq!(after.len(), tasks.len() + 1, "{after:?}");
     assert!(due.is_some_and(|d| d != task && after.contains(&d)), "the head names the new task");
+}
+
+/// A push-mode agent whose answers the test paces: each push is reported (by item id) as
+/// it arrives, and answered once the test sends its go-ahead.
+struct PacedAgent {
+    url: String,
+    arrived: tokio::sync::mpsc::UnboundedReceiver<i64>,
+    answer: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+type Paced =
+    (tokio::sync::mpsc::UnboundedSender<i64>, Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<()>>>);
+
+async fn paced_agent() -> PacedAgent {
+    async fn receive(
+        State((arrived, answer)): State<Paced>,
+        Json(body): Json<serde_json::Value>,
+    ) -> Json<serde_json::Value> {
+        let id = body.pointer("/params/message/messageId").and_then(|v| v.as_str()?.parse().ok()).expect("messageId");
+        arrived.send(id).expect("the test listens");
+        answer.lock().await.recv().await.expect("the test answers");
+        Json(
+            serde_json::json!({"jsonrpc": "2.0", "id": body.get("id"), "result": {"kind": "message", "role": "agent"}}),
+        )
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (answer, answer_rx) = tokio::sync::mpsc::unbounded_channel();
+    let state: Paced = (arrived_tx, Arc::new(tokio::sync::Mutex::new(answer_rx)));
+    let app = axum::Router::new().route("/a2a", axum::routing::post(receive)).with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    PacedAgent { url: format!("http://{addr}/a2a"), arrived, answer }
+}
+
+impl PacedAgent {
+    async fn next_arrival(&mut self) -> i64 {
+        tokio::time::timeout(Duration::from_secs(60), self.arrived.recv())
+            .await
+            .expect("no push arrived within 60 s")
+            .expect("the agent stopped")
+    }
+}
+
+#[tokio::test]
+async fn a_slow_agents_item_is_recorded_before_the_next_push_of_its_batch_starts() {
+    let mut agent = paced_agent().await;
+    let mut stack =
+        Stack::builder().env("DOCKER_ENABLED", "false").env("AGENT_URL_ALLOW_PRIVATE", "true").workers(0).start().await;
+    let r = stack
+        .post(
+            "/workspaces",
+            serde_json::json!({"name": "paced", "external": true, "url": agent.url, "delivery_mode": "push"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let ws = r.body["id"].as_str().expect("id").to_string();
+    // Three items wait before any worker runs, so one drain reads them in one batch.
+    let mut ids = vec![];
+    for n in 0..3 {
+        let msg = serde_json::json!({"jsonrpc": "2.0", "id": n, "method": "message/send",
+            "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": format!("m{n}")}]}}});
+        let r = stack.post(&format!("/workspaces/{ws}/a2a"), msg).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+        ids.push(r.body["id"].as_i64().expect("item id"));
+    }
+    stack.add_worker(&[]);
+
+    // The first push takes longer than RECORD_WITHIN (20 ms) to answer.
+    assert_eq!(agent.next_arrival().await, ids[0]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    agent.answer.send(()).expect("answer");
+    // So it is recorded before the second push starts: by the time that push arrives.
+    assert_eq!(agent.next_arrival().await, ids[1]);
+    assert_eq!(delivery(&stack.pool, ids[0]).await, (Some("delivered".into()), 1), "recorded before the next push");
+    assert_eq!(delivery(&stack.pool, ids[1]).await, (Some("pending".into()), 0));
+    agent.answer.send(()).expect("answer");
+    assert_eq!(agent.next_arrival().await, ids[2]);
+    agent.answer.send(()).expect("answer");
+    eventually(Duration::from_secs(30), "every item recorded", || async {
+        let mut all = true;
+        for id in &ids {
+            all &= delivery(&stack.pool, *id).await == (Some("delivered".into()), 1);
+        }
+        all.then_some(())
+    })
+    .await;
 }
