@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::JobContext;
 use crate::domain::{AgentUrl, DeliveryMode, Status};
 use crate::metrics::{self, JobEnd, JobKind};
-use crate::store::activity_logs::{self, Delivered, DrainClaim, PendingItem};
+use crate::store::activity_logs::{self, Delivered, DrainClaim, PENDING_BATCH, PendingItem};
 use crate::store::workspaces;
 use crate::{Result, delegations, events, inbox};
 
@@ -71,10 +71,6 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
     result
 }
 
-/// How many pending items a drain reads at once. Each is held in memory until pushed, with
-/// its request body.
-const BATCH: i64 = 8;
-
 /// Unrecorded successes are recorded before the next push once the first of them started
 /// this long ago. A fast agent's successes are then recorded together, at the batch's end;
 /// a slow agent's are recorded after each push, so its earlier items (and their `?wait`
@@ -108,13 +104,13 @@ struct Unrecorded {
 }
 
 impl Drain<'_> {
-    /// Pushes the workspace's pending items until none is due. Items are read [`BATCH`] at a
-    /// time, with the workspace's target once per batch; the successes of a batch are
+    /// Pushes the workspace's pending items until none is due. Items are read [`PENDING_BATCH`]
+    /// at a time, with the workspace's target once per batch; the successes of a batch are
     /// recorded together.
     async fn deliver_pending(&self) -> Result<()> {
         let (ctx, ws_id) = (self.ctx, self.ws_id);
         let mut delivered = 0usize;
-        let mut batch = activity_logs::pending(&ctx.pool, ws_id, BATCH).await?;
+        let mut batch = activity_logs::pending(&ctx.pool, ws_id).await?;
         loop {
             if batch.is_empty() {
                 // Nothing left: stand down, unless an item arrived meanwhile (writers hold
@@ -123,16 +119,16 @@ impl Drain<'_> {
                 if !activity_logs::renew_drain(&mut tx, ws_id, self.lease, self.ttl).await? {
                     return Ok(());
                 }
-                batch = activity_logs::pending_or_stand_down(&mut tx, ws_id, self.lease, BATCH).await?;
+                batch = activity_logs::pending_or_stand_down(&mut tx, ws_id, self.lease).await?;
                 tx.commit().await?;
                 if batch.is_empty() {
                     tracing::debug!(delivered, "inbox drained");
                     return Ok(());
                 }
             }
-            let full = batch.len() as i64 == BATCH;
+            let full = batch.len() == PENDING_BATCH;
             match self.deliver_batch(&batch, &mut delivered).await? {
-                Turn::Next if full => batch = activity_logs::pending(&ctx.pool, ws_id, BATCH).await?,
+                Turn::Next if full => batch = activity_logs::pending(&ctx.pool, ws_id).await?,
                 // A short batch was all there was when it was read: go straight to standing down.
                 Turn::Next => batch.clear(),
                 Turn::Stop => return Ok(()),

@@ -246,19 +246,35 @@ pub async fn list<'e>(
     Ok(q.bind(workspace_id).bind(activity_type).bind(after).bind(limit).fetch_all(db).await?)
 }
 
-/// The workspace's oldest items still waiting for push delivery, at most `limit`, oldest
-/// first.
+/// How many pending items a drain reads at once ([`pending`]), each held in memory with its
+/// request body until pushed. It is a literal in the statement, not a parameter, so the
+/// planner never has to guess the limit of a generic plan (it assumes a tenth of the rows):
+/// two bench runs of a `LIMIT $2` version saw this read average 16 to 19 ms instead of
+/// 0.05 (`docs/BENCHMARKS.md`).
+macro_rules! pending_batch {
+    () => {
+        8
+    };
+}
+pub const PENDING_BATCH: usize = pending_batch!();
+
+/// The workspace's oldest items still waiting for push delivery, oldest first, at most
+/// [`PENDING_BATCH`].
 macro_rules! pending_items {
     () => {
-        "SELECT id, method, request_body, response_body, status, error_detail, delivery_attempts,
+        concat!(
+            "SELECT id, method, request_body, response_body, status, error_detail, delivery_attempts,
                 greatest(extract(epoch FROM next_attempt_at - clock_timestamp()), 0)::float8 AS wait_secs
-           FROM activity_logs WHERE workspace_id = $1 AND delivery = 'pending' ORDER BY id LIMIT $2"
+           FROM activity_logs WHERE workspace_id = $1 AND delivery = 'pending' ORDER BY id LIMIT ",
+            pending_batch!()
+        )
     };
 }
 
-/// The workspace's oldest items waiting for push delivery, at most `limit`, oldest first.
-pub async fn pending<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid, limit: i64) -> Result<Vec<PendingItem>> {
-    Ok(sqlx::query_as(pending_items!()).bind(workspace_id).bind(limit).fetch_all(db).await?)
+/// The workspace's oldest items waiting for push delivery, at most [`PENDING_BATCH`],
+/// oldest first.
+pub async fn pending<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid) -> Result<Vec<PendingItem>> {
+    Ok(sqlx::query_as(pending_items!()).bind(workspace_id).fetch_all(db).await?)
 }
 
 /// [`pending`], and when there are none, the drain holding lease `lease` stands down: the
@@ -270,18 +286,16 @@ pub async fn pending_or_stand_down(
     conn: &mut PgConnection,
     workspace_id: Uuid,
     lease: i64,
-    limit: i64,
 ) -> Result<Vec<PendingItem>> {
     Ok(sqlx::query_as(concat!(
         "WITH p AS (",
         pending_items!(),
         "), down AS (
              UPDATE inbox_heads SET drain_task_id = NULL, drain_lease_until = NULL, drain_claimed_by = NULL
-              WHERE workspace_id = $1 AND drain_lease = $3 AND NOT EXISTS (SELECT 1 FROM p))
+              WHERE workspace_id = $1 AND drain_lease = $2 AND NOT EXISTS (SELECT 1 FROM p))
          SELECT * FROM p ORDER BY id"
     ))
     .bind(workspace_id)
-    .bind(limit)
     .bind(lease)
     .fetch_all(conn)
     .await?)

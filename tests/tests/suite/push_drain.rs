@@ -116,7 +116,7 @@ async fn a_drain_records_under_its_lease_and_stands_down_only_when_nothing_is_le
         _ => panic!("a redelivery of the running task finds it held"),
     }
 
-    let batch = activity_logs::pending(&pool, ws, 8).await.expect("pending");
+    let batch = activity_logs::pending(&pool, ws).await.expect("pending");
     assert_eq!(batch.iter().map(|i| i.id).collect::<Vec<_>>(), ids[..8], "the oldest 8, oldest first");
 
     // Pushes recorded under a lease that is no longer the drain's write nothing.
@@ -135,7 +135,7 @@ async fn a_drain_records_under_its_lease_and_stands_down_only_when_nothing_is_le
     // One item is left: the drain reads it and stays due.
     let mut tx = pool.begin().await.expect("begin");
     assert!(activity_logs::renew_drain(&mut tx, ws, lease, TTL).await.expect("renew"));
-    let left = activity_logs::pending_or_stand_down(&mut tx, ws, lease, 8).await.expect("read");
+    let left = activity_logs::pending_or_stand_down(&mut tx, ws, lease).await.expect("read");
     tx.commit().await.expect("commit");
     assert_eq!(left.iter().map(|i| i.id).collect::<Vec<_>>(), [ids[9]]);
     assert_eq!(drains(&pool, ws).await.0.as_ref(), Some(&task), "still due while an item waits");
@@ -143,7 +143,7 @@ async fn a_drain_records_under_its_lease_and_stands_down_only_when_nothing_is_le
     assert!(activity_logs::record_delivered(&pool, ws, lease, TTL, "w", &[delivered(ids[9])]).await.expect("record"));
     let mut tx = pool.begin().await.expect("begin");
     assert!(activity_logs::renew_drain(&mut tx, ws, lease, TTL).await.expect("renew"));
-    assert!(activity_logs::pending_or_stand_down(&mut tx, ws, lease, 8).await.expect("read").is_empty());
+    assert!(activity_logs::pending_or_stand_down(&mut tx, ws, lease).await.expect("read").is_empty());
     tx.commit().await.expect("commit");
     let (due, tasks) = drains(&pool, ws).await;
     assert_eq!(due, None, "nothing left: the drain stood down");
