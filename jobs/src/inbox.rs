@@ -67,12 +67,7 @@ pub async fn write(conn: &mut PgConnection, mode: DeliveryMode, a: NewActivity) 
 /// One statement, which commits by itself when `db` is the pool.
 async fn insert<'e>(db: impl PgExecutor<'e>, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
     a.push = pushed(&a, mode);
-    let drain = match a.push {
-        true => {
-            Some(NewTask::new(INBOX_QUEUE, &InboxTask { v: queue::PAYLOAD_VERSION, workspace_id: a.workspace_id })?)
-        }
-        false => None,
-    };
+    let drain = a.push.then(|| NewTask::new(INBOX_QUEUE, &InboxTask::new(a.workspace_id))).transpose()?;
     let (id, armed) = activity_logs::insert_at_head(db, &a, drain.as_ref()).await?;
     if armed {
         crate::metrics::enqueued(crate::metrics::JobKind::InboxPush);
@@ -142,7 +137,7 @@ impl Appends {
 /// Enqueues a drain task for the workspace (after `delay`) and names it the due one. The
 /// caller holds the head lock.
 pub async fn arm_drain(conn: &mut PgConnection, workspace_id: Uuid, delay: Option<Duration>) -> Result<String> {
-    let task = queue::enqueue(conn, INBOX_QUEUE, &InboxTask { v: queue::PAYLOAD_VERSION, workspace_id }, delay).await?;
+    let task = queue::enqueue(conn, INBOX_QUEUE, &InboxTask::new(workspace_id), delay).await?;
     crate::metrics::enqueued(crate::metrics::JobKind::InboxPush);
     activity_logs::set_drain_task(conn, workspace_id, Some(&task)).await?;
     Ok(task)

@@ -50,6 +50,13 @@ pub struct InboxTask {
     pub workspace_id: Uuid,
 }
 
+impl InboxTask {
+    /// The drain of `workspace_id`, in this build's payload version.
+    pub fn new(workspace_id: Uuid) -> InboxTask {
+        InboxTask { v: PAYLOAD_VERSION, workspace_id }
+    }
+}
+
 /// Inserts one task in the caller's transaction and returns its id. `delay` postpones it;
 /// workers' interval poll picks delayed tasks up.
 pub async fn enqueue(

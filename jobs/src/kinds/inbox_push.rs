@@ -35,7 +35,8 @@ pub async fn run(ctx: &JobContext, workspace_id: Uuid, task_id: &str) -> Result<
 }
 
 fn lease_ttl(ctx: &JobContext) -> Duration {
-    // Renewed once per item: it must outlast the slowest push.
+    // Renewed by every record, which comes at most one push (plus RECORD_WITHIN) after the
+    // last: it must outlast the slowest push.
     ctx.config.worker.op_lease + ctx.config.inbox.timeout
 }
 
@@ -49,17 +50,20 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
         }
         DrainClaim::Held(left) => {
             // A redelivery of a drain that is still running: try again once its lease
-            // would have lapsed, without disturbing it.
+            // would have lapsed, without disturbing it. The claim has committed, so the
+            // running drain may have stood down or armed its retry meanwhile: then this task
+            // is no longer the due one, and the copy is dropped with the transaction.
             let mut tx = ctx.pool.begin().await?;
             let next = crate::queue::enqueue(
                 &mut tx,
                 crate::queue::INBOX_QUEUE,
-                &crate::queue::InboxTask { v: crate::queue::PAYLOAD_VERSION, workspace_id: ws_id },
+                &crate::queue::InboxTask::new(ws_id),
                 Some(left + Duration::from_millis(200)),
             )
             .await?;
-            activity_logs::defer_drain(&mut tx, ws_id, &next).await?;
-            tx.commit().await?;
+            if activity_logs::defer_drain(&mut tx, ws_id, task_id, &next).await? {
+                tx.commit().await?;
+            }
             return Ok(());
         }
     };
@@ -72,10 +76,11 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
 }
 
 /// Unrecorded successes are recorded before the next push once the first of them started
-/// this long ago. A fast agent's successes are then recorded together, at the batch's end;
-/// a slow agent's are recorded after each push, so its earlier items (and their `?wait`
-/// callers) never wait for later pushes, and the lease, which the record renews, never has
-/// to outlast more than one slow push.
+/// this long ago, and while a push is in flight once it has taken this long. A fast agent's
+/// successes are then recorded together, at the batch's end; a success to a slow agent, or
+/// followed by a slow push, is recorded about this soon, so an item (and its `?wait` caller)
+/// never waits for a slow push of a later item, and the lease, which the record renews,
+/// never has to outlast more than one slow push.
 const RECORD_WITHIN: Duration = Duration::from_millis(20);
 
 enum Turn {
@@ -175,7 +180,21 @@ impl Drain<'_> {
             }
             let (started, began) = (Utc::now(), std::time::Instant::now());
             let answer = match &target {
-                Ok(url) => push(ctx, url, item).await,
+                Ok(url) => {
+                    let pushing = push(ctx, url, item);
+                    tokio::pin!(pushing);
+                    tokio::select! {
+                        answer = &mut pushing => answer,
+                        // A slow push: the successes before it are recorded meanwhile.
+                        _ = tokio::time::sleep(RECORD_WITHIN), if !unrecorded.pushes.is_empty() => {
+                            let (recorded, answer) = tokio::join!(self.record(&mut unrecorded, delivered), &mut pushing);
+                            if !recorded? {
+                                return Ok(Turn::Stop);
+                            }
+                            answer
+                        }
+                    }
+                }
                 Err(e) => Err((None, e.clone())),
             };
             let attempt = item.delivery_attempts + 1;

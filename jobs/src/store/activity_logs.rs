@@ -350,10 +350,10 @@ pub async fn record_delivered<'e>(
              INSERT INTO inbox_delivery_attempts (item_id, attempt, started_at, finished_at, http_status, error, worker)
              SELECT item_id, attempt, started_at, finished_at, http_status, NULL, $4 FROM p ON CONFLICT DO NOTHING),
          d AS (
-             UPDATE activity_logs l SET delivery = 'delivered', delivered_at = p.finished_at,
+             UPDATE activity_logs l SET delivery = 'delivered', delivered_at = now(),
                     delivery_attempts = l.delivery_attempts + 1, next_attempt_at = NULL,
                     response_body = coalesce(l.response_body, p.answer)
-               FROM p WHERE l.id = p.item_id)
+               FROM p WHERE l.id = p.item_id AND l.workspace_id = $1)
          SELECT EXISTS (SELECT 1 FROM r)",
     )
     .bind(workspace_id)
@@ -461,14 +461,17 @@ pub async fn set_drain_task(conn: &mut PgConnection, workspace_id: Uuid, task_id
     Ok(())
 }
 
-/// Names a new due task without touching the running claim's lease.
-pub async fn defer_drain(conn: &mut PgConnection, workspace_id: Uuid, task_id: &str) -> Result<()> {
-    sqlx::query("UPDATE inbox_heads SET drain_task_id = $2 WHERE workspace_id = $1")
+/// Names task `next` the due one in place of `due`, without touching the running claim's
+/// lease; false (nothing written) when `due` is no longer the due task.
+pub async fn defer_drain(conn: &mut PgConnection, workspace_id: Uuid, due: &str, next: &str) -> Result<bool> {
+    Ok(sqlx::query("UPDATE inbox_heads SET drain_task_id = $3 WHERE workspace_id = $1 AND drain_task_id = $2")
         .bind(workspace_id)
-        .bind(task_id)
+        .bind(due)
+        .bind(next)
         .execute(conn)
-        .await?;
-    Ok(())
+        .await?
+        .rows_affected()
+        == 1)
 }
 
 pub enum DrainClaim {

@@ -1,8 +1,8 @@
 //! The push drain's statements, at the database level: a pushed item arms its workspace's
 //! drain in the statement that writes it, exactly once however many writers race; a drain
 //! claims under a lease, records each push fenced on it, and stands down only when nothing
-//! is left, so the next item arms a new drain. A slow agent's success is recorded before
-//! the drain's next push.
+//! is left (even while a writer holds the head), so the next item arms a new drain. A
+//! success is recorded before a slow push of its batch ends.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -198,21 +198,17 @@ impl PacedAgent {
 }
 
 #[tokio::test]
-async fn a_slow_agents_item_is_recorded_before_the_next_push_of_its_batch_starts() {
+async fn a_success_is_recorded_before_a_slow_push_of_its_batch_ends() {
     let mut agent = paced_agent().await;
     let mut stack =
         Stack::builder().env("DOCKER_ENABLED", "false").env("AGENT_URL_ALLOW_PRIVATE", "true").workers(0).start().await;
-    let r = stack
-        .post(
-            "/workspaces",
-            serde_json::json!({"name": "paced", "external": true, "url": agent.url, "delivery_mode": "push"}),
-        )
-        .await;
+    let body = serde_json::json!({"name": "paced", "external": true, "url": agent.url, "delivery_mode": "push"});
+    let r = stack.post("/workspaces", body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let ws = r.body["id"].as_str().expect("id").to_string();
-    // Three items wait before any worker runs, so one drain reads them in one batch.
+    // Four items wait before any worker runs, so one drain reads them in one batch.
     let mut ids = vec![];
-    for n in 0..3 {
+    for n in 0..4 {
         let msg = serde_json::json!({"jsonrpc": "2.0", "id": n, "method": "message/send",
             "params": {"message": {"role": "user", "parts": [{"kind": "text", "text": format!("m{n}")}]}}});
         let r = stack.post(&format!("/workspaces/{ws}/a2a"), msg).await;
@@ -220,24 +216,90 @@ async fn a_slow_agents_item_is_recorded_before_the_next_push_of_its_batch_starts
         ids.push(r.body["id"].as_i64().expect("item id"));
     }
     stack.add_worker(&[]);
+    let pending = (Some("pending".to_string()), 0);
+    let delivered = (Some("delivered".to_string()), 1);
 
-    // The first push takes longer than RECORD_WITHIN (20 ms) to answer.
+    // A push that took longer than RECORD_WITHIN (20 ms; the agent answers after 100 ms) is
+    // recorded before the next push starts: by the time that push arrives.
     assert_eq!(agent.next_arrival().await, ids[0]);
     tokio::time::sleep(Duration::from_millis(100)).await;
     agent.answer.send(()).expect("answer");
-    // So it is recorded before the second push starts: by the time that push arrives.
     assert_eq!(agent.next_arrival().await, ids[1]);
-    assert_eq!(delivery(&stack.pool, ids[0]).await, (Some("delivered".into()), 1), "recorded before the next push");
-    assert_eq!(delivery(&stack.pool, ids[1]).await, (Some("pending".into()), 0));
+    assert_eq!(delivery(&stack.pool, ids[0]).await, delivered, "recorded before the next push");
+    assert_eq!(delivery(&stack.pool, ids[1]).await, pending);
+
+    // A quick success followed by a push that hangs is recorded while that push hangs.
     agent.answer.send(()).expect("answer");
     assert_eq!(agent.next_arrival().await, ids[2]);
+    eventually(Duration::from_secs(20), "the quick success recorded while the next push hangs", || async {
+        (delivery(&stack.pool, ids[1]).await == delivered).then_some(())
+    })
+    .await;
+    assert_eq!(delivery(&stack.pool, ids[2]).await, pending, "the hanging push is not answered yet");
+
+    agent.answer.send(()).expect("answer");
+    assert_eq!(agent.next_arrival().await, ids[3]);
     agent.answer.send(()).expect("answer");
     eventually(Duration::from_secs(30), "every item recorded", || async {
         let mut all = true;
         for id in &ids {
-            all &= delivery(&stack.pool, *id).await == (Some("delivered".into()), 1);
+            all &= delivery(&stack.pool, *id).await == delivered;
         }
         all.then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_stand_down_that_waits_for_a_writer_reads_its_item_and_the_drain_stays_due() {
+    let (_db, pool) = TestDb::migrated(10).await;
+    let ws = workspaces(&pool, 1, DeliveryMode::Push).await[0];
+    let first = inbox::append(&pool, DeliveryMode::Push, item(ws, "first")).await.expect("append");
+    let task = drains(&pool, ws).await.0.expect("a drain is due");
+    let DrainClaim::Claimed(lease) = activity_logs::claim_drain(&pool, ws, &task, "w", TTL).await.expect("claim")
+    else {
+        panic!("the due task claims the drain");
+    };
+    assert!(activity_logs::record_delivered(&pool, ws, lease, TTL, "w", &[delivered(first)]).await.expect("record"));
+
+    // A writer holds the head: it finds the drain due, so it arms none.
+    let mut writer = pool.begin().await.expect("begin");
+    let later = inbox::write(&mut writer, DeliveryMode::Push, item(ws, "later")).await.expect("write");
+    // Meanwhile the drain, with nothing left that it can see, stands down: its renewal waits
+    // for the writer's lock.
+    let standing_down = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let mut tx = pool.begin().await.expect("begin");
+            assert!(activity_logs::renew_drain(&mut tx, ws, lease, TTL).await.expect("renew"));
+            let next = activity_logs::pending_or_stand_down(&mut tx, ws, lease).await.expect("read");
+            tx.commit().await.expect("commit");
+            next.into_iter().map(|i| i.id).collect::<Vec<_>>()
+        }
+    });
+    eventually(Duration::from_secs(20), "the stand-down to wait for the writer's lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("activity");
+        (waiting > 0).then_some(())
+    })
+    .await;
+    writer.commit().await.expect("commit");
+    assert_eq!(standing_down.await.expect("stand-down"), [later], "the item written meanwhile is read");
+    let (due, tasks) = drains(&pool, ws).await;
+    assert_eq!(due.as_ref(), Some(&task), "the drain stays due");
+    assert_eq!(tasks, std::slice::from_ref(&task), "and the writer armed no other");
+
+    // A redelivery that finds the drain held defers to a copy only while it is the due task.
+    assert!(
+        activity_logs::defer_drain(&mut pool.acquire().await.expect("conn"), ws, &task, "copy").await.expect("defer")
+    );
+    assert_eq!(drains(&pool, ws).await.0.as_deref(), Some("copy"));
+    assert!(
+        !activity_logs::defer_drain(&mut pool.acquire().await.expect("conn"), ws, &task, "other").await.expect("defer")
+    );
+    assert_eq!(drains(&pool, ws).await.0.as_deref(), Some("copy"), "a stale task replaces nothing");
 }
