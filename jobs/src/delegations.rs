@@ -97,7 +97,7 @@ pub async fn delegate(pool: &PgPool, r: DelegateRequest) -> Result<Delegated> {
     }
     let envelope = inbox::message_send(&id, &r.task, json!({"delegation_id": id, "caller_id": r.caller_id}));
     inbox::write(
-        &mut tx,
+        &mut *tx,
         mode,
         NewActivity {
             workspace_id: r.target_id,
@@ -258,7 +258,7 @@ pub async fn advance(
             response["error"] = json!(text);
         }
         inbox::write(
-            conn,
+            &mut *conn,
             mode,
             NewActivity {
                 workspace_id: d.caller_id,

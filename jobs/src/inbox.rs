@@ -58,14 +58,10 @@ impl PushSettings {
     }
 }
 
-/// Writes `a` to its workspace's log. An inbox item for a push-mode agent is marked for
-/// push, and a drain is made due unless one already is. Returns the row id.
-pub async fn write(conn: &mut PgConnection, mode: DeliveryMode, a: NewActivity) -> Result<i64> {
-    insert(conn, mode, a).await
-}
-
-/// One statement, which commits by itself when `db` is the pool.
-async fn insert<'e>(db: impl PgExecutor<'e>, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
+/// Writes `a` to its workspace's log in one statement: in the caller's transaction, or
+/// committing by itself when `db` is the pool. An inbox item for a push-mode agent is
+/// marked for push, and a drain is made due unless one already is. Returns the row id.
+pub async fn write<'e>(db: impl PgExecutor<'e>, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
     a.push = pushed(&a, mode);
     let drain = a.push.then(|| NewTask::new(INBOX_QUEUE, &InboxTask::new(a.workspace_id))).transpose()?;
     let (id, armed) = activity_logs::insert_at_head(db, &a, drain.as_ref()).await?;
@@ -77,11 +73,6 @@ async fn insert<'e>(db: impl PgExecutor<'e>, mode: DeliveryMode, mut a: NewActiv
 
 fn pushed(a: &NewActivity, mode: DeliveryMode) -> bool {
     a.activity_type == INBOX_TYPE && mode == DeliveryMode::Push
-}
-
-/// [`write`] in a transaction of its own: one statement, whether or not it arms a drain.
-pub async fn append(pool: &PgPool, mode: DeliveryMode, a: NewActivity) -> Result<i64> {
-    insert(pool, mode, a).await
 }
 
 /// The api's appends. Concurrent appends that arm no drain (every row but a push-mode
@@ -122,7 +113,7 @@ impl Appends {
         Appends { pool, rounds }
     }
 
-    /// [`append`], in the next round when it can share one.
+    /// [`write`], in the next round when it can share one.
     pub async fn append(&self, mode: DeliveryMode, mut a: NewActivity) -> Result<i64> {
         if !pushed(&a, mode) {
             a.push = false;
@@ -130,7 +121,7 @@ impl Appends {
                 return id;
             }
         }
-        insert(&self.pool, mode, a).await
+        write(&self.pool, mode, a).await
     }
 }
 
@@ -139,7 +130,7 @@ impl Appends {
 pub async fn arm_drain(conn: &mut PgConnection, workspace_id: Uuid, delay: Option<Duration>) -> Result<String> {
     let task = queue::enqueue(conn, INBOX_QUEUE, &InboxTask::new(workspace_id), delay).await?;
     crate::metrics::enqueued(crate::metrics::JobKind::InboxPush);
-    activity_logs::set_drain_task(conn, workspace_id, Some(&task)).await?;
+    activity_logs::set_drain_task(conn, workspace_id, &task).await?;
     Ok(task)
 }
 

@@ -113,7 +113,7 @@ pub async fn upload(
     }
     let source = who.caller.workspace();
     for file in &staged {
-        inbox::write(&mut tx, ws.delivery_mode, file.inbox_item(source)).await?;
+        inbox::write(&mut *tx, ws.delivery_mode, file.inbox_item(source)).await?;
     }
     tx.commit().await.map_err(jobs::Error::from)?;
     for file in &staged {

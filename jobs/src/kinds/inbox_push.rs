@@ -104,8 +104,13 @@ struct Unrecorded {
     pushes: Vec<Delivered>,
     /// The delegations they carry, told of their delivery in the same transaction.
     delegations: Vec<String>,
-    /// When the first of them started.
-    since: Option<std::time::Instant>,
+}
+
+impl Unrecorded {
+    /// Whether the first of them started `RECORD_WITHIN` ago or more.
+    fn due(&self) -> bool {
+        self.pushes.first().is_some_and(|p| (Utc::now() - p.started_at).to_std().is_ok_and(|age| age >= RECORD_WITHIN))
+    }
 }
 
 impl Drain<'_> {
@@ -162,9 +167,7 @@ impl Drain<'_> {
         let final_failure = ws.as_ref().is_none_or(|w| w.status == Status::Removed);
         let mut unrecorded = Unrecorded::default();
         for item in batch {
-            if unrecorded.since.is_some_and(|t| t.elapsed() >= RECORD_WITHIN)
-                && !self.record(&mut unrecorded, delivered).await?
-            {
+            if unrecorded.due() && !self.record(&mut unrecorded, delivered).await? {
                 return Ok(Turn::Stop);
             }
             if let Some(wait) = item.wait_secs.filter(|w| *w > 0.0) {
@@ -178,7 +181,7 @@ impl Drain<'_> {
                 }
                 return Ok(Turn::Stop);
             }
-            let (started, began) = (Utc::now(), std::time::Instant::now());
+            let started = Utc::now();
             let answer = match &target {
                 Ok(url) => {
                     let pushing = push(ctx, url, item);
@@ -209,7 +212,6 @@ impl Drain<'_> {
                         answer: body,
                     });
                     unrecorded.delegations.extend(inbox::delegation_of(item.request_body.as_ref()));
-                    unrecorded.since.get_or_insert(began);
                 }
                 Err((status, error)) => {
                     // Earlier successes first: the failure may end the drain.
@@ -229,7 +231,7 @@ impl Drain<'_> {
     /// Records the unrecorded successes (one statement, or one transaction with their
     /// delegations); false when the drain was taken over, and nothing was written.
     async fn record(&self, unrecorded: &mut Unrecorded, delivered: &mut usize) -> Result<bool> {
-        let Unrecorded { pushes, delegations, since } = std::mem::take(unrecorded);
+        let Unrecorded { pushes, delegations } = std::mem::take(unrecorded);
         if pushes.is_empty() {
             return Ok(true);
         }
@@ -251,10 +253,10 @@ impl Drain<'_> {
         if recorded {
             *delivered += pushes.len();
         } else {
-            let waited = since.map(|t| t.elapsed().as_millis() as u64);
+            let first = pushes.first().map(|p| p.item_id);
             tracing::warn!(
                 pushes = pushes.len(),
-                waited_ms = waited,
+                first,
                 "the drain was taken over meanwhile; these pushes are not recorded"
             );
         }

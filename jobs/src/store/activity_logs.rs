@@ -448,8 +448,9 @@ pub async fn attempts<'e>(db: impl PgExecutor<'e>, item_id: i64) -> Result<Vec<A
 
 // --- the push drain's state on the head row ---------------------------------------------
 
-/// Names the drain task due for the workspace (the caller holds the head lock).
-pub async fn set_drain_task(conn: &mut PgConnection, workspace_id: Uuid, task_id: Option<&str>) -> Result<()> {
+/// Names a new drain task due for the workspace, ending any claim (the caller holds the
+/// head lock). A drain stands down in [`pending_or_stand_down`].
+pub async fn set_drain_task(conn: &mut PgConnection, workspace_id: Uuid, task_id: &str) -> Result<()> {
     sqlx::query(
         "UPDATE inbox_heads SET drain_task_id = $2, drain_lease_until = NULL, drain_claimed_by = NULL
           WHERE workspace_id = $1",

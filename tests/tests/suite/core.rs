@@ -756,7 +756,7 @@ async fn a_since_id_reader_misses_no_item_of_concurrent_one_statement_writers() 
                         status: "ok".into(),
                         ..Default::default()
                     };
-                    ids.push(jobs::inbox::append(&pool, DeliveryMode::Poll, item).await.expect("append"));
+                    ids.push(jobs::inbox::write(&pool, DeliveryMode::Poll, item).await.expect("append"));
                 }
                 ids
             })

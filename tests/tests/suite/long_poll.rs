@@ -78,8 +78,8 @@ async fn appends_wake_the_readers_of_their_workspaces_and_a_pushed_row_wakes_non
 
     // A row written alone announces itself in its own statement, so notices come in commit
     // order: the pushed row's would come first, if it sent one.
-    inbox::append(&pool, DeliveryMode::Push, item(pushed, "pushed")).await.expect("pushed item");
-    inbox::append(&pool, DeliveryMode::Poll, item(polled[0], "alone")).await.expect("single-row append");
+    inbox::write(&pool, DeliveryMode::Push, item(pushed, "pushed")).await.expect("pushed item");
+    inbox::write(&pool, DeliveryMode::Poll, item(polled[0], "alone")).await.expect("single-row append");
     assert_eq!(next_appended(&mut rx).await, Some(vec![polled[0]]), "the single-row append, and not the pushed row");
 
     // Rows written by rounds are announced once their round committed, coalesced: every
@@ -118,7 +118,7 @@ async fn a_waiting_read_answers_with_the_row_appended_meanwhile_or_with_nothing_
     let readers = Readers::spawn(&notices);
     let (_running, not_stopping) = watch::channel(false);
     let wakes = || Wakes { readers: &readers, stopping: not_stopping.clone() };
-    let first = inbox::append(&pool, DeliveryMode::Poll, item(ws[0], "before")).await.expect("append");
+    let first = inbox::write(&pool, DeliveryMode::Poll, item(ws[0], "before")).await.expect("append");
 
     // Rows after the cursor are there: no waiting.
     let rows =
@@ -127,7 +127,7 @@ async fn a_waiting_read_answers_with_the_row_appended_meanwhile_or_with_nothing_
 
     // Nothing comes: empty, once the time is up (another workspace's row does not count).
     let started = Instant::now();
-    let other = inbox::append(&pool, DeliveryMode::Poll, item(ws[1], "elsewhere")).await.expect("append");
+    let other = inbox::write(&pool, DeliveryMode::Poll, item(ws[1], "elsewhere")).await.expect("append");
     let rows = long_poll::read_waiting(&pool, wakes(), ws[0], None, first, 100, Duration::from_millis(500))
         .await
         .expect("read");

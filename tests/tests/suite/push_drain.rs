@@ -79,7 +79,7 @@ async fn racing_pushed_items_arm_exactly_one_drain_and_a_polled_item_none() {
 
     let writes = (0..20).map(|n| {
         let pool = pool.clone();
-        async move { inbox::append(&pool, DeliveryMode::Push, item(pushed, &format!("m{n}"))).await.expect("append") }
+        async move { inbox::write(&pool, DeliveryMode::Push, item(pushed, &format!("m{n}"))).await.expect("append") }
     });
     let ids = futures::future::join_all(writes).await;
     let (due, tasks) = drains(&pool, pushed).await;
@@ -89,7 +89,7 @@ async fn racing_pushed_items_arm_exactly_one_drain_and_a_polled_item_none() {
         assert_eq!(delivery(&pool, id).await, (Some("pending".into()), 0));
     }
 
-    inbox::append(&pool, DeliveryMode::Poll, item(polled, "read, not pushed")).await.expect("append");
+    inbox::write(&pool, DeliveryMode::Poll, item(polled, "read, not pushed")).await.expect("append");
     assert_eq!(drains(&pool, polled).await, (None, vec![]), "a polled item arms nothing");
 }
 
@@ -99,7 +99,7 @@ async fn a_drain_records_under_its_lease_and_stands_down_only_when_nothing_is_le
     let ws = workspaces(&pool, 1, DeliveryMode::Push).await[0];
     let mut ids = vec![];
     for n in 0..10 {
-        ids.push(inbox::append(&pool, DeliveryMode::Push, item(ws, &format!("m{n}"))).await.expect("append"));
+        ids.push(inbox::write(&pool, DeliveryMode::Push, item(ws, &format!("m{n}"))).await.expect("append"));
     }
     let task = drains(&pool, ws).await.0.expect("a drain is due");
 
@@ -149,7 +149,7 @@ async fn a_drain_records_under_its_lease_and_stands_down_only_when_nothing_is_le
     assert_eq!(due, None, "nothing left: the drain stood down");
 
     // So the next item arms a new drain, in its own statement.
-    inbox::append(&pool, DeliveryMode::Push, item(ws, "later")).await.expect("append");
+    inbox::write(&pool, DeliveryMode::Push, item(ws, "later")).await.expect("append");
     let (due, after) = drains(&pool, ws).await;
     assert_eq!(after.len(), tasks.len() + 1, "{after:?}");
     assert!(due.is_some_and(|d| d != task && after.contains(&d)), "the head names the new task");
@@ -254,7 +254,7 @@ async fn a_success_is_recorded_before_a_slow_push_of_its_batch_ends() {
 async fn a_stand_down_that_waits_for_a_writer_reads_its_item_and_the_drain_stays_due() {
     let (_db, pool) = TestDb::migrated(10).await;
     let ws = workspaces(&pool, 1, DeliveryMode::Push).await[0];
-    let first = inbox::append(&pool, DeliveryMode::Push, item(ws, "first")).await.expect("append");
+    let first = inbox::write(&pool, DeliveryMode::Push, item(ws, "first")).await.expect("append");
     let task = drains(&pool, ws).await.0.expect("a drain is due");
     let DrainClaim::Claimed(lease) = activity_logs::claim_drain(&pool, ws, &task, "w", TTL).await.expect("claim")
     else {
@@ -264,7 +264,7 @@ async fn a_stand_down_that_waits_for_a_writer_reads_its_item_and_the_drain_stays
 
     // A writer holds the head: it finds the drain due, so it arms none.
     let mut writer = pool.begin().await.expect("begin");
-    let later = inbox::write(&mut writer, DeliveryMode::Push, item(ws, "later")).await.expect("write");
+    let later = inbox::write(&mut *writer, DeliveryMode::Push, item(ws, "later")).await.expect("write");
     // Meanwhile the drain, with nothing left that it can see, stands down: its renewal waits
     // for the writer's lock.
     let standing_down = tokio::spawn({
