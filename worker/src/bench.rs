@@ -1,6 +1,6 @@
-//! `worker bench retention [--rows N]`: how the apalis fetch behaves with a table full of
-//! finished tasks, during the retention sweep's purge, and after it. Writes and deletes
-//! rows: run it against a throwaway database (DATABASE_URL).
+//! `worker bench retention [--rows N]`: how the apalis fetch and the retention sweep's
+//! panic-residue check behave with a table full of finished tasks, during the sweep's purge,
+//! and after it. Writes and deletes rows: run it against a throwaway database (DATABASE_URL).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use sqlx::PgPool;
 const QUEUE: &str = "bench-fetch";
 const WORKER: &str = "bench";
 const SAMPLES: usize = 200;
+const RESIDUE_SAMPLES: usize = 20;
 
 pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     let mut rows: i64 = 100_000;
@@ -39,6 +40,7 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     println!("inserted {rows} finished tasks in {:?}", started.elapsed());
 
     let before = fetch_latency(&pool, SAMPLES).await?;
+    let residue_before = residue_latency(&pool).await?;
 
     let mut settings = config.sweeps.retention.clone();
     settings.jobs = Duration::from_secs(24 * 3600);
@@ -58,6 +60,7 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     let purged = purged?;
     bench::analyze(&pool).await?;
     let after = fetch_latency(&pool, SAMPLES).await?;
+    let residue_after = residue_latency(&pool).await?;
     let during = Latency::from(during);
 
     println!();
@@ -65,6 +68,12 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     println!("|---|---|---|---|---|");
     for (name, l) in [("before purge (table full)", &before), ("during purge", &during), ("after purge", &after)] {
         println!("| {name} | {:.2} ms | {:.2} ms | {:.2} ms | {} |", l.p(0.5), l.p(0.99), l.p(1.0), l.samples.len());
+    }
+    println!();
+    println!("| panic-residue check | p50 | max | samples |");
+    println!("|---|---|---|---|");
+    for (name, l) in [("before purge (table full)", &residue_before), ("after purge", &residue_after)] {
+        println!("| {name} | {:.2} ms | {:.2} ms | {} |", l.p(0.5), l.p(1.0), l.samples.len());
     }
     println!();
     println!(
@@ -92,6 +101,18 @@ impl Latency {
     fn p(&self, q: f64) -> f64 {
         crate::percentile::of(&self.samples, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
     }
+}
+
+/// Times the retention sweep's panic-residue check, which finds nothing here and so can be
+/// repeated.
+async fn residue_latency(pool: &PgPool) -> jobs::Result<Latency> {
+    let mut samples = Vec::with_capacity(RESIDUE_SAMPLES);
+    for _ in 0..RESIDUE_SAMPLES {
+        let t = Instant::now();
+        jobs::store::apalis::kill_panic_residue(pool, jobs::queue::LIFECYCLE_QUEUE).await?;
+        samples.push(t.elapsed());
+    }
+    Ok(Latency::from(samples))
 }
 
 /// Times apalis' own fetch (`apalis.get_jobs`) claiming one pending task, `n` times.

@@ -139,24 +139,22 @@ pub async fn lock_if_stranded(conn: &mut PgConnection, id: Uuid) -> Result<bool>
     Ok(found.is_some())
 }
 
+/// Binds $1, the lifecycle queue. Its `WHERE` matches `apalis_jobs_running_done_at_idx`,
+/// so the check reads the few running tasks, not every retained one.
+pub const KILL_PANIC_RESIDUE: &str = "UPDATE apalis.jobs j SET status = 'Killed'
+  WHERE j.status = 'Running' AND j.done_at IS NOT NULL AND j.done_at < now() - interval '10 minutes'
+    AND NOT EXISTS (
+        SELECT 1 FROM workspace_ops o
+         WHERE o.status = 'running' AND o.lease_until > clock_timestamp()
+           AND (o.task_id = j.id
+                OR (j.job_type = $1 AND o.id::text = convert_from(j.job, 'UTF8')::jsonb ->> 'op_id')))";
+
 /// A row left `Running` with `done_at` set may be apalis' residue of a panic, but apalis
 /// never clears `done_at` when it fetches a task again, so the column alone cannot tell a
 /// residue from a task being worked on. The op's lease can: a task is killed only when no
 /// op it delivers is running under a lease that has not expired.
 pub async fn kill_panic_residue<'e>(db: impl PgExecutor<'e>, lifecycle_queue: &str) -> Result<u64> {
-    Ok(sqlx::query(
-        "UPDATE apalis.jobs j SET status = 'Killed'
-          WHERE j.status = 'Running' AND j.done_at IS NOT NULL AND j.done_at < now() - interval '10 minutes'
-            AND NOT EXISTS (
-                SELECT 1 FROM workspace_ops o
-                 WHERE o.status = 'running' AND o.lease_until > clock_timestamp()
-                   AND (o.task_id = j.id
-                        OR (j.job_type = $1 AND o.id::text = convert_from(j.job, 'UTF8')::jsonb ->> 'op_id')))",
-    )
-    .bind(lifecycle_queue)
-    .execute(db)
-    .await?
-    .rows_affected())
+    Ok(sqlx::query(KILL_PANIC_RESIDUE).bind(lifecycle_queue).execute(db).await?.rows_affected())
 }
 
 /// Deletes up to `batch` finished tasks done more than `older_than` ago; returns how many.

@@ -577,6 +577,38 @@ async fn retention_kills_a_running_task_only_when_its_ops_lease_has_expired() {
     assert_eq!(task(&pool, &task_id).await.0, "Killed", "nobody renews the lease: the row is residue");
 }
 
+/// The residue check runs once per retention period over a table that may hold a million
+/// finished tasks; it must read the running ones only, not every retained task.
+#[tokio::test]
+async fn the_panic_residue_check_reads_running_tasks_not_every_retained_one() {
+    use jobs::store::apalis::{KILL_PANIC_RESIDUE, bench};
+    let (_db, pool) = database().await;
+    bench::reset_queue(&pool, "retained", "retained").await.unwrap();
+    bench::insert_finished(&pool, "retained", "retained", 50_000).await.unwrap();
+    // A task re-fetched after an earlier run: `Running` with that run's `done_at`.
+    let (_id, provision) = create(&pool, "re-run").await;
+    let task_id = op(&pool, provision.id).await.task_id.unwrap();
+    sqlx::query("UPDATE apalis.jobs SET status = 'Running', done_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(&task_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    bench::analyze(&pool).await.unwrap();
+
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {KILL_PANIC_RESIDUE}")))
+        .bind(jobs::queue::LIFECYCLE_QUEUE)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let scan =
+        plan.iter().find(|l| l.contains("Scan") && l.contains(" on jobs j")).expect("the plan reads apalis.jobs");
+    assert!(scan.contains("apalis_jobs_running_done_at_idx"), "the check reads every retained task: {plan:#?}");
+    // The index changes how the rows are found, not which: the residue is still killed.
+    let killed = jobs::store::apalis::kill_panic_residue(&pool, jobs::queue::LIFECYCLE_QUEUE).await.unwrap();
+    assert_eq!(killed, 1);
+    assert_eq!(task(&pool, &task_id).await.0, "Killed");
+}
+
 /// An event's notification carries its envelope, so listeners need not read it back; an
 /// envelope too long for a notification is announced by its id and read. Either way every
 /// listener receives the event whole.
