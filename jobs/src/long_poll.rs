@@ -58,6 +58,11 @@ impl Readers {
         }
     }
 
+    /// How many reads are waiting, over all workspaces.
+    pub fn waiting(&self) -> usize {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).values().map(|w| w.readers).sum()
+    }
+
     /// How many workspaces have a reader waiting.
     #[cfg(test)]
     fn workspaces_waited_on(&self) -> usize {

@@ -25,6 +25,7 @@ pub const QUEUE_OLDEST_WAITING: &str = "ws_queue_oldest_waiting_seconds";
 pub const HTTP_REQUESTS: &str = "ws_http_requests_total";
 pub const HTTP_DURATION: &str = "ws_http_request_duration_seconds";
 pub const WORKSPACES: &str = "ws_workspaces";
+pub const LONG_POLLS: &str = "ws_inbox_long_polls";
 pub const OP_RESCUES: &str = "ws_op_rescues_total";
 pub const ORPHANS_REAPED: &str = "ws_orphans_reaped_total";
 pub const LEAK_SUSPECTS: &str = "ws_leak_suspects_total";
@@ -106,6 +107,7 @@ fn describe() {
     describe_counter!(HTTP_REQUESTS, "HTTP requests answered, by route template and status.");
     describe_histogram!(HTTP_DURATION, ::metrics::Unit::Seconds, "HTTP request latency by route template.");
     describe_gauge!(WORKSPACES, "Workspaces by status, sampled by the api at scrape time.");
+    describe_gauge!(LONG_POLLS, "Inbox long polls this api process holds open, read at scrape time.");
     describe_counter!(OP_RESCUES, "Ops re-delivered because their task had vanished.");
     describe_counter!(ORPHANS_REAPED, "Instances the orphans sweep stopped directly.");
     describe_counter!(LEAK_SUSPECTS, "Stops that gave up, leaving an instance that may still run.");
@@ -176,6 +178,10 @@ pub fn queue_sample(kind: JobKind, depth: i64, oldest_waiting_secs: f64) {
 
 pub fn workspaces_sample(status: &'static str, count: i64) {
     gauge!(WORKSPACES, "status" => status).set(count as f64);
+}
+
+pub fn long_polls_sample(open: usize) {
+    gauge!(LONG_POLLS).set(open as f64);
 }
 
 /// Sets the sampled gauges from the database: queue depth and wait per job kind, and

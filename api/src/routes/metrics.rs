@@ -19,6 +19,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Err(e) = jobs::metrics::sample(&state.pool).await {
         tracing::warn!(error = %e, "could not sample the queue and workspace gauges; serving their last values");
     }
+    jobs::metrics::long_polls_sample(state.inbox_readers.waiting());
     ([(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }
 

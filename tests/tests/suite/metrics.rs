@@ -370,6 +370,7 @@ fn the_dashboard_and_the_docs_name_only_exported_metrics() {
         m::HTTP_REQUESTS,
         m::HTTP_DURATION,
         m::WORKSPACES,
+        m::LONG_POLLS,
         m::OP_RESCUES,
         m::ORPHANS_REAPED,
         m::LEAK_SUSPECTS,
@@ -413,6 +414,48 @@ async fn the_api_samples_waiting_jobs_and_workspaces_at_scrape_time() {
     assert_eq!(s.value("ws_queue_depth", &[("kind", "provision")]), 0.0);
     assert_eq!(s.value("ws_queue_oldest_waiting_seconds", &[("kind", "provision")]), 0.0);
     assert_eq!(s.value("ws_workspaces", &[("status", "provisioning")]), 0.0);
+}
+
+/// A graceful stop must not wait out the agents' long polls (up to 300 s each), nor cut
+/// them off: each is answered at once with what there is, and the api exits cleanly.
+#[tokio::test]
+async fn a_stopping_api_answers_its_open_long_polls_at_once_and_exits_cleanly() {
+    let mut stack = Stack::builder().env("DOCKER_ENABLED", "false").workers(0).start().await;
+    let url = format!("{}/metrics", stack.url);
+    let r = stack.post("/workspaces", json!({"name": "poller", "external": true})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    let token = r.body["connection"]["auth_token"].as_str().expect("token").to_string();
+    assert_eq!(scrape(&stack.client, &url).await.value("ws_inbox_long_polls", &[]), 0.0);
+
+    let polls: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, path) =
+                (reqwest::Client::new(), format!("{}/workspaces/{id}/activity?since_id=0&wait=300", stack.url));
+            let token = token.clone();
+            tokio::spawn(async move {
+                let r = client.get(path).bearer_auth(token).send().await.expect("long poll answered");
+                (r.status(), r.json::<serde_json::Value>().await.expect("json"))
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(20), "both long polls to be waiting", || async {
+        (scrape(&stack.client, &url).await.value("ws_inbox_long_polls", &[]) == 2.0).then_some(())
+    })
+    .await;
+
+    let api = stack.api.as_mut().expect("the stack's api");
+    let stopped_at = std::time::Instant::now();
+    api.signal("TERM");
+    for poll in polls {
+        let (status, rows) =
+            tokio::time::timeout(Duration::from_secs(30), poll).await.expect("answered, not waited out").expect("task");
+        assert_eq!(status, StatusCode::OK, "{rows}");
+        assert_eq!(rows, json!([]), "nothing was appended");
+    }
+    assert!(api.wait_exit(Duration::from_secs(30)).await, "the api exits with success after a graceful stop");
+    // The polls asked for 300 s; the answer came from the stop, not the wait running out.
+    assert!(stopped_at.elapsed() < Duration::from_secs(30));
 }
 
 #[tokio::test]
