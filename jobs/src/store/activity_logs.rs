@@ -248,9 +248,10 @@ pub async fn list<'e>(
 
 /// How many pending items a drain reads at once ([`pending`]), each held in memory with its
 /// request body until pushed. It is a literal in the statement, not a parameter, so the
-/// planner never has to guess the limit of a generic plan (it assumes a tenth of the rows):
-/// two bench runs of a `LIMIT $2` version saw this read average 16 to 19 ms instead of
-/// 0.05 (`docs/BENCHMARKS.md`).
+/// planner never has to guess the limit of a generic plan (it assumes a tenth of the rows).
+/// Some bench runs see this read average 10 to 19 ms instead of 0.05, with the literal as
+/// with a parameter, through the pending index and a dozen buffers: the time is not the
+/// plan's (`docs/BENCHMARKS.md`).
 macro_rules! pending_batch {
     () => {
         8
