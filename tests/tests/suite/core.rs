@@ -555,18 +555,23 @@ async fn a_delivery_of_an_op_under_a_live_lease_defers_instead_of_taking_it_over
     );
 }
 
+/// Leaves the task as apalis leaves one it fetched again after an earlier run: `Running`,
+/// with that run's `done_at`.
+async fn running_again(pool: &PgPool, task_id: &str) {
+    sqlx::query("UPDATE apalis.jobs SET status = 'Running', done_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(task_id)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn retention_kills_a_running_task_only_when_its_ops_lease_has_expired() {
     let (_db, pool) = database().await;
     let (_id, provision) = create(&pool, "long").await;
     claim(&pool, provision.id).await;
     let task_id = op(&pool, provision.id).await.task_id.unwrap();
-    // apalis re-fetched this task after an earlier run and kept that run's done_at.
-    sqlx::query("UPDATE apalis.jobs SET status = 'Running', done_at = now() - interval '1 hour' WHERE id = $1")
-        .bind(&task_id)
-        .execute(&pool)
-        .await
-        .unwrap();
+    running_again(&pool, &task_id).await;
     let day = Duration::from_secs(86_400);
     let settings = retention::Settings { every: day, jobs: day, ops: day, events: day, activity: day, batch: 100 };
     retention::run(&pool, &settings).await.unwrap();
@@ -585,14 +590,9 @@ async fn the_panic_residue_check_reads_running_tasks_not_every_retained_one() {
     let (_db, pool) = database().await;
     bench::reset_queue(&pool, "retained", "retained").await.unwrap();
     bench::insert_finished(&pool, "retained", "retained", 50_000).await.unwrap();
-    // A task re-fetched after an earlier run: `Running` with that run's `done_at`.
     let (_id, provision) = create(&pool, "re-run").await;
     let task_id = op(&pool, provision.id).await.task_id.unwrap();
-    sqlx::query("UPDATE apalis.jobs SET status = 'Running', done_at = now() - interval '1 hour' WHERE id = $1")
-        .bind(&task_id)
-        .execute(&pool)
-        .await
-        .unwrap();
+    running_again(&pool, &task_id).await;
     bench::analyze(&pool).await.unwrap();
 
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {KILL_PANIC_RESIDUE}")))
