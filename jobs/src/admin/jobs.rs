@@ -257,7 +257,9 @@ macro_rules! inbox_attempts {
 
 /// Binds: $1 list ops, $2 op kind, $3 list sweeps, $4 sweep name, $5 list inbox items,
 /// $6 state, $7 workspace, $8/$9 cursor (created_at, id), $10 limit. Each source is read
-/// newest first through its created-at index and cut at the limit before the merge.
+/// newest first through its created-at index and cut at the limit before the merge. Pushed
+/// items are all `a2a_receive` (`inbox::INBOX_TYPE`); the list says so because the index of
+/// pushed items does, which keeps that index out of the drain's pending read.
 const LIST: &str = concat!(
     "SELECT * FROM (
      (SELECT ",
@@ -282,7 +284,7 @@ const LIST: &str = concat!(
     inbox_job!(),
     " FROM activity_logs a ",
     inbox_attempts!(),
-    " WHERE $5 AND a.delivery IS NOT NULL AND ($7::uuid IS NULL OR a.workspace_id = $7)
+    " WHERE $5 AND a.delivery IS NOT NULL AND a.activity_type = 'a2a_receive' AND ($7::uuid IS NULL OR a.workspace_id = $7)
            AND ($8::timestamptz IS NULL OR a.created_at <= $8)
          ORDER BY a.created_at DESC) x
        WHERE ($6::text IS NULL OR x.state = $6)

@@ -249,9 +249,9 @@ pub async fn list<'e>(
 /// How many pending items a drain reads at once ([`pending`]), each held in memory with its
 /// request body until pushed. It is a literal in the statement, not a parameter, so the
 /// planner never has to guess the limit of a generic plan (it assumes a tenth of the rows).
-/// Some bench runs see this read average 10 to 19 ms instead of 0.05, with the literal as
-/// with a parameter, through the pending index and a dozen buffers: the time is not the
-/// plan's (`docs/BENCHMARKS.md`).
+/// (Some bench runs saw this read average 10 to 19 ms, with the literal as with a parameter:
+/// it went through the operators' index of pushed items while the statistics predated them,
+/// which migration `20261207000002` ended; `docs/BENCHMARKS.md`.)
 macro_rules! pending_batch {
     () => {
         8
@@ -272,10 +272,13 @@ macro_rules! pending_items {
     };
 }
 
+/// [`pending`]'s statement; binds $1, the workspace.
+pub const PENDING_ITEMS: &str = pending_items!();
+
 /// The workspace's oldest items waiting for push delivery, at most [`PENDING_BATCH`],
 /// oldest first.
 pub async fn pending<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid) -> Result<Vec<PendingItem>> {
-    Ok(sqlx::query_as(pending_items!()).bind(workspace_id).fetch_all(db).await?)
+    Ok(sqlx::query_as(PENDING_ITEMS).bind(workspace_id).fetch_all(db).await?)
 }
 
 /// [`pending`], and when there are none, the drain holding lease `lease` stands down: the

@@ -303,3 +303,43 @@ async fn a_stand_down_that_waits_for_a_writer_reads_its_item_and_the_drain_stays
     );
     assert_eq!(drains(&pool, ws).await.0.as_deref(), Some("copy"), "a stale task replaces nothing");
 }
+
+/// A drain reads its pending items through their own index even while the table's
+/// statistics predate every pushed item, as they do after a stretch of poll-mode traffic:
+/// the partial indexes then look empty, and the planner once read the batch through the
+/// operators' index of pushed items, scanning and sorting every one of them per batch.
+#[tokio::test]
+async fn the_pending_read_uses_its_index_while_statistics_predate_every_pushed_item() {
+    let (_db, pool) = TestDb::migrated(4).await;
+    let polled = workspaces(&pool, 50, DeliveryMode::Poll).await;
+    let pushed = workspaces(&pool, 20, DeliveryMode::Push).await;
+    sqlx::query(
+        "INSERT INTO activity_logs (workspace_id, activity_type, status)
+         SELECT w, 'a2a_receive', 'ok' FROM unnest($1::uuid[]) AS w, generate_series(1, 40)",
+    )
+    .bind(&polled)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("VACUUM ANALYZE activity_logs").execute(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO activity_logs (workspace_id, activity_type, status, delivery)
+         SELECT w, 'a2a_receive', 'ok', 'pending' FROM unnest($1::uuid[]) AS w, generate_series(1, 100)",
+    )
+    .bind(&pushed)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let plan: Vec<String> =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", activity_logs::PENDING_ITEMS)))
+            .bind(pushed[0])
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(plan.iter().any(|l| l.contains("activity_logs_pending_idx")), "{plan:#?}");
+    assert!(!plan.iter().any(|l| l.contains("Sort")), "the pending index gives the order: {plan:#?}");
+    let batch = activity_logs::pending(&pool, pushed[0]).await.unwrap();
+    assert_eq!(batch.len(), activity_logs::PENDING_BATCH);
+    assert!(batch.windows(2).all(|w| w[0].id < w[1].id), "oldest first");
+}
