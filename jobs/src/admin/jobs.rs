@@ -258,8 +258,9 @@ macro_rules! inbox_attempts {
 /// Binds: $1 list ops, $2 op kind, $3 list sweeps, $4 sweep name, $5 list inbox items,
 /// $6 state, $7 workspace, $8/$9 cursor (created_at, id), $10 limit. Each source is read
 /// newest first through its created-at index and cut at the limit before the merge. Pushed
-/// items are all `a2a_receive` (`inbox::INBOX_TYPE`); the list says so because the index of
-/// pushed items does, which keeps that index out of the drain's pending read.
+/// items are all `a2a_receive` (`inbox::INBOX_TYPE`); the list says so, as a literal a
+/// generic plan can match, because the index of pushed items does, which keeps that index
+/// out of the drain's pending read.
 const LIST: &str = concat!(
     "SELECT * FROM (
      (SELECT ",

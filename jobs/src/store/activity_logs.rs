@@ -247,38 +247,26 @@ pub async fn list<'e>(
 }
 
 /// How many pending items a drain reads at once ([`pending`]), each held in memory with its
-/// request body until pushed. It is a literal in the statement, not a parameter, so the
-/// planner never has to guess the limit of a generic plan (it assumes a tenth of the rows).
-/// (Some bench runs saw this read average 10 to 19 ms, with the literal as with a parameter:
-/// it went through the operators' index of pushed items while the statistics predated them,
-/// which migration `20261207000002` ended; `docs/BENCHMARKS.md`.)
-macro_rules! pending_batch {
-    () => {
-        8
-    };
-}
-pub const PENDING_BATCH: usize = pending_batch!();
+/// request body until pushed.
+pub const PENDING_BATCH: usize = 8;
 
 /// The workspace's oldest items still waiting for push delivery, oldest first, at most
-/// [`PENDING_BATCH`].
+/// `$2`. Only `activity_logs_pending_idx` can serve it (migration `20261207000002`).
 macro_rules! pending_items {
     () => {
-        concat!(
-            "SELECT id, method, request_body, response_body, status, error_detail, delivery_attempts,
+        "SELECT id, method, request_body, response_body, status, error_detail, delivery_attempts,
                 greatest(extract(epoch FROM next_attempt_at - clock_timestamp()), 0)::float8 AS wait_secs
-           FROM activity_logs WHERE workspace_id = $1 AND delivery = 'pending' ORDER BY id LIMIT ",
-            pending_batch!()
-        )
+           FROM activity_logs WHERE workspace_id = $1 AND delivery = 'pending' ORDER BY id LIMIT $2"
     };
 }
 
-/// [`pending`]'s statement; binds $1, the workspace.
+/// [`pending`]'s statement; binds $1, the workspace, and $2, [`PENDING_BATCH`].
 pub const PENDING_ITEMS: &str = pending_items!();
 
 /// The workspace's oldest items waiting for push delivery, at most [`PENDING_BATCH`],
 /// oldest first.
 pub async fn pending<'e>(db: impl PgExecutor<'e>, workspace_id: Uuid) -> Result<Vec<PendingItem>> {
-    Ok(sqlx::query_as(PENDING_ITEMS).bind(workspace_id).fetch_all(db).await?)
+    Ok(sqlx::query_as(PENDING_ITEMS).bind(workspace_id).bind(PENDING_BATCH as i64).fetch_all(db).await?)
 }
 
 /// [`pending`], and when there are none, the drain holding lease `lease` stands down: the
@@ -296,10 +284,11 @@ pub async fn pending_or_stand_down(
         pending_items!(),
         "), down AS (
              UPDATE inbox_heads SET drain_task_id = NULL, drain_lease_until = NULL, drain_claimed_by = NULL
-              WHERE workspace_id = $1 AND drain_lease = $2 AND NOT EXISTS (SELECT 1 FROM p))
+              WHERE workspace_id = $1 AND drain_lease = $3 AND NOT EXISTS (SELECT 1 FROM p))
          SELECT * FROM p ORDER BY id"
     ))
     .bind(workspace_id)
+    .bind(PENDING_BATCH as i64)
     .bind(lease)
     .fetch_all(conn)
     .await?)

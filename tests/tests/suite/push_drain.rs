@@ -334,6 +334,7 @@ async fn the_pending_read_uses_its_index_while_statistics_predate_every_pushed_i
     let plan: Vec<String> =
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {}", activity_logs::PENDING_ITEMS)))
             .bind(pushed[0])
+            .bind(activity_logs::PENDING_BATCH as i64)
             .fetch_all(&pool)
             .await
             .unwrap();
