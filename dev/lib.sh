@@ -257,9 +257,14 @@ ensure_cargo() {
     fi
 }
 
-# default_cargo_target_dir: export CARGO_TARGET_DIR, defaulting to ~/.cache/ws-target.
-default_cargo_target_dir() {
+# cargo_env: export CARGO_TARGET_DIR, defaulting to ~/.cache/ws-target, and
+# SQLX_OFFLINE=true. apalis-postgres checks its queries when it compiles: with DATABASE_URL
+# set (dev/up sets it before building) it would check them against that database, which has
+# no apalis schema until the first migration, and the build fails. Offline it uses the query
+# data it ships. Our own crates check no query at compile time.
+cargo_env() {
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${HOME:-/root}/.cache/ws-target}"
+    export SQLX_OFFLINE=true
 }
 
 # ensure_moto: the EC2 API emulator (moto server, from PyPI) the EC2 tests run against.
