@@ -1,7 +1,7 @@
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::Result;
 
@@ -24,6 +24,20 @@ pub async fn connect_with(url: &str, max_connections: u32, idle_in_transaction: 
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await?)
+}
+
+/// Begins a transaction on a connection of `pool`, even if the caller is dropped meanwhile.
+///
+/// sqlx's `Pool::begin` sends BEGIN and counts the transaction only once the answer is in.
+/// A future dropped in between (an HTTP client that hung up, a timeout, a `select!`) returns
+/// the connection to the pool inside a transaction that nothing rolls back: every later
+/// statement of that connection runs in it, holds its locks and never commits. Here the
+/// BEGIN runs in a task of its own, which a dropped caller does not cancel; a transaction
+/// nobody takes is dropped with the task's output, and dropping it rolls it back.
+#[allow(clippy::disallowed_methods)]
+pub async fn begin(pool: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await }).await.map_err(|_| sqlx::Error::WorkerCrashed)?
 }
 
 /// apalis' own schema first (it lives in `apalis.*` with its own history table), then ours.

@@ -58,7 +58,7 @@ pub async fn delegate(pool: &PgPool, r: DelegateRequest) -> Result<Delegated> {
             problem: "is the calling workspace: a workspace cannot delegate to itself".into(),
         });
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     if live_mode(&mut tx, r.caller_id).await?.is_none() {
         return Err(Error::workspace_not_found(r.caller_id));
     }
@@ -133,7 +133,7 @@ pub async fn record(pool: &PgPool, caller_id: Uuid, target_id: Uuid, task: &str,
             problem: "is the calling workspace: a workspace cannot delegate to itself".into(),
         });
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     if live_mode(&mut tx, target_id).await?.is_none() {
         return Err(Error::NotFound { what: "target workspace", id: target_id });
     }
@@ -174,7 +174,7 @@ pub async fn update(
     preview: Option<&str>,
     error: Option<&str>,
 ) -> Result<(Delegation, bool)> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let d = lock_for(&mut tx, party, id).await?;
     let out = match d.status.to(to) {
         Move::Same => (d, false),
@@ -192,7 +192,7 @@ pub async fn update(
 
 /// A party's heartbeat: recorded on an in-flight row, ignored on a finished one.
 pub async fn heartbeat(pool: &PgPool, party: Uuid, id: &str) -> Result<Delegation> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let d = lock_for(&mut tx, party, id).await?;
     if !d.status.is_terminal() {
         delegations::heartbeat(&mut tx, id).await?;

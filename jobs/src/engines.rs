@@ -54,7 +54,7 @@ pub fn parse_engine_id(raw: &str) -> Result<String> {
 pub async fn retire(pool: &PgPool, engine_id: &str, by: &str) -> Result<Retired> {
     let why = format!("docker engine {engine_id} was retired");
     let stopped = "engine retired; nothing left to stop";
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let retired_at = docker_engines::retire(&mut tx, engine_id, by).await?;
     let (mut stops_resolved, mut starts_canceled, mut workspaces_failed) = (0, 0, 0);
     for id in docker_engines::lock_workspaces(&mut tx, engine_id).await? {

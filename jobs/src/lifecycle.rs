@@ -30,7 +30,7 @@ pub enum Created {
 }
 
 pub async fn create(pool: &PgPool, req: CreateRequest, requested_by: &str) -> Result<Created> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let created = create_in(&mut tx, req, requested_by).await?;
     tx.commit().await?;
     Ok(created)
@@ -123,7 +123,7 @@ impl Creates {
 async fn create_round(pool: &PgPool, reqs: Vec<(CreateRequest, String)>) -> Vec<Written<Created>> {
     let n = reqs.len();
     let borrowed: Vec<(&CreateRequest, &str)> = reqs.iter().map(|(req, by)| (req, by.as_str())).collect();
-    let mut tx = match pool.begin().await {
+    let mut tx = match crate::db::begin(pool).await {
         Ok(tx) => tx,
         Err(e) => return Written::all_failed(n, &e.into(), false),
     };
@@ -211,7 +211,7 @@ pub async fn restart(
     requested_by: &str,
     options: RestartOptions,
 ) -> Result<Restarted> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let ws = lock_live(&mut tx, id).await?;
     if ws.external {
         return Ok(Restarted::Noop);
@@ -252,7 +252,7 @@ pub struct Paused {
 }
 
 pub async fn pause(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Paused> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let root = lock_live(&mut tx, id).await?;
     if root.status == Status::Paused {
         return Err(Error::AlreadyPaused { id });
@@ -281,7 +281,7 @@ pub struct Resumed {
 }
 
 pub async fn resume(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Resumed> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let root = lock_live(&mut tx, id).await?;
     if root.status != Status::Paused {
         return Err(Error::NotPaused { id, status: root.status });
@@ -323,7 +323,7 @@ pub enum Deleted {
 }
 
 pub async fn delete(pool: &PgPool, id: Uuid, confirm: bool, requested_by: &str) -> Result<Deleted> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     lock_live(&mut tx, id).await?;
     let children: Vec<ChildRef> = workspaces::list(&mut *tx, None, Some(id))
         .await?
@@ -363,7 +363,7 @@ async fn remove_subtree(
 /// their stops have finished (until then the rows are what stop and the orphan sweep use to
 /// find the instances). Returns how many workspaces went.
 pub async fn purge(pool: &PgPool, id: Uuid) -> Result<i64> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let family = workspaces::lock_family(&mut tx, id).await?;
     if family.is_empty() {
         return Err(Error::workspace_not_found(id));
@@ -403,7 +403,7 @@ pub struct Collapsed {
 /// Removes the direct children, each with its own subtree so nothing keeps running under a
 /// removed parent.
 pub async fn collapse(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Collapsed> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let parent = lock_live(&mut tx, id).await?;
     let mut out = Collapsed { removed: vec![], op_ids: vec![] };
     for child in workspaces::list(&mut *tx, None, Some(id)).await? {
@@ -418,7 +418,7 @@ pub async fn collapse(pool: &PgPool, id: Uuid, requested_by: &str) -> Result<Col
 }
 
 pub async fn patch(pool: &PgPool, id: Uuid, p: Patch) -> Result<Workspace> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     // Ancestors are locked before descendants everywhere, so the new parent goes first.
     if let Some(Some(parent)) = p.parent_id {
         if parent == id {
@@ -450,7 +450,7 @@ pub async fn external(pool: &PgPool, id: Uuid) -> Result<Workspace> {
 /// Replaces an external workspace's token in one transaction: every live one is revoked and
 /// the new one is returned, once. Workspaces the platform runs get theirs from their instance.
 pub async fn rotate_token(pool: &PgPool, id: Uuid) -> Result<(Workspace, String)> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let ws = lock_live(&mut tx, id).await?;
     if !ws.external {
         return Err(Error::NotExternal { id, runtime: ws.runtime });

@@ -83,7 +83,7 @@ pub async fn commit(pool: &PgPool, m: NewMemory<'_>) -> Result<Result<Memory, No
             None => memory::DEFAULT_NAMESPACE.to_string(),
         };
         let content = memory::stored_content(m.content, m.scope)?;
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let writer = live_writer(&mut tx, m.workspace_id).await?;
         if m.scope == Scope::Global && writer.parent_id.is_some() {
             return Ok(Err(NotRoot));
@@ -165,7 +165,7 @@ pub async fn edit(pool: &PgPool, e: Edit<'_>) -> Result<Result<Edited, NotRoot>>
     }
     let span = tracing::info_span!("memory_edit", workspace_id = %e.workspace_id, memory_id = %e.memory_id);
     async move {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let writer = live_writer(&mut tx, e.workspace_id).await?;
         let Some(current) = memories::lock_owned(&mut tx, e.memory_id, e.workspace_id).await? else {
             return Err(memory_not_found(e.memory_id, e.workspace_id));
@@ -194,7 +194,7 @@ pub async fn edit(pool: &PgPool, e: Edit<'_>) -> Result<Result<Edited, NotRoot>>
 
 /// Deletes a memory the workspace owns; deleting GLOBAL knowledge is audited.
 pub async fn delete(pool: &PgPool, workspace_id: Uuid, memory_id: Uuid, actor: &str) -> Result<Memory> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     live_writer(&mut tx, workspace_id).await?;
     let Some(current) = memories::lock_owned(&mut tx, memory_id, workspace_id).await? else {
         return Err(memory_not_found(memory_id, workspace_id));

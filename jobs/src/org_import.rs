@@ -89,7 +89,7 @@ async fn import_node(
     agent_urls: &AgentUrlPolicy,
     requested_by: &str,
 ) -> Result<Imported> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     // Two imports of the same template at once must not both miss the look-up and both
     // insert: the name's lock makes look-up and insert one step.
     workspaces::lock_child_name(&mut tx, req.parent_id, &req.name).await?;

@@ -91,7 +91,7 @@ pub async fn leave_for_newer(
     worker: &str,
     delay: Duration,
 ) -> Result<String> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let copy = enqueue(&mut tx, queue, payload, Some(delay)).await?;
     apalis::hand_over(&mut tx, queue, task_id, &copy).await?;
     events::record(

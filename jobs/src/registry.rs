@@ -24,7 +24,7 @@ pub enum Credential {
 
 /// Returns the workspace's new token when the agent came in with its bootstrap secret.
 pub async fn register(pool: &PgPool, id: Uuid, r: Registration, credential: Credential) -> Result<Option<String>> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     match workspaces::lock(&mut tx, id).await? {
         Some(ws) if ws.status != Status::Removed => {}
         _ => return Err(Error::workspace_not_found(id)),
@@ -61,7 +61,7 @@ pub async fn register(pool: &PgPool, id: Uuid, r: Registration, credential: Cred
 }
 
 pub async fn heartbeat(pool: &PgPool, id: Uuid, h: Heartbeat) -> Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let ws = match workspaces::lock(&mut tx, id).await? {
         Some(ws) if ws.status != Status::Removed => ws,
         _ => return Err(Error::workspace_not_found(id)),

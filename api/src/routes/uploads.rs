@@ -77,7 +77,7 @@ pub async fn upload(
     let ws = live_workspace(&state, who.id).await?;
     let mut multipart = multipart
         .map_err(|e| ApiError::BadRequest(format!("expected a multipart/form-data body: {}", e.body_text())))?;
-    let mut tx = state.pool.begin().await.map_err(jobs::Error::from)?;
+    let mut tx = jobs::db::begin(&state.pool).await.map_err(jobs::Error::from)?;
     // The transaction waits on the client between chunks, however slow it sends.
     store::allow_idle(&mut tx).await?;
     let mut staged: Vec<Staged> = Vec::new();

@@ -39,7 +39,7 @@ fn retry_reason(id: Uuid) -> String {
 }
 
 async fn retry_op(pool: &PgPool, id: Uuid, operator: &str) -> Result<Retried> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let ws_id = workspace_ops::workspace_of(&mut *tx, id).await?.ok_or_else(|| Error::op_not_found(id))?;
     let ws = workspaces::lock_existing(&mut tx, ws_id).await?;
     let op = ops::get(&mut *tx, id).await?;
@@ -94,7 +94,7 @@ async fn retry_start(
 
 async fn retry_item(pool: &PgPool, id: i64, operator: &str) -> Result<Retried> {
     let job_id = JobRef::Inbox(id).to_string();
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let ws_id =
         activity_logs::owner(&mut *tx, id).await?.ok_or_else(|| Error::Missing(format!("job {job_id} not found")))?;
     let due = activity_logs::lock_head(&mut tx, ws_id).await?;
@@ -140,7 +140,7 @@ pub async fn cancel(pool: &PgPool, r: &JobRef, operator: &str) -> Result<Cancele
         return Err(Error::Conflict(format!("job {r} cannot be canceled: only lifecycle ops are")));
     };
     let id = *id;
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let ws_id = workspace_ops::workspace_of(&mut *tx, id).await?.ok_or_else(|| Error::op_not_found(id))?;
     let ws = workspaces::lock_existing(&mut tx, ws_id).await?;
     let op = workspace_ops::lock(&mut tx, id).await?.ok_or_else(|| Error::op_not_found(id))?;
@@ -181,7 +181,7 @@ pub async fn cancel(pool: &PgPool, r: &JobRef, operator: &str) -> Result<Cancele
 
 /// Pauses or resumes a kind; returns whether this call changed anything.
 pub async fn set_paused(pool: &PgPool, kind: &str, paused: bool, operator: &str) -> Result<bool> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let changed = if paused {
         store::paused_queues::pause(&mut *tx, kind, operator).await?.is_some()
     } else {

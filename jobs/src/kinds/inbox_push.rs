@@ -53,7 +53,7 @@ async fn drain(ctx: &JobContext, ws_id: Uuid, task_id: &str) -> Result<()> {
             // would have lapsed, without disturbing it. The claim has committed, so the
             // running drain may have stood down or armed its retry meanwhile: then this task
             // is no longer the due one, and the copy is dropped with the transaction.
-            let mut tx = ctx.pool.begin().await?;
+            let mut tx = crate::db::begin(&ctx.pool).await?;
             let next = crate::queue::enqueue(
                 &mut tx,
                 crate::queue::INBOX_QUEUE,
@@ -125,7 +125,7 @@ impl Drain<'_> {
             if batch.is_empty() {
                 // Nothing left: stand down, unless an item arrived meanwhile (writers hold
                 // the head lock, so after taking it the read is final).
-                let mut tx = ctx.pool.begin().await?;
+                let mut tx = crate::db::begin(&ctx.pool).await?;
                 if !activity_logs::renew_drain(&mut tx, ws_id, self.lease, self.ttl).await? {
                     return Ok(());
                 }
@@ -154,7 +154,7 @@ impl Drain<'_> {
             Some(w) if w.status == Status::Removed => Err("the workspace was removed".to_string()),
             Some(w) if w.delivery_mode == DeliveryMode::Poll => {
                 // Its agent polls now: the rows are its delivery.
-                let mut tx = ctx.pool.begin().await?;
+                let mut tx = crate::db::begin(&ctx.pool).await?;
                 if !activity_logs::renew_drain(&mut tx, self.ws_id, self.lease, self.ttl).await? {
                     return Ok(Turn::Stop);
                 }
@@ -174,7 +174,7 @@ impl Drain<'_> {
                 if !self.record(&mut unrecorded, delivered).await? {
                     return Ok(Turn::Stop);
                 }
-                let mut tx = ctx.pool.begin().await?;
+                let mut tx = crate::db::begin(&ctx.pool).await?;
                 if activity_logs::renew_drain(&mut tx, self.ws_id, self.lease, self.ttl).await? {
                     inbox::arm_drain(&mut tx, self.ws_id, Some(Duration::from_secs_f64(wait))).await?;
                     tx.commit().await?;
@@ -239,7 +239,7 @@ impl Drain<'_> {
         let recorded = if delegations.is_empty() {
             activity_logs::record_delivered(&ctx.pool, self.ws_id, self.lease, self.ttl, worker, &pushes).await?
         } else {
-            let mut tx = ctx.pool.begin().await?;
+            let mut tx = crate::db::begin(&ctx.pool).await?;
             let recorded =
                 activity_logs::record_delivered(&mut *tx, self.ws_id, self.lease, self.ttl, worker, &pushes).await?;
             if recorded {
@@ -269,7 +269,7 @@ impl Drain<'_> {
     async fn record_failure(&self, item: &PendingItem, final_failure: bool, f: Failed) -> Result<Turn> {
         let (ctx, ws_id) = (self.ctx, self.ws_id);
         let Failed { attempt, started, status, error } = f;
-        let mut tx = ctx.pool.begin().await?;
+        let mut tx = crate::db::begin(&ctx.pool).await?;
         if !activity_logs::renew_drain(&mut tx, ws_id, self.lease, self.ttl).await? {
             tracing::warn!(item = item.id, "the drain was taken over meanwhile; this attempt is not recorded");
             return Ok(Turn::Stop);

@@ -45,7 +45,7 @@ pub async fn start_instance(ctx: &JobContext, claim: &Claim) -> Result<Outcome> 
         }
         return Ok(Outcome::Failed(NO_BACKEND_MESSAGE.to_string()));
     };
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = crate::db::begin(&ctx.pool).await?;
     let ws = match claim.fence(&mut tx).await? {
         Ok(ws) => ws,
         Err(f) => return Ok(Outcome::Skipped(f.to_string())),
@@ -97,7 +97,7 @@ pub async fn start_instance(ctx: &JobContext, claim: &Claim) -> Result<Outcome> 
         tracing::warn!(pause_ms = pause.as_millis() as u64, "failpoint: pausing between start and its record");
         tokio::time::sleep(pause).await;
     }
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = crate::db::begin(&ctx.pool).await?;
     if let Err(f) = claim.fence(&mut tx).await? {
         // Superseded while starting: what this start made must not outlive it (its secret
         // is revoked already; the claim that superseded us records its own instance).

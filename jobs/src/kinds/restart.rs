@@ -16,7 +16,7 @@ use crate::transition;
 pub async fn run(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
     // The workspace may have come online (from an earlier instance) since this restart was
     // asked for; the restart still happens, and the workspace is provisioning again.
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = crate::db::begin(&ctx.pool).await?;
     let ws = match claim.fence(&mut tx).await? {
         Ok(ws) => ws,
         Err(f) => return Ok(Outcome::Skipped(f.to_string())),
@@ -42,7 +42,7 @@ pub async fn run(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
         .when(|e| e.is_transient())
         .await;
     if let Err(e) = stopped {
-        let mut tx = ctx.pool.begin().await?;
+        let mut tx = crate::db::begin(&ctx.pool).await?;
         let what = "restart could not stop the old instance and starts a new one anyway";
         ops::report_leak_suspect(&mut tx, &ws, claim.op.id, &e.to_string(), what).await?;
         tx.commit().await?;

@@ -20,7 +20,7 @@ pub async fn run(ctx: &JobContext, claim: &Claim) -> Result<Outcome> {
     match stop_recorded(ctx, &ws, Some(claim.op.seq)).await {
         Ok(None) => Ok(Outcome::Succeeded("nothing to stop: no instance recorded".into())),
         Ok(Some(what)) => {
-            let mut tx = ctx.pool.begin().await?;
+            let mut tx = crate::db::begin(&ctx.pool).await?;
             let ws = match claim.fence(&mut tx).await? {
                 Ok(ws) => ws,
                 Err(f) => return Ok(Outcome::Skipped(f.to_string())),

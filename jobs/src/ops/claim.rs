@@ -118,7 +118,7 @@ pub async fn claim(pool: &PgPool, op_id: Uuid, task_id: &str, claimant: &Claiman
 /// The exact path of [`claim`], for a delivery the one-statement claim did not take: it
 /// reads the fleet afresh inside the transaction before it leaves an op to others.
 pub async fn claim_exactly(pool: &PgPool, op_id: Uuid, task_id: &str, claimant: &Claimant<'_>) -> Result<ClaimResult> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let Some(workspace_id) = workspace_ops::workspace_of(&mut *tx, op_id).await? else {
         return Ok(ClaimResult::Skip(format!("op {op_id} does not exist")));
     };

@@ -67,7 +67,7 @@ fn ending(outcome: &Outcome, op: &Op) -> Option<(OpStatus, String)> {
 /// Records the outcome, schedules a durable retry or applies the final-failure rule, and
 /// hands the workspace's next op its task, all in one transaction.
 pub async fn finish(pool: &PgPool, claim: &Claim, outcome: Outcome, policy: RetryPolicy) -> Result<Finished> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let ws = workspaces::lock_existing(&mut tx, claim.op.workspace_id).await?;
     let op = &claim.op;
     let attempts = op.attempts;
@@ -134,7 +134,7 @@ impl Ending {
 /// handed their tasks, with one statement per table for the whole round. Returns whether
 /// each ending was recorded or fenced, in the order given.
 pub async fn finish_round(pool: &PgPool, endings: &[Ending]) -> Result<Vec<Finished>> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let mut ids: Vec<Uuid> = endings.iter().map(|e| e.workspace_id).collect();
     ids.sort_unstable();
     ids.dedup();

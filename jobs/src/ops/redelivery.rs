@@ -16,7 +16,7 @@ pub async fn redeliver_stranded(pool: &PgPool, older_than: Duration) -> Result<V
     let candidates = apalis::stranded_ops(pool, older_than).await?;
     let mut redelivered = Vec::new();
     for (op_id, workspace_id) in candidates {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         workspaces::lock(&mut tx, workspace_id).await?;
         // Re-check under the lock: the op may have moved on since the scan.
         if apalis::lock_if_stranded(&mut tx, op_id).await? {

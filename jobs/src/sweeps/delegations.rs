@@ -41,7 +41,7 @@ pub async fn run(pool: &PgPool, s: &Settings) -> Result<Report> {
     let (mut failed, mut stuck) = (0u64, 0u64);
     for id in ledger::overdue(pool, s.stuck_after, BATCH).await? {
         // Judged again under the row lock: the agent may have finished it meanwhile.
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let Some(d) = ledger::lock(&mut tx, &id).await? else { continue };
         let (past_deadline, silent_for) = ledger::age(&mut tx, &id).await?;
         let verdict = if past_deadline {
@@ -61,7 +61,7 @@ pub async fn run(pool: &PgPool, s: &Settings) -> Result<Report> {
     }
     let mut rearmed = 0u64;
     for ws in activity_logs::stranded_drains(pool).await? {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         activity_logs::lock_head(&mut tx, ws).await?;
         inbox::arm_drain(&mut tx, ws, None).await?;
         tx.commit().await?;

@@ -41,7 +41,7 @@ pub async fn run(pool: &PgPool, settings: &Settings) -> Result<Report> {
     let ids = workspaces::silent_since(pool, stale).await?;
     let mut restarted = 0;
     for id in &ids {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let Some(ws) = workspaces::lock(&mut tx, *id).await? else { continue };
         // Re-check under the lock: a heartbeat may have arrived since the scan. Silence is
         // measured by the database's clock, like the heartbeat's own timestamp.

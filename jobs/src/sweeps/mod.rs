@@ -105,7 +105,7 @@ impl SweepKind {
 /// Claims the current period of `kind` and enqueues its task. Returns whether this caller
 /// won the period; a loser writes nothing.
 pub async fn claim_period(pool: &PgPool, kind: SweepKind, period: Duration) -> Result<bool> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let Some(period_start) = sweep_runs::claim(&mut tx, kind.name(), period).await? else {
         return Ok(false);
     };
@@ -156,7 +156,7 @@ async fn run_period(
     work: impl Future<Output = Result<Report>>,
 ) -> Result<()> {
     // Held (one idle connection) for the whole run; the sweep's own statements use others.
-    let mut guard = ctx.pool.begin().await?;
+    let mut guard = crate::db::begin(&ctx.pool).await?;
     if !sweep_runs::try_lock(&mut guard, name).await? {
         let text = "skipped: the previous run of this sweep is still going";
         tracing::info!(sweep = name, "{text}");
@@ -213,7 +213,7 @@ pub async fn claim_engine_orphans(ctx: &JobContext) -> Result<bool> {
     };
     let name = engine_orphans_name(&engine);
     let settings = &ctx.config.sweeps.orphans;
-    let mut tx = ctx.pool.begin().await?;
+    let mut tx = crate::db::begin(&ctx.pool).await?;
     let Some(period_start) = sweep_runs::claim(&mut tx, &name, settings.every).await? else {
         return Ok(false);
     };

@@ -119,7 +119,7 @@ enum Verdict {
 /// read. (Every start fences on this lock before it touches the backend.)
 async fn judge(pool: &PgPool, backend: &Arc<dyn Backend>, inst: &ManagedInstance) -> Result<Verdict> {
     let kind = backend.kind();
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     store::allow_idle(&mut tx).await?;
     let ws = match inst.workspace_id {
         Some(id) => workspaces::lock(&mut tx, id).await?,
@@ -215,7 +215,7 @@ async fn revoke_stale_tokens(
     let revoked =
         workspace_tokens::revoke_unused(pool, inventoried, docker_engine, &running, settings.stale_token_after).await?;
     if !revoked.is_empty() {
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         for id in &revoked {
             events::record(&mut tx, events::TOKENS_REVOKED, Some(*id), json!({"reason": "no running instance"}))
                 .await?;

@@ -51,7 +51,7 @@ pub async fn run(pool: &PgPool, settings: &Settings, platform_url: &str) -> Resu
         if started_for < timeout {
             continue;
         }
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         let Some(ws) = workspaces::lock(&mut tx, id).await? else { continue };
         // Re-check under the lock: the agent may have registered since the scan.
         if ws.status != Status::Provisioning || ws.status_changed_at != since {

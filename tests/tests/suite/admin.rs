@@ -204,7 +204,7 @@ async fn a_queued_op_is_canceled_with_its_task_and_a_running_one_is_fenced() {
     assert_eq!(r.body["was"], "running");
     let w = stack.get("/admin/workers").await;
     assert!(w.body["workers"].as_array().unwrap().iter().all(|w| w["running"] == json!([])), "{}", w.body);
-    let mut tx = stack.pool.begin().await.unwrap();
+    let mut tx = jobs::db::begin(&stack.pool).await.unwrap();
     assert!(claim.fence(&mut tx).await.unwrap().is_err(), "the holder's next write is fenced");
     drop(tx);
     let finished =

@@ -203,7 +203,7 @@ async fn a_stale_claim_is_fenced_out_and_its_successor_records_the_outcome() {
     assert_eq!((first.lease, second.lease), (1, 2));
     assert_eq!(op(&pool, provision.id).await.attempts, 2);
 
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = jobs::db::begin(&pool).await.unwrap();
     assert!(first.fence(&mut tx).await.unwrap().is_err(), "the old lease no longer owns the op");
     tx.rollback().await.unwrap();
     assert_eq!(finish(&pool, &first, Outcome::Failed("stale worker".into())).await, Finished::Fenced);
@@ -456,7 +456,7 @@ async fn a_sweep_run_is_skipped_while_the_previous_run_of_that_sweep_still_goes(
     }
 
     // The earlier period's run is still going: it holds the sweep's lock.
-    let mut running = pool.begin().await.unwrap();
+    let mut running = jobs::db::begin(&pool).await.unwrap();
     assert!(jobs::store::sweep_runs::try_lock(&mut running, "retention").await.unwrap());
     sweeps::run(&ctx, &later).await.unwrap();
     assert_eq!(outcome_of(later.period_start).await, "skipped: the previous run of this sweep is still going");
@@ -628,7 +628,7 @@ async fn listeners_receive_events_whole_whether_inline_or_too_long_for_a_notific
     let too_long =
         serde_json::json!({"note": "x".repeat(3 * jobs::store::structure_events::NOTIFY_INLINE_MAX as usize)});
     for payload in [inline, too_long] {
-        let mut tx = pool.begin().await.unwrap();
+        let mut tx = jobs::db::begin(&pool).await.unwrap();
         let id = jobs::events::record(&mut tx, "TEST_EVENT", None, payload.clone()).await.unwrap();
         tx.commit().await.unwrap();
         let got = tokio::time::timeout(deadline, async {

@@ -182,7 +182,7 @@ async fn a_provision_that_finds_the_workspace_online_checks_its_instance_and_sta
     // The container disappears behind the platform's back while the row still says online,
     // and a provision is asked for (as a rescued one would find it).
     docker(&["rm", "-f", &tests::container_name(&id)]);
-    let mut tx = stack.pool.begin().await.unwrap();
+    let mut tx = jobs::db::begin(&stack.pool).await.unwrap();
     let ws = jobs::store::workspaces::lock(&mut tx, uuid).await.unwrap().unwrap();
     assert_eq!(ws.status, jobs::domain::Status::Online);
     let (op, _) = jobs::ops::request(&mut tx, &ws, jobs::domain::OpKind::Provision, "test", "test").await.unwrap();

@@ -278,7 +278,7 @@ async fn a_task_of_an_unknown_payload_version_is_left_queued_and_run_by_a_worker
     let op_id: Uuid = stack.ops(&id).await[0]["id"].as_str().unwrap().parse().unwrap();
 
     // A newer build enqueued this op's task in a payload version this build does not know.
-    let mut tx = stack.pool.begin().await.unwrap();
+    let mut tx = jobs::db::begin(&stack.pool).await.unwrap();
     let old: String = sqlx::query_scalar("SELECT task_id FROM workspace_ops WHERE id = $1")
         .bind(op_id)
         .fetch_one(&mut *tx)

@@ -103,7 +103,7 @@ async fn a_lost_notice_costs_a_wait_seconds_not_the_whole_wait() {
     .await;
 
     // Finish the op behind the listener's back: no NOTIFY announces it.
-    let mut tx = stack.pool.begin().await.unwrap();
+    let mut tx = jobs::db::begin(&stack.pool).await.unwrap();
     sqlx::query("UPDATE workspace_ops SET status = 'failed', last_error = 'ended without a notice', finished_at = now() WHERE id = $1")
         .bind(op_id)
         .execute(&mut *tx)

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 /// `n` external workspaces of `mode`, online.
 pub(crate) async fn workspaces(pool: &PgPool, n: usize, mode: DeliveryMode) -> Vec<Uuid> {
-    let mut tx = pool.begin().await.expect("begin");
+    let mut tx = jobs::db::begin(pool).await.expect("begin");
     let mut ids = vec![];
     for i in 0..n {
         let id = Uuid::new_v4();

@@ -5,6 +5,7 @@
 //!   supersession, lease fencing, redelivery, sweeps), with no process and no Docker;
 //! - `docker_backend`, `ec2_backend`: each backend against the real Docker engine and the
 //!   EC2 emulator;
+//! - `transactions`: what a caller dropped mid-BEGIN leaves on a pooled connection;
 //! - the rest: end to end, with real `api` and `worker` processes.
 //!
 //! Run them with `./dev/test`, which starts what they need.
@@ -34,5 +35,6 @@ mod purge;
 mod push_drain;
 mod restart_options;
 mod rounds;
+mod transactions;
 mod uploads;
 mod wait_and_events;

@@ -394,7 +394,7 @@ async fn memory_search_matches_stemmed_words_best_first() {
     assert_eq!(recall(&stack, &ws, &token, "q=deploy&limit=1").await.len(), 1);
 
     // The search can go through the full-text index rather than reading every row.
-    let mut tx = stack.pool.begin().await.unwrap();
+    let mut tx = jobs::db::begin(&stack.pool).await.unwrap();
     sqlx::query("SET LOCAL enable_seqscan = off").execute(&mut *tx).await.unwrap();
     let plan: Vec<String> = sqlx::query_scalar(
         "EXPLAIN SELECT id FROM agent_memories m WHERE m.content_tsv @@ websearch_to_tsquery('english', 'deploy')",

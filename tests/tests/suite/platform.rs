@@ -179,7 +179,7 @@ async fn the_orphans_sweep_decides_on_the_locked_row_so_a_resume_in_between_is_n
     let ghost = tests::run_labelled_container(&id, &stack.db.name, &image);
 
     // A resume holds the row while the sweep looks.
-    let mut tx = stack.pool.begin().await.unwrap();
+    let mut tx = jobs::db::begin(&stack.pool).await.unwrap();
     let ws = jobs::store::workspaces::lock(&mut tx, uuid).await.unwrap().unwrap();
     let backends = Backends::default();
     let settings = DockerSettings {

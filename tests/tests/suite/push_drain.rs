@@ -133,7 +133,7 @@ async fn a_drain_records_under_its_lease_and_stands_down_only_when_nothing_is_le
     assert_eq!(delivery(&pool, ids[9]).await, (Some("pending".into()), 0), "only the pushes given");
 
     // One item is left: the drain reads it and stays due.
-    let mut tx = pool.begin().await.expect("begin");
+    let mut tx = jobs::db::begin(&pool).await.expect("begin");
     assert!(activity_logs::renew_drain(&mut tx, ws, lease, TTL).await.expect("renew"));
     let left = activity_logs::pending_or_stand_down(&mut tx, ws, lease).await.expect("read");
     tx.commit().await.expect("commit");
@@ -141,7 +141,7 @@ async fn a_drain_records_under_its_lease_and_stands_down_only_when_nothing_is_le
     assert_eq!(drains(&pool, ws).await.0.as_ref(), Some(&task), "still due while an item waits");
 
     assert!(activity_logs::record_delivered(&pool, ws, lease, TTL, "w", &[delivered(ids[9])]).await.expect("record"));
-    let mut tx = pool.begin().await.expect("begin");
+    let mut tx = jobs::db::begin(&pool).await.expect("begin");
     assert!(activity_logs::renew_drain(&mut tx, ws, lease, TTL).await.expect("renew"));
     assert!(activity_logs::pending_or_stand_down(&mut tx, ws, lease).await.expect("read").is_empty());
     tx.commit().await.expect("commit");
@@ -263,14 +263,14 @@ async fn a_stand_down_that_waits_for_a_writer_reads_its_item_and_the_drain_stays
     assert!(activity_logs::record_delivered(&pool, ws, lease, TTL, "w", &[delivered(first)]).await.expect("record"));
 
     // A writer holds the head: it finds the drain due, so it arms none.
-    let mut writer = pool.begin().await.expect("begin");
+    let mut writer = jobs::db::begin(&pool).await.expect("begin");
     let later = inbox::write(&mut *writer, DeliveryMode::Push, item(ws, "later")).await.expect("write");
     // Meanwhile the drain, with nothing left that it can see, stands down: its renewal waits
     // for the writer's lock.
     let standing_down = tokio::spawn({
         let pool = pool.clone();
         async move {
-            let mut tx = pool.begin().await.expect("begin");
+            let mut tx = jobs::db::begin(&pool).await.expect("begin");
             assert!(activity_logs::renew_drain(&mut tx, ws, lease, TTL).await.expect("renew"));
             let next = activity_logs::pending_or_stand_down(&mut tx, ws, lease).await.expect("read");
             tx.commit().await.expect("commit");

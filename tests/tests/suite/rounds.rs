@@ -62,7 +62,7 @@ fn item(workspace_id: Uuid, text: &str) -> NewActivity {
 /// Holds `table` in EXCLUSIVE mode in a transaction of its own until the returned
 /// transaction ends: writers of the table wait, readers do not.
 async fn hold(pool: &PgPool, table: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut tx = pool.begin().await.expect("begin");
+    let mut tx = jobs::db::begin(pool).await.expect("begin");
     sqlx::query(sqlx::AssertSqlSafe(format!("LOCK TABLE {table} IN EXCLUSIVE MODE")))
         .execute(&mut *tx)
         .await
@@ -353,7 +353,7 @@ async fn a_round_writes_past_a_held_head_and_that_row_waits_alone_and_draws_its_
     let held_table = hold(&pool, "activity_logs").await;
     let first = appends.append(DeliveryMode::Poll, item(d, "first"));
     // Another writer holds b's head (which b's earlier row made; a has none yet).
-    let mut holder = pool.begin().await.unwrap();
+    let mut holder = jobs::db::begin(&pool).await.unwrap();
     activity_logs::lock_head(&mut holder, b).await.unwrap();
     let round = futures::future::join_all([a, b].map(|w| {
         let appends = appends.clone();
