@@ -67,11 +67,12 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
         clear(&received)?;
         let push_ws = workspaces(&pool, spaces, DeliveryMode::Push, Some(url.clone())).await?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let queue_pool = crate::runners::queue_pool(&config).await?;
         let mut runners = vec![];
         for n in 0..workers {
             let id = format!("bench-inbox-{n}-{}", Uuid::new_v4().simple());
             let ctx = Arc::new(JobContext::new(pool.clone(), config.clone(), Backends::default(), id.clone()));
-            runners.push(tokio::spawn(crate::runners::supervise_inbox(ctx, id, stop_rx.clone())));
+            runners.push(tokio::spawn(crate::runners::supervise_inbox(ctx, queue_pool.clone(), id, stop_rx.clone())));
         }
         let sent = produce(&pool, &push_ws, DeliveryMode::Push, items).await?;
         let row = wait_for(&sent, &received, items).await;
@@ -79,6 +80,7 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
         for r in runners {
             let _ = r.await;
         }
+        queue_pool.close().await;
         println!("| push | {workers} | {} |", row.cells());
     }
     Ok(())
@@ -146,7 +148,7 @@ pub(crate) async fn workspaces(
     url: Option<AgentUrl>,
 ) -> jobs::Result<Vec<Uuid>> {
     let mut ids = vec![];
-    let mut tx = pool.begin().await?;
+    let mut tx = jobs::db::begin(pool).await?;
     for i in 0..n {
         let id = Uuid::new_v4();
         let req = CreateRequest::external(format!("bench-{i}"), mode, url.clone());

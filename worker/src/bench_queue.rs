@@ -373,7 +373,11 @@ async fn raw_apalis(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     bench::reset_queue(&b.pool, "bench-raw-reset", RAW_QUEUE).await?;
     bench::insert_pending(&b.pool, RAW_QUEUE, n as i64).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let backend = PostgresStorage::<Value>::new(&b.pool)
+    // A pool of its own, closed with it: stopping apalis drops its futures wherever they
+    // are, and one dropped inside apalis' BEGIN would leave a pooled connection in an open
+    // transaction that the later phases' statements would run in (jobs::db::begin).
+    let own = jobs::db::connect(&b.config.database_url, 40).await?;
+    let backend = PostgresStorage::<Value>::new(&own)
         .with_config(PgConfig::default().queue(RAW_QUEUE).batch_size(500))
         .with_pubsub()
         .poll_with_interval(Duration::from_millis(100));
@@ -393,6 +397,7 @@ async fn raw_apalis(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     };
     let _ = stop_tx.send(true);
     let _ = handle.await;
+    own.close().await;
     let rate = span.map_or(f64::NAN, |s| n as f64 / s);
     report.add(
         Some("raw".into()),

@@ -119,9 +119,10 @@ async fn run(config: Config, metrics_addr: Option<std::net::SocketAddr>) -> jobs
     if let Some(addr) = metrics_addr {
         tasks.spawn(metrics_server::start(addr, stop_rx.clone()).await?);
     }
-    tasks.spawn(runners::supervise_lifecycle(ctx.clone(), process_id.clone(), stop_rx.clone()));
-    tasks.spawn(runners::supervise_sweeps(ctx.clone(), process_id.clone(), stop_rx.clone()));
-    tasks.spawn(runners::supervise_inbox(ctx.clone(), process_id.clone(), stop_rx.clone()));
+    let queue_pool = runners::queue_pool(&config).await?;
+    tasks.spawn(runners::supervise_lifecycle(ctx.clone(), queue_pool.clone(), process_id.clone(), stop_rx.clone()));
+    tasks.spawn(runners::supervise_sweeps(ctx.clone(), queue_pool.clone(), process_id.clone(), stop_rx.clone()));
+    tasks.spawn(runners::supervise_inbox(ctx.clone(), queue_pool, process_id.clone(), stop_rx.clone()));
     tasks.spawn(scheduler::run(ctx.clone(), stop_rx.clone()));
     // The orphans sweep also runs once its start grace is over: a worker that comes up
     // after an outage reaps what was left without waiting for the next period.

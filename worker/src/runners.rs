@@ -10,6 +10,7 @@ use apalis_postgres::{Config as PgConfig, PostgresStorage};
 use jobs::kinds::{self, JobContext};
 use jobs::queue::{INBOX_QUEUE, InboxTask, LIFECYCLE_QUEUE, OpTask, SWEEP_QUEUE, SweepTask};
 use jobs::retry;
+use sqlx::PgPool;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -19,9 +20,23 @@ type Payload = serde_json::Value;
 /// fetching the task again at once; pausing first keeps that from becoming a hot loop.
 const DATABASE_TROUBLE_PAUSE: Duration = Duration::from_secs(1);
 
-fn storage(ctx: &JobContext, queue: &str, batch: usize) -> PostgresStorage<Payload> {
+/// apalis' connections in one worker process: its three workers' fetches, batched
+/// acknowledgements, heartbeats and orphan rescue, a few at a time.
+const QUEUE_CONNECTIONS: u32 = 10;
+
+/// The pool apalis runs on in this process, apart from the jobs' pool (see [`storage`]).
+pub async fn queue_pool(config: &jobs::config::Config) -> jobs::Result<PgPool> {
+    jobs::db::connect_with(&config.database_url, QUEUE_CONNECTIONS, Some(config.worker.op_lease)).await
+}
+
+/// apalis runs on `queue_pool`, not on the jobs' pool: a worker that apalis ends (on a
+/// database error) or that shuts down drops apalis' futures wherever they are, and one dropped
+/// inside apalis' own BEGIN leaves its connection in an open transaction (see
+/// `jobs::db::begin`). On a pool of its own that costs apalis a connection until the pool
+/// closes it; on the jobs' pool our claims and endings would run, uncommitted, inside it.
+fn storage(ctx: &JobContext, queue_pool: &PgPool, queue: &str, batch: usize) -> PostgresStorage<Payload> {
     let cfg = &ctx.config.worker;
-    PostgresStorage::new(&ctx.pool).with_config(
+    PostgresStorage::new(queue_pool).with_config(
         PgConfig::default()
             .queue(queue)
             .batch_size(batch)
@@ -67,11 +82,16 @@ where
     }
 }
 
-pub async fn supervise_lifecycle(ctx: Arc<JobContext>, process_id: String, stop: watch::Receiver<bool>) {
+pub async fn supervise_lifecycle(
+    ctx: Arc<JobContext>,
+    queue_pool: PgPool,
+    process_id: String,
+    stop: watch::Receiver<bool>,
+) {
     let concurrency = ctx.config.worker.concurrency;
     let poll = ctx.config.worker.poll_interval;
     supervise(LIFECYCLE_QUEUE, stop.clone(), |generation| {
-        let backend = storage(&ctx, LIFECYCLE_QUEUE, concurrency).with_pubsub().poll_with_interval(poll);
+        let backend = storage(&ctx, &queue_pool, LIFECYCLE_QUEUE, concurrency).with_pubsub().poll_with_interval(poll);
         let worker = WorkerBuilder::new(format!("{LIFECYCLE_QUEUE}-{process_id}-{generation}"))
             .backend(backend)
             .data(ctx.clone())
@@ -82,10 +102,15 @@ pub async fn supervise_lifecycle(ctx: Arc<JobContext>, process_id: String, stop:
     .await
 }
 
-pub async fn supervise_sweeps(ctx: Arc<JobContext>, process_id: String, stop: watch::Receiver<bool>) {
+pub async fn supervise_sweeps(
+    ctx: Arc<JobContext>,
+    queue_pool: PgPool,
+    process_id: String,
+    stop: watch::Receiver<bool>,
+) {
     let poll = ctx.config.worker.poll_interval;
     supervise(SWEEP_QUEUE, stop.clone(), |generation| {
-        let backend = storage(&ctx, SWEEP_QUEUE, 2).with_pubsub().poll_with_interval(poll);
+        let backend = storage(&ctx, &queue_pool, SWEEP_QUEUE, 2).with_pubsub().poll_with_interval(poll);
         let worker = WorkerBuilder::new(format!("{SWEEP_QUEUE}-{process_id}-{generation}"))
             .backend(backend)
             .data(ctx.clone())
@@ -98,11 +123,16 @@ pub async fn supervise_sweeps(ctx: Arc<JobContext>, process_id: String, stop: wa
 
 /// Inbox drains run beside lifecycle ops, each on its own slots: a slow agent never holds
 /// up a provision, nor a provision a push. `INBOX_CONCURRENCY` drains (workspaces) at once.
-pub async fn supervise_inbox(ctx: Arc<JobContext>, process_id: String, stop: watch::Receiver<bool>) {
+pub async fn supervise_inbox(
+    ctx: Arc<JobContext>,
+    queue_pool: PgPool,
+    process_id: String,
+    stop: watch::Receiver<bool>,
+) {
     let concurrency = ctx.config.worker.inbox_concurrency;
     let poll = ctx.config.worker.poll_interval;
     supervise(INBOX_QUEUE, stop.clone(), |generation| {
-        let backend = storage(&ctx, INBOX_QUEUE, concurrency).with_pubsub().poll_with_interval(poll);
+        let backend = storage(&ctx, &queue_pool, INBOX_QUEUE, concurrency).with_pubsub().poll_with_interval(poll);
         let worker = WorkerBuilder::new(format!("{INBOX_QUEUE}-{process_id}-{generation}"))
             .backend(backend)
             .data(ctx.clone())
