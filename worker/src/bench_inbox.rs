@@ -28,6 +28,8 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::bench_cost::{Counters, Spent};
+
 const PRODUCERS: usize = 8;
 
 pub(crate) type Arrivals = Arc<Mutex<HashMap<i64, Instant>>>;
@@ -57,7 +59,7 @@ pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
     println!("|---|---|---|---|---|---|---|");
 
     for reader in [Reader::Timer, Reader::LongPoll] {
-        let row = poll_phase(&pool, spaces, items, reader).await?;
+        let (row, _) = poll_phase(&pool, spaces, items, reader, false).await?;
         println!("| poll ({reader:?}) | 0 (no job) | {} |", row.cells());
     }
 
@@ -97,7 +99,15 @@ pub(crate) enum Reader {
 }
 
 /// Poll mode: one poller per workspace reads what the producers write; no job is involved.
-pub(crate) async fn poll_phase(pool: &PgPool, spaces: usize, items: usize, reader: Reader) -> jobs::Result<Measured> {
+/// Also returns what the writes and reads spent (`statements`: whether `pg_stat_statements`
+/// is usable).
+pub(crate) async fn poll_phase(
+    pool: &PgPool,
+    spaces: usize,
+    items: usize,
+    reader: Reader,
+    statements: bool,
+) -> jobs::Result<(Measured, Spent)> {
     let poll_ws = workspaces(pool, spaces, DeliveryMode::Poll, None).await?;
     let arrivals: Arrivals = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -106,13 +116,15 @@ pub(crate) async fn poll_phase(pool: &PgPool, spaces: usize, items: usize, reade
         .iter()
         .map(|ws| tokio::spawn(poll(pool.clone(), readers.clone(), *ws, arrivals.clone(), stop_rx.clone())))
         .collect();
+    let before = Counters::read(pool, statements).await?;
     let sent = produce(pool, &poll_ws, DeliveryMode::Poll, items).await?;
     let measured = wait_for(&sent, &arrivals, items).await;
+    let spent = before.until(&Counters::read(pool, statements).await?, "poll", measured.n);
     let _ = stop_tx.send(true);
     for p in pollers {
         let _ = p.await;
     }
-    Ok(measured)
+    Ok((measured, spent))
 }
 
 /// The local agent every push-mode workspace points at, served until the process ends.

@@ -24,6 +24,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::bench_cost::{self, Counters, Spent};
 use crate::bench_inbox::{self, Measured, Reader};
 use crate::{percentile, runners};
 
@@ -131,6 +132,8 @@ struct Report {
     rates: HashMap<String, f64>,
     /// Top statements of the phases measured with `--pg-stat`, each with its title.
     statements: Vec<Statements>,
+    /// What each phase spent per unit of work.
+    spent: Vec<Spent>,
 }
 
 /// A phase's `pg_stat_statements`: the top 10 by total time, and every call of the phase
@@ -185,6 +188,7 @@ impl Report {
                 println!("- {label}: {:.3}", n / d);
             }
         }
+        bench_cost::print(&self.spent);
         self.print_statements();
     }
 
@@ -216,6 +220,12 @@ struct Bench {
     pool: PgPool,
     config: Config,
     args: Args,
+}
+
+impl Bench {
+    async fn counters(&self) -> jobs::Result<Counters> {
+        Counters::read(&self.pool, self.args.pg_stat).await
+    }
 }
 
 pub async fn run(config: Config, args: &[String]) -> jobs::Result<()> {
@@ -317,8 +327,12 @@ async fn pgbench_rows(b: &Bench, script: &Path, key: &str, what: &str, report: &
     for (clients, threads) in [(1, 1), (8, 2)] {
         let what = format!("{what}, {clients} client{}", if clients == 1 { "" } else { "s" });
         progress(format_args!("{what}, {} s", b.args.seconds));
+        let before = b.counters().await?;
         let row = match run_pgbench(&b.config.database_url, script, clients, threads, b.args.seconds).await? {
-            Some((tps, n)) => Row::new(1, what, "-", n, tps),
+            Some((tps, n)) => {
+                report.spent.push(before.until(&b.counters().await?, &what, n));
+                Row::new(1, what, "-", n, tps)
+            }
             None => Row::new(1, format!("{what}: pgbench not found"), "-", 0, f64::NAN),
         };
         report.add(Some(format!("{key}-{clients}")), row);
@@ -385,6 +399,7 @@ async fn raw_apalis(b: &Bench, report: &mut Report) -> jobs::Result<()> {
         .backend(backend)
         .concurrency(64)
         .build(noop);
+    let before = b.counters().await?;
     let handle = tokio::spawn(worker.run_until(runners::stopped(stop_rx)));
     let deadline = Deadline::new(LONG, "the raw apalis tasks to be done");
     // The stop sender dropped on an early return stops the worker too.
@@ -395,6 +410,7 @@ async fn raw_apalis(b: &Bench, report: &mut Report) -> jobs::Result<()> {
         }
         deadline.tick(Duration::from_millis(20), &mut []).await?;
     };
+    report.spent.push(before.until(&b.counters().await?, "raw apalis, no-op handler", n));
     let _ = stop_tx.send(true);
     let _ = handle.await;
     own.close().await;
@@ -654,11 +670,14 @@ async fn provision(b: &Bench, report: &mut Report) -> jobs::Result<()> {
         if stats {
             sqlx::query("SELECT pg_stat_statements_reset()").execute(&b.pool).await?;
         }
+        let before = b.counters().await?;
         let mut procs = spawn_workers(&b.config, k, &[])?;
         let deadline = Deadline::new(LONG, "the provision ops to finish");
         while unfinished(&b.pool).await? {
-            deadline.tick(Duration::from_millis(250), &mut procs).await?;
+            deadline.tick(Duration::from_millis(50), &mut procs).await?;
         }
+        let phase = format!("provision drain, {k} worker{} (start-up included)", if k == 1 { "" } else { "s" });
+        report.spent.push(before.until(&b.counters().await?, phase, ids.len()));
         if stats {
             report.statements.push(statements("1-worker provision drain", &b.pool, ids.len()).await?);
         }
@@ -772,6 +791,7 @@ async fn enqueue(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     progress(format_args!("enqueue: {ENQUEUE_CLIENTS} clients POST /workspaces for {} s, no worker", b.args.seconds));
     let measured =
         through_api(b, |base, c, i| (format!("{base}/workspaces"), create_body(format!("bench-enq-{c}-{i}")))).await?;
+    report.spent.push(measured.spent("POST /workspaces, 32 clients"));
     let what = format!("POST /workspaces (enqueue only), {ENQUEUE_CLIENTS} clients, non-2xx: {}", measured.errors);
     report.add(Some("enqueue".into()), measured.row(6, what));
     Ok(())
@@ -787,6 +807,7 @@ async fn messages(b: &Bench, report: &mut Report) -> jobs::Result<()> {
         (format!("{base}/workspaces/{target}/a2a"), jobs::inbox::message_send(&format!("{c}-{i}"), "bench", json!({})))
     })
     .await?;
+    report.spent.push(measured.spent("POST /workspaces/{id}/a2a, 32 clients"));
     let what = format!(
         "POST /workspaces/{{id}}/a2a to poll-mode agents, {ENQUEUE_CLIENTS} clients, non-2xx: {}",
         measured.errors
@@ -800,9 +821,17 @@ struct ThroughApi {
     samples: Vec<f64>,
     errors: usize,
     secs: f64,
+    /// From the clients' start to their end, the api's start-up and stop left out.
+    counted: (Counters, Counters),
 }
 
 impl ThroughApi {
+    /// What the accepted requests cost each.
+    fn spent(&self, phase: &str) -> Spent {
+        let (before, after) = &self.counted;
+        before.until(after, phase, self.samples.len() - self.errors)
+    }
+
     /// The rate counts only what was accepted; the latencies are of every request.
     fn row(self, rank: u8, what: String) -> Row {
         let ok = self.samples.len() - self.errors;
@@ -819,6 +848,7 @@ async fn through_api(
     let client = http_client()?;
     let api = Api::start(&b.config, &client).await?;
     let request = std::sync::Arc::new(request);
+    let before = b.counters().await?;
     let started = Instant::now();
     let until = started + Duration::from_secs(b.args.seconds);
     let mut tasks = vec![];
@@ -833,8 +863,9 @@ async fn through_api(
         errors += e;
     }
     let secs = started.elapsed().as_secs_f64();
+    let after = b.counters().await?;
     api.stop().await;
-    Ok(ThroughApi { samples, errors, secs })
+    Ok(ThroughApi { samples, errors, secs, counted: (before, after) })
 }
 
 /// Posts the `i`th `(url, body)` after another until `until`; returns each request's
@@ -867,12 +898,15 @@ async fn post_until(
 async fn inbox(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     let items = b.args.items;
     progress(format_args!("inbox: {items} items, poll mode, re-read every 20 ms"));
-    let m = bench_inbox::poll_phase(&b.pool, INBOX_WORKSPACES, items, Reader::Timer).await?;
+    let (m, spent) = bench_inbox::poll_phase(&b.pool, INBOX_WORKSPACES, items, Reader::Timer, b.args.pg_stat).await?;
     let what = "inbox item, poll mode, re-read every 20 ms (write → read)";
+    report.spent.push(Spent { phase: what.into(), ..spent });
     report.add(Some("poll-timer".into()), Row::inbox(7, what, "0 (no job)", items, &m));
     progress(format_args!("inbox: {items} items, poll mode, long poll"));
-    let m = bench_inbox::poll_phase(&b.pool, INBOX_WORKSPACES, items, Reader::LongPoll).await?;
+    let (m, spent) =
+        bench_inbox::poll_phase(&b.pool, INBOX_WORKSPACES, items, Reader::LongPoll, b.args.pg_stat).await?;
     let what = "inbox item, poll mode, long poll (write → read)";
+    report.spent.push(Spent { phase: what.into(), ..spent });
     report.add(Some("poll".into()), Row::inbox(7, what, "0 (no job)", items, &m));
     let (url, received) = bench_inbox::receiver().await?;
     for k in [1usize, 2, 4] {
@@ -886,8 +920,11 @@ async fn inbox(b: &Bench, report: &mut Report) -> jobs::Result<()> {
         if stats {
             sqlx::query("SELECT pg_stat_statements_reset()").execute(&b.pool).await?;
         }
+        let before = b.counters().await?;
         let sent = bench_inbox::produce(&b.pool, &ws, DeliveryMode::Push, items).await?;
         let m = bench_inbox::wait_for(&sent, &received, items).await;
+        let phase = format!("inbox item, push mode, {k} worker{}", if k == 1 { "" } else { "s" });
+        report.spent.push(before.until(&b.counters().await?, phase, m.n));
         if stats {
             let phase = format!("push inbox with {k} worker(s), writes included");
             report.statements.push(statements(&phase, &b.pool, items).await?);

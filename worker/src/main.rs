@@ -6,6 +6,7 @@
 
 mod admin_cli;
 mod bench;
+mod bench_cost;
 mod bench_inbox;
 mod bench_queue;
 mod metrics_server;
