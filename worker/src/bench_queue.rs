@@ -136,12 +136,11 @@ struct Report {
     spent: Vec<Spent>,
 }
 
-/// A phase's `pg_stat_statements`: the top 10 by total time, and every call of the phase
-/// per unit of work (op or item).
+/// A phase's `pg_stat_statements`: the top 10 by total time. (Its calls per unit of work
+/// are in the phase's row of [`Report::spent`].)
 struct Statements {
     phase: String,
     top: Vec<Statement>,
-    calls_per_unit: f64,
 }
 
 /// `(label, numerator, denominator)`: each a key of [`Report::rates`].
@@ -196,8 +195,9 @@ impl Report {
         for s in &self.statements {
             println!();
             println!(
-                "Top statements by total time during the {} (pg_stat_statements; {:.1} calls per unit of work in all):",
-                s.phase, s.calls_per_unit
+                "Top statements by total time during the {} (pg_stat_statements; all its statements per unit of work \
+                 are in the table above):",
+                s.phase
             );
             println!();
             println!("| calls | mean ms | total ms | query |");
@@ -679,7 +679,7 @@ async fn provision(b: &Bench, report: &mut Report) -> jobs::Result<()> {
         let phase = format!("provision drain, {k} worker{} (start-up included)", if k == 1 { "" } else { "s" });
         report.spent.push(before.until(&b.counters().await?, phase, ids.len()));
         if stats {
-            report.statements.push(statements("1-worker provision drain", &b.pool, ids.len()).await?);
+            report.statements.push(statements("1-worker provision drain", &b.pool).await?);
         }
         stop(procs).await;
         let (n, failed, span) = drained(&b.pool, &ids).await?;
@@ -927,7 +927,7 @@ async fn inbox(b: &Bench, report: &mut Report) -> jobs::Result<()> {
         report.spent.push(before.until(&b.counters().await?, phase, m.n));
         if stats {
             let phase = format!("push inbox with {k} worker(s), writes included");
-            report.statements.push(statements(&phase, &b.pool, items).await?);
+            report.statements.push(statements(&phase, &b.pool).await?);
         }
         stop(procs).await;
         report.add(Some(format!("push-{k}")), Row::inbox(8, "inbox item, push mode (write → received)", k, items, &m));
@@ -949,16 +949,9 @@ async fn statements_available(pool: &PgPool) -> bool {
     matches!(present, Ok(Some(_))) && sqlx::query("SELECT pg_stat_statements_reset()").execute(pool).await.is_ok()
 }
 
-/// The phase's statements since the last reset, `units` being its ops or items.
-async fn statements(phase: &str, pool: &PgPool, units: usize) -> jobs::Result<Statements> {
-    let calls: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(calls), 0)::int8 FROM pg_stat_statements
-          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .fetch_one(pool)
-    .await?;
-    let top = top_statements(pool).await?;
-    Ok(Statements { phase: phase.into(), top, calls_per_unit: calls as f64 / units.max(1) as f64 })
+/// The phase's top statements since the last reset.
+async fn statements(phase: &str, pool: &PgPool) -> jobs::Result<Statements> {
+    Ok(Statements { phase: phase.into(), top: top_statements(pool).await? })
 }
 
 async fn top_statements(pool: &PgPool) -> jobs::Result<Vec<Statement>> {
