@@ -23,6 +23,20 @@ pub(crate) struct Counters {
     wal: i64,
 }
 
+/// The counters around one phase's load, to be turned into what it spent once its units are
+/// counted and its name is known.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    pub before: Counters,
+    pub after: Counters,
+}
+
+impl Window {
+    pub(crate) fn spent(&self, phase: impl Into<String>, units: usize) -> Spent {
+        self.before.until(&self.after, phase, units)
+    }
+}
+
 /// What one phase spent, per unit of work.
 #[derive(Debug, Clone)]
 pub(crate) struct Spent {

@@ -28,7 +28,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::bench_cost::{Counters, Spent};
+use crate::bench_cost::{Counters, Window};
 
 const PRODUCERS: usize = 8;
 
@@ -99,15 +99,15 @@ pub(crate) enum Reader {
 }
 
 /// Poll mode: one poller per workspace reads what the producers write; no job is involved.
-/// Also returns what the writes and reads spent (`statements`: whether `pg_stat_statements`
-/// is usable).
+/// Also returns the counters around the writes and reads (`statements`: whether
+/// `pg_stat_statements` is usable).
 pub(crate) async fn poll_phase(
     pool: &PgPool,
     spaces: usize,
     items: usize,
     reader: Reader,
     statements: bool,
-) -> jobs::Result<(Measured, Spent)> {
+) -> jobs::Result<(Measured, Window)> {
     let poll_ws = workspaces(pool, spaces, DeliveryMode::Poll, None).await?;
     let arrivals: Arrivals = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -119,12 +119,12 @@ pub(crate) async fn poll_phase(
     let before = Counters::read(pool, statements).await?;
     let sent = produce(pool, &poll_ws, DeliveryMode::Poll, items).await?;
     let measured = wait_for(&sent, &arrivals, items).await;
-    let spent = before.until(&Counters::read(pool, statements).await?, "poll", measured.n);
+    let window = Window { before, after: Counters::read(pool, statements).await? };
     let _ = stop_tx.send(true);
     for p in pollers {
         let _ = p.await;
     }
-    Ok((measured, spent))
+    Ok((measured, window))
 }
 
 /// The local agent every push-mode workspace points at, served until the process ends.

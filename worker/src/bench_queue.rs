@@ -24,7 +24,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::bench_cost::{self, Counters, Spent};
+use crate::bench_cost::{self, Counters, Spent, Window};
 use crate::bench_inbox::{self, Measured, Reader};
 use crate::{percentile, runners};
 
@@ -822,19 +822,22 @@ struct ThroughApi {
     errors: usize,
     secs: f64,
     /// From the clients' start to their end, the api's start-up and stop left out.
-    counted: (Counters, Counters),
+    window: Window,
 }
 
 impl ThroughApi {
+    fn accepted(&self) -> usize {
+        self.samples.len() - self.errors
+    }
+
     /// What the accepted requests cost each.
     fn spent(&self, phase: &str) -> Spent {
-        let (before, after) = &self.counted;
-        before.until(after, phase, self.samples.len() - self.errors)
+        self.window.spent(phase, self.accepted())
     }
 
     /// The rate counts only what was accepted; the latencies are of every request.
     fn row(self, rank: u8, what: String) -> Row {
-        let ok = self.samples.len() - self.errors;
+        let ok = self.accepted();
         Row::new(rank, what, "0", ok, ok as f64 / self.secs).latencies(self.samples)
     }
 }
@@ -863,9 +866,9 @@ async fn through_api(
         errors += e;
     }
     let secs = started.elapsed().as_secs_f64();
-    let after = b.counters().await?;
+    let window = Window { before, after: b.counters().await? };
     api.stop().await;
-    Ok(ThroughApi { samples, errors, secs, counted: (before, after) })
+    Ok(ThroughApi { samples, errors, secs, window })
 }
 
 /// Posts the `i`th `(url, body)` after another until `until`; returns each request's
@@ -898,15 +901,15 @@ async fn post_until(
 async fn inbox(b: &Bench, report: &mut Report) -> jobs::Result<()> {
     let items = b.args.items;
     progress(format_args!("inbox: {items} items, poll mode, re-read every 20 ms"));
-    let (m, spent) = bench_inbox::poll_phase(&b.pool, INBOX_WORKSPACES, items, Reader::Timer, b.args.pg_stat).await?;
+    let (m, window) = bench_inbox::poll_phase(&b.pool, INBOX_WORKSPACES, items, Reader::Timer, b.args.pg_stat).await?;
     let what = "inbox item, poll mode, re-read every 20 ms (write → read)";
-    report.spent.push(Spent { phase: what.into(), ..spent });
+    report.spent.push(window.spent(what, m.n));
     report.add(Some("poll-timer".into()), Row::inbox(7, what, "0 (no job)", items, &m));
     progress(format_args!("inbox: {items} items, poll mode, long poll"));
-    let (m, spent) =
+    let (m, window) =
         bench_inbox::poll_phase(&b.pool, INBOX_WORKSPACES, items, Reader::LongPoll, b.args.pg_stat).await?;
     let what = "inbox item, poll mode, long poll (write → read)";
-    report.spent.push(Spent { phase: what.into(), ..spent });
+    report.spent.push(window.spent(what, m.n));
     report.add(Some("poll".into()), Row::inbox(7, what, "0 (no job)", items, &m));
     let (url, received) = bench_inbox::receiver().await?;
     for k in [1usize, 2, 4] {
